@@ -1,0 +1,61 @@
+"""The component contract: a plain function from input URIs + typed config to output URIs.
+
+A component module defines `SPEC = ComponentSpec(...)` and a `run(ctx) -> metrics` function.
+It reads only `ctx.inputs`, writes only under `ctx.outputs`, and never imports an orchestrator,
+so the local runner, `kfx component` and an Airflow task all run it the same way.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig, StageConfig
+
+
+class ComponentError(RuntimeError):
+    """An expected failure of a stage (bad data, blocking anomaly): its message is for users."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a stage consumes and produces (as a TFX ComponentSpec).
+
+    Attributes:
+        name: stage name, also the artifact-store folder.
+        inputs: input artifact names; optional ones may resolve to None.
+        outputs: output artifact names.
+        run: `run(ctx) -> dict` of small metrics for the run summary.
+        optional_inputs: inputs that may be absent (e.g. a baseline on the first run).
+        source_fingerprint: for stages that read outside the artifact store (ingest), a
+            function of the config that fingerprints that external data for the cache.
+        code: extra modules whose source is part of the code version.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[["Context"], dict[str, Any]]
+    optional_inputs: tuple[str, ...] = ()
+    source_fingerprint: Callable[[Any], str] | None = None
+    code: tuple[str, ...] = ()
+
+
+@dataclass
+class Context:
+    """Everything a component may use while it runs."""
+
+    pipeline: "PipelineConfig"
+    config: "StageConfig"
+    inputs: dict[str, str | None]
+    outputs: dict[str, str]
+    run_id: str
+    execution_id: int
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("kfx"))
+
+    def beam_options(self):
+        """Beam PipelineOptions from the pipeline's beam_args, passed through unchanged."""
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        return PipelineOptions(list(self.pipeline.beam_args))

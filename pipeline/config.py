@@ -1,0 +1,217 @@
+"""Pipeline configuration: one YAML per pipeline, parsed once into frozen, typed objects.
+
+Every stage gets its own section; unknown keys and bad values fail at load time with the key
+path and the value received (pydantic does the checking). `--set a.b=value` overrides are
+applied to the raw YAML before validation, so they get the same checks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "pipeline" / "configs" / "adult.yaml"
+
+
+class ConfigError(ValueError):
+    """A pipeline config that cannot be loaded; the message names the key and the value."""
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class StageConfig(Section):
+    """Settings every stage has."""
+
+    cache: bool = Field(True, description="Reuse a committed execution with the same fingerprint.")
+
+
+# ---------------------------------------------------------------- ingest
+ColumnType = Literal["int", "float", "string"]
+
+
+class InputSpec(Section):
+    """One source pattern and how its rows are split (TFX ExampleGen's input config).
+
+    A single pattern with {train: 8, eval: 1, test: 1} is a hash split; several patterns each
+    with one split name are predefined splits; both mix (Adult: adult.data -> train/eval).
+    """
+
+    pattern: str
+    splits: dict[str, float] = Field(default_factory=lambda: {"train": 8.0, "eval": 1.0, "test": 1.0})
+
+    @field_validator("splits")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("needs at least one split name")
+        for name, weight in value.items():
+            if weight <= 0:
+                raise ValueError(f"split {name!r} has weight {weight}; weights must be > 0")
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"split name {name!r} must be alphanumeric")
+        return value
+
+
+class CsvOptions(Section):
+    """How CSV text is read."""
+
+    header: bool = True
+    columns: tuple[str, ...] | None = Field(None, description="Column names when the files have no header.")
+    delimiter: str = ","
+    skip_initial_space: bool = True
+    skip_lines_starting_with: tuple[str, ...] = ()
+    na_values: tuple[str, ...] = ("",)
+    # Per column, raw value -> replacement applied before typing (e.g. Adult's "<=50K." in adult.test).
+    replace: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+class IngestConfig(StageConfig):
+    """Where examples come from and how they are split."""
+
+    format: Literal["builtin", "csv", "tfrecord", "parquet", "tfds"] = "csv"
+    name: str | None = Field(None, description="builtin or TFDS dataset name.")
+    data_dir: str | None = Field(None, description="TFDS data_dir.")
+    inputs: tuple[InputSpec, ...] = ()
+    csv: CsvOptions = CsvOptions()
+    column_types: dict[str, ColumnType] = Field(default_factory=dict)
+    label: str | None = Field(None, description="Rows without a label are rejected.")
+    hash_key: tuple[str, ...] = Field((), description="Columns hashed for the split; default all.")
+    max_rejected_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    num_shards: int = Field(0, ge=0, description="Output shards per split; 0 lets the runner choose.")
+    chunk_rows: int = Field(20000, gt=0, description="Rows per batch handed to a Beam worker.")
+
+    @model_validator(mode="after")
+    def _source_complete(self) -> "IngestConfig":
+        if self.format in ("builtin", "tfds") and not self.name:
+            raise ValueError(f"format {self.format!r} needs ingest.name")
+        if self.format not in ("builtin", "tfds") and not self.inputs:
+            raise ValueError(f"format {self.format!r} needs at least one entry in ingest.inputs")
+        return self
+
+
+# ---------------------------------------------------------------- statistics
+class StatisticsConfig(StageConfig):
+    num_quantiles: int = Field(10, ge=2, le=1000)
+    num_histogram_buckets: int = Field(10, ge=1, le=1000)
+    top_k: int = Field(20, ge=1)
+    max_rank_values: int = Field(1000, ge=1, description="Distinct values kept per string feature.")
+    batch_size: int = Field(8192, gt=0)
+
+
+# ---------------------------------------------------------------- schema
+class SchemaConfig(StageConfig):
+    path: str | None = Field(None, description="Curated Schema text proto; inferred when absent.")
+    label: str | None = None
+    sensitive: tuple[str, ...] = ()
+    max_domain_values: int = Field(100, ge=1, description="Inferred string domains up to this size.")
+
+
+# ---------------------------------------------------------------- validate
+class ValidateConfig(StageConfig):
+    block: bool = Field(True, description="Blocking anomalies fail the stage.")
+    drift_splits: tuple[str, ...] = ("train",)
+    categorical_drift_threshold: float = Field(0.1, gt=0, le=1, description="L-infinity default.")
+    numeric_drift_threshold: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon default.")
+    feature_thresholds: dict[str, float] = Field(default_factory=dict)
+
+
+class PipelineConfig(Section):
+    """The whole pipeline: identity, where artifacts go, how Beam runs, and each stage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    root: str = "runs"
+    metadata_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under root if unset.")
+    beam_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    max_parallel: int = Field(2, ge=1)
+    ingest: IngestConfig
+    statistics: StatisticsConfig = StatisticsConfig()
+    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+
+    def stage(self, name: str) -> StageConfig:
+        """The config section of stage `name`."""
+        return getattr(self, name if name in type(self).model_fields else f"{name}_")
+
+
+def _set_key(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section (it is {child!r})")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """Parse `a.b=value` strings; the value is read as YAML (2 -> int, [a, b] -> list)."""
+    out = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out.append((key.strip(), yaml.safe_load(text)))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot read value {text!r}: {err}") from None
+    return out
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r} (value {got!r})")
+        elif e["type"] == "missing":
+            lines.append(f"missing key {key!r}")
+        else:
+            lines.append(f"key {key!r}: {e['msg']} (got {got!r})")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, override and validate a pipeline config.
+
+    Args:
+        path: YAML file; the default Adult pipeline when None.
+        overrides: `KEY=VALUE` strings applied before validation.
+
+    Returns:
+        The frozen PipelineConfig.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, unknown key, wrong type or bad value.
+    """
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping, got {type(raw).__name__}")
+    for key, value in parse_overrides(overrides):
+        _set_key(raw, key, value)
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, str(path))) from None
+
+
+def resolve_path(path: str) -> str:
+    """A path from a config: URIs and absolute paths as they are, else CWD, else project root."""
+    if "://" in path or Path(path).is_absolute() or Path(path).exists():
+        return path
+    candidate = PROJECT_ROOT / path
+    return str(candidate) if candidate.exists() else path

@@ -1,0 +1,101 @@
+"""What the pipeline is: the stages, and which output feeds which input.
+
+The wiring lives here and only here; components know nothing of each other, and runners
+(local, CLI, Airflow) read this graph.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from pipeline.component import ComponentSpec
+    from pipeline.metadata import MetadataStore
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An input fed by `stage`'s output `output` in the same run."""
+
+    stage: str
+    output: str
+
+
+@dataclass(frozen=True)
+class History:
+    """An input resolved from earlier runs by `resolve(store, pipeline, current_inputs)`."""
+
+    resolve: Callable[["MetadataStore", str, dict], str | None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str
+    inputs: dict[str, Upstream | History] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> "ComponentSpec":
+        return importlib.import_module(self.module).SPEC
+
+    @property
+    def upstream(self) -> set[str]:
+        return {b.stage for b in self.inputs.values() if isinstance(b, Upstream)}
+
+
+def last_validated_statistics(store: "MetadataStore", pipeline: str, current: dict) -> str | None:
+    """Baseline for drift: the statistics the last successful validate accepted, if different.
+
+    Excluding the current statistics keeps a fully cached re-run cached (its baseline does not
+    move) while new data is always compared with the last data that passed.
+    """
+    for ex in store.committed_executions(pipeline, "validate"):
+        art = store.inputs_of(ex["id"]).get("statistics")
+        if art is not None and art.uri != current.get("statistics"):
+            return art.uri
+    return None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", "components.ingest"),
+    Stage("statistics", "components.statistics", {"examples": Upstream("ingest", "examples")}),
+    Stage("schema", "components.schema", {"statistics": Upstream("statistics", "statistics")}),
+    Stage("validate", "components.validate", {
+        "statistics": Upstream("statistics", "statistics"),
+        "schema": Upstream("schema", "schema"),
+        "baseline_statistics": History(last_validated_statistics),
+    }),
+)
+
+
+def stage_names(stages: tuple[Stage, ...] = STAGES) -> list[str]:
+    return [s.name for s in stages]
+
+
+def get_stage(name: str, stages: tuple[Stage, ...] = STAGES) -> Stage:
+    for s in stages:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(stage_names(stages))}")
+
+
+def downstream_closure(names: set[str], stages: tuple[Stage, ...] = STAGES) -> set[str]:
+    """`names` plus every stage that depends on them, transitively."""
+    out = set(names)
+    changed = True
+    while changed:
+        changed = False
+        for s in stages:
+            if s.name not in out and s.upstream & out:
+                out.add(s.name)
+                changed = True
+    return out
+
+
+def upstream_closure(names: set[str], stages: tuple[Stage, ...] = STAGES) -> set[str]:
+    out = set(names)
+    for s in reversed(stages):
+        if s.name in out:
+            out |= s.upstream
+    return out

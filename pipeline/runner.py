@@ -1,0 +1,345 @@
+"""Who runs the pipeline locally: executes stages with caching, atomic commit and lineage.
+
+`run_stage` is the one way a stage is executed (local runner, `kfx component`, Airflow task);
+`run_pipeline` walks the stage graph, running independent stages in parallel threads.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import importlib
+import inspect
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.component import ComponentError, Context
+from pipeline.config import PipelineConfig
+from pipeline.graph import STAGES, History, Stage, Upstream, downstream_closure, get_stage, upstream_closure
+from pipeline.metadata import MetadataStore
+
+log = logging.getLogger("kfx")
+
+
+class RunError(RuntimeError):
+    """A stage could not run or failed; the message is the one-paragraph user message."""
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def open_store(cfg: PipelineConfig, root: str | None = None) -> MetadataStore:
+    root = root or cfg.root
+    if cfg.metadata_url:
+        return MetadataStore(cfg.metadata_url)
+    if not _is_local(root):
+        raise RunError(f"root {root!r} is not local: set metadata_url to a shared database (e.g. Postgres)")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return MetadataStore(f"sqlite:///{Path(root).resolve() / 'metadata.sqlite'}")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_version(stage: Stage) -> str:
+    """Fingerprint of the component's source (and its declared helper modules) and kfx version."""
+    h = hashlib.sha256(__version__.encode())
+    for name in (stage.module, *stage.spec.code):
+        h.update(inspect.getsource(importlib.import_module(name)).encode())
+    return h.hexdigest()
+
+
+def _uri_fingerprint(store: MetadataStore, uri: str) -> str:
+    art = store.artifact_by_uri(uri)
+    if art is not None:
+        return art.fingerprint
+    # A URI given by hand (--input) that kfx did not produce: fingerprint its listing.
+    import tensorflow as tf
+
+    entries = []
+    for dirpath, _dirs, files in tf.io.gfile.walk(uri):
+        for f in sorted(files):
+            st = tf.io.gfile.stat(os.path.join(dirpath, f))
+            entries.append((os.path.relpath(os.path.join(dirpath, f), uri), st.length, st.mtime_nsec))
+    return _hash([uri, entries])
+
+
+@dataclass
+class StageResult:
+    status: str  # succeeded | cached | failed | skipped
+    execution_id: int | None = None
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        d = {"status": self.status, "execution_id": self.execution_id,
+             "seconds": round(self.seconds, 3), "outputs": self.outputs, "metrics": self.metrics}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def latest_outputs(store: MetadataStore, pipeline: str, stage: str) -> dict[str, str] | None:
+    ex = store.latest_execution(pipeline, stage)
+    if ex is None:
+        return None
+    return {k: a.uri for k, a in store.outputs_of(ex["id"]).items()}
+
+
+def resolve_inputs(stage: Stage, cfg: PipelineConfig, store: MetadataStore,
+                   produced: dict[str, dict[str, str]], given: dict[str, str]) -> dict[str, str | None]:
+    """Input URIs: given by hand, else produced in this run, else the latest committed ones."""
+    spec = stage.spec
+    out: dict[str, str | None] = {}
+    for name in spec.inputs:
+        if name in given:
+            out[name] = given[name]
+            continue
+        binding = stage.inputs.get(name)
+        if isinstance(binding, Upstream):
+            outs = produced.get(binding.stage)
+            if outs is None:
+                outs = latest_outputs(store, cfg.name, binding.stage)
+            if outs is None or binding.output not in outs:
+                raise RunError(
+                    f"Stage {stage.name!r} needs input {name!r} from stage {binding.stage!r}, but "
+                    f"no successful {binding.stage!r} execution exists for pipeline {cfg.name!r}: "
+                    f"run that stage first or pass --input {name}=URI.")
+            out[name] = outs[binding.output]
+    for name, binding in stage.inputs.items():
+        if isinstance(binding, History) and name not in given:
+            out[name] = binding.resolve(store, cfg.name, out)
+    for name in spec.inputs:
+        if out.get(name) is None and name not in spec.optional_inputs:
+            raise RunError(f"Stage {stage.name!r}: required input {name!r} is missing.")
+    return out
+
+
+class Reporter:
+    """Progress on the terminal: stage start/finish with elapsed time and rows, a heartbeat."""
+
+    def __init__(self, stream=None, heartbeat: float = 30.0):
+        self.stream = stream or sys.stderr
+        self.running: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat = heartbeat
+
+    def __enter__(self):
+        threading.Thread(target=self._beat, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    def _beat(self):
+        while not self._stop.wait(self._heartbeat):
+            with self._lock:
+                now = time.time()
+                if self.running:
+                    self.say("… running: " + ", ".join(
+                        f"{k} {now - t:.0f}s" for k, t in self.running.items()))
+
+    def say(self, text: str) -> None:
+        print(f"[kfx {time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def start(self, name: str) -> None:
+        with self._lock:
+            self.running[name] = time.time()
+        self.say(f"▶ {name}")
+
+    def finish(self, name: str, res: StageResult) -> None:
+        with self._lock:
+            self.running.pop(name, None)
+        rows = res.metrics.get("rows")
+        extra = f"  rows={rows:,}" if isinstance(rows, int) else ""
+        mark = {"succeeded": "✔", "cached": "↺", "failed": "✘"}.get(res.status, "·")
+        self.say(f"{mark} {name} {res.status} in {res.seconds:.1f}s{extra}"
+                 + (f"\n    {res.error}" if res.error else ""))
+
+
+def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: str, root: str,
+              inputs: dict[str, str | None], use_cache: bool = True) -> StageResult:
+    """Execute one stage: reuse a cached execution, or run it and commit its outputs atomically."""
+    import tensorflow as tf
+
+    spec = stage.spec
+    stage_cfg = cfg.stage(stage.name)
+    cfg_json = stage_cfg.model_dump(mode="json", by_alias=True, exclude={"cache"})
+    version = code_version(stage)
+    fp_parts = {"component": stage.name, "code": version, "config": cfg_json,
+                "inputs": {k: (_uri_fingerprint(store, v) if v else None) for k, v in inputs.items()}}
+    if spec.source_fingerprint is not None:
+        fp_parts["source"] = spec.source_fingerprint(stage_cfg)
+    fingerprint = _hash(fp_parts)
+    started = time.time()
+
+    if use_cache and stage_cfg.cache:
+        hit = store.find_cached(cfg.name, stage.name, fingerprint)
+        if hit is not None:
+            outs = store.outputs_of(hit["id"])
+            if outs and all(tf.io.gfile.exists(a.uri) for a in outs.values()):
+                ex_id = store.start_execution(cfg.name, run_id, stage.name, fingerprint, cfg_json, version)
+                store.record_inputs(ex_id, inputs)
+                metrics = json.loads(hit["metrics"] or "{}")
+                store.commit_execution(ex_id, {k: (a.uri, a.fingerprint) for k, a in outs.items()},
+                                       metrics, status="cached", cached_from=hit["id"])
+                return StageResult("cached", ex_id, time.time() - started,
+                                   {k: a.uri for k, a in outs.items()}, metrics)
+
+    ex_id = store.start_execution(cfg.name, run_id, stage.name, fingerprint, cfg_json, version)
+    store.record_inputs(ex_id, inputs)
+    stage_dir = f"{root.rstrip('/')}/{cfg.name}/{stage.name}"
+    final_dir = f"{stage_dir}/{ex_id}"
+    # Local roots: write beside, rename on success. Object stores have no atomic rename; there
+    # the metadata commit below is what makes outputs visible.
+    work_dir = f"{stage_dir}/.tmp-{ex_id}" if _is_local(root) else final_dir
+    if tf.io.gfile.exists(work_dir):
+        tf.io.gfile.rmtree(work_dir)
+    outputs = {name: f"{work_dir}/{name}" for name in spec.outputs}
+    for uri in outputs.values():
+        tf.io.gfile.makedirs(uri)
+    ctx = Context(pipeline=cfg, config=stage_cfg, inputs=dict(inputs), outputs=outputs,
+                  run_id=run_id, execution_id=ex_id)
+    try:
+        metrics = spec.run(ctx) or {}
+    except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
+        if isinstance(err, ComponentError):
+            message = str(err)
+        else:
+            message = f"{type(err).__name__}: {err}"
+        failed_dir = f"{stage_dir}/.failed-{ex_id}"
+        if work_dir != final_dir:
+            tf.io.gfile.rename(work_dir, failed_dir, overwrite=True)
+        else:
+            failed_dir = work_dir
+        with tf.io.gfile.GFile(f"{failed_dir}/traceback.txt", "w") as f:
+            f.write(traceback.format_exc())
+        store.fail_execution(ex_id, message)
+        return StageResult("failed", ex_id, time.time() - started, {}, {},
+                           f"{message} (partial outputs and traceback kept, uncommitted, in {failed_dir})")
+    if work_dir != final_dir:
+        tf.io.gfile.rename(work_dir, final_dir, overwrite=False)
+    final = {name: f"{final_dir}/{name}" for name in spec.outputs}
+    store.commit_execution(ex_id, {k: (v, _hash([fingerprint, k])) for k, v in final.items()}, metrics)
+    return StageResult("succeeded", ex_id, time.time() - started, final, metrics)
+
+
+def select_stages(stages: tuple[Stage, ...], from_stage: str | None, to_stage: str | None) -> list[str]:
+    names = {s.name for s in stages}
+    if from_stage:
+        get_stage(from_stage, stages)
+        names &= downstream_closure({from_stage}, stages)
+    if to_stage:
+        get_stage(to_stage, stages)
+        names &= upstream_closure({to_stage}, stages)
+    return [s.name for s in stages if s.name in names]
+
+
+def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | None = None,
+                 from_stage: str | None = None, to_stage: str | None = None, use_cache: bool = True,
+                 only: list[str] | None = None, given_inputs: dict[str, str] | None = None,
+                 stages: tuple[Stage, ...] = STAGES, reporter: Reporter | None = None) -> dict:
+    """Run the selected stages of the graph; returns the run summary (never raises for a stage).
+
+    Args:
+        cfg: the loaded pipeline config.
+        root: artifact root (overrides cfg.root).
+        run_id: the run's id (new when None); an orchestrator passes its own.
+        from_stage, to_stage: run only this slice of the graph; inputs from outside the slice
+            come from the latest committed executions.
+        use_cache: False disables cache hits for every stage (`--no-cache`).
+        only: run exactly these stages (`kfx component`).
+        given_inputs: input URIs given by hand (`--input NAME=URI`), for `only` runs.
+        stages: the stage graph (tests pass small graphs).
+        reporter: progress printer.
+    """
+    root = root or cfg.root
+    if _is_local(root):
+        root = os.path.abspath(root.removeprefix("file://"))
+    run_id = run_id or new_run_id()
+    store = open_store(cfg, root)
+    selected = only if only is not None else select_stages(stages, from_stage, to_stage)
+    reporter = reporter or Reporter()
+    summary: dict[str, Any] = {"pipeline": cfg.name, "run_id": run_id, "status": "running",
+                               "root": root, "error": None, "components": {}}
+    store.start_run(cfg.name, run_id)
+    results: dict[str, StageResult] = {}
+    produced: dict[str, dict[str, str]] = {}
+    pending = [get_stage(n, stages) for n in selected]
+    failed: str | None = None
+
+    def submit(pool, stage):
+        reporter.start(stage.name)
+        def work():
+            inputs = resolve_inputs(stage, cfg, store, produced, given_inputs or {})
+            return run_stage(stage, cfg, store, run_id, root, inputs, use_cache)
+        return pool.submit(work)
+
+    with reporter, cf.ThreadPoolExecutor(max_workers=cfg.max_parallel) as pool:
+        running: dict[cf.Future, Stage] = {}
+        while pending or running:
+            if failed is None:
+                for stage in list(pending):
+                    deps = stage.upstream & set(selected)
+                    if all(d in results and results[d].status in ("succeeded", "cached") for d in deps):
+                        pending.remove(stage)
+                        running[submit(pool, stage)] = stage
+            if not running:
+                break
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                stage = running.pop(fut)
+                try:
+                    res = fut.result()
+                except RunError as err:
+                    res = StageResult("failed", error=str(err))
+                except Exception as err:  # noqa: BLE001 - runner faults are reported like stage faults
+                    res = StageResult("failed", error=f"{type(err).__name__}: {err}")
+                results[stage.name] = res
+                reporter.finish(stage.name, res)
+                if res.status in ("succeeded", "cached"):
+                    produced[stage.name] = res.outputs
+                elif failed is None:
+                    failed = stage.name
+    for stage in pending:
+        results[stage.name] = StageResult("skipped")
+    summary["components"] = {n: results[n].as_dict() for n in selected if n in results}
+    if failed:
+        summary["status"] = "failed"
+        summary["error"] = (f"Stage {failed!r} failed: {results[failed].error} "
+                            f"Stages after it were skipped; nothing it wrote was committed.")
+    else:
+        summary["status"] = "succeeded"
+    store.finish_run(cfg.name, run_id, summary["status"], summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The run summary as a small table for the terminal."""
+    lines = [f"run {summary['run_id']} of {summary['pipeline']}: {summary['status']}  (root {summary['root']})"]
+    for name, c in summary["components"].items():
+        m = c.get("metrics") or {}
+        shown = ", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, (dict, list)))[:100]
+        lines.append(f"  {name:<15} {c['status']:<10} {c['seconds']:>8.1f}s  {shown}")
+    if summary.get("error"):
+        lines.append(summary["error"])
+    return "\n".join(lines)
