@@ -20,16 +20,8 @@ class ConfigError(ValueError):
     """A pipeline config that cannot be loaded; the message names the key and the value."""
 
 
-class Section(BaseModel):
-    """Base of every config section: immutable, and unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class StageConfig(Section):
-    """Settings every stage has."""
-
-    cache: bool = Field(True, description="Reuse a committed execution with the same fingerprint.")
+from pipeline.config_base import Section, StageConfig  # noqa: E402
+from pipeline.config_modeling import TrainConfig, TransformConfig, TuneConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest
@@ -134,6 +126,9 @@ class PipelineConfig(Section):
     statistics: StatisticsConfig = StatisticsConfig()
     schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    transform: TransformConfig = TransformConfig()
+    tune: TuneConfig = TuneConfig()
+    train: TrainConfig = TrainConfig()
 
     def stage(self, name: str) -> StageConfig:
         """The config section of stage `name`."""

@@ -34,6 +34,7 @@ class Stage:
     name: str
     module: str
     inputs: dict[str, Upstream | History] = field(default_factory=dict)
+    after: tuple[str, ...] = ()  # ordering-only dependencies (a gate such as validate)
 
     @property
     def spec(self) -> "ComponentSpec":
@@ -41,7 +42,7 @@ class Stage:
 
     @property
     def upstream(self) -> set[str]:
-        return {b.stage for b in self.inputs.values() if isinstance(b, Upstream)}
+        return {b.stage for b in self.inputs.values() if isinstance(b, Upstream)} | set(self.after)
 
 
 def last_validated_statistics(store: "MetadataStore", pipeline: str, current: dict) -> str | None:
