@@ -84,33 +84,32 @@ class FeatureAcc:
         self.bytes_len = 0
         self.truncated = False
 
-    def add(self, values: np.ndarray, lengths: np.ndarray, max_counts: int) -> None:
-        present = lengths > 0
-        self.present += int(present.sum())
-        self.missing += int((~present).sum())
-        self.num_values += int(lengths.sum())
-        if present.any():
-            self.min_nv = min(self.min_nv, int(lengths[present].min()))
-            self.max_nv = max(self.max_nv, int(lengths.max()))
-        if not len(values):
+    def add(self, r: dict, max_counts: int) -> None:
+        """Fold one batch's reductions (see `_batch_reducer`) into the accumulator."""
+        self.present += int(r["present"])
+        self.missing += int(r["rows"]) - int(r["present"])
+        self.num_values += int(r["num_values"])
+        if r["present"]:
+            self.min_nv = min(self.min_nv, int(r["min_nv"]))
+            self.max_nv = max(self.max_nv, int(r["max_nv"]))
+        if not r["num_values"]:
             return
-        self.kmv = np.unique(np.concatenate([self.kmv, _hash(values)]))[:_KMV_K]
         if self.kind == "string":
-            import pandas as pd
-
-            vc = pd.Series(values).value_counts(sort=False)
-            for v, c in zip(vc.index, vc.to_numpy()):
-                self.counts[v] = self.counts.get(v, 0) + int(c)
-            self.bytes_len += int(sum(map(len, values)))
+            hashes = r["hashes"].astype(np.uint64)
+            for v, c in zip(r["unique"].tolist(), r["counts"].tolist()):
+                self.counts[v] = self.counts.get(v, 0) + c
+            self.bytes_len += int(r["bytes"])
             self._prune(max_counts)
         else:
-            v = values.astype(np.float64)
-            self.total += float(v.sum())
-            self.total_sq += float(np.square(v).sum())
-            self.vmin = min(self.vmin, float(v.min()))
-            self.vmax = max(self.vmax, float(v.max()))
-            self.zeros += int((v == 0).sum())
+            v = r["values"]
+            self.total += float(r["sum"])
+            self.total_sq += float(r["sum_sq"])
+            self.vmin = min(self.vmin, float(r["min"]))
+            self.vmax = max(self.vmax, float(r["max"]))
+            self.zeros += int(r["zeros"])
             self.sketch.add(v)
+            hashes = _hash(np.unique(v))
+        self.kmv = np.unique(np.concatenate([self.kmv, hashes]))[:_KMV_K]
 
     def _prune(self, max_counts: int) -> None:
         # Bounded memory on unbounded vocabularies: keep the most frequent values.
@@ -144,21 +143,60 @@ class FeatureAcc:
         return int(round((_KMV_K - 1) * 2.0**64 / float(self.kmv[-1])))
 
 
+def _batch_reducer(columns: dict[str, str]):
+    """A tf.function: serialized examples -> per feature reductions, all in TensorFlow ops.
+
+    Counting, moments and distinct values happen in C++ (and in parallel across batches via
+    tf.data); Python only folds the small results.
+    """
+    import tensorflow as tf
+
+    dtypes = {"int": tf.int64, "float": tf.float32, "string": tf.string}
+    spec = {k: tf.io.RaggedFeature(dtypes[t], row_splits_dtype=tf.int64) for k, t in columns.items()}
+
+    @tf.function
+    def reduce(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        out = {}
+        for name, rt in parsed.items():
+            lengths = rt.row_lengths()
+            vals = rt.flat_values
+            has = lengths > 0
+            r = {"rows": tf.size(lengths, out_type=tf.int64),
+                 "present": tf.math.count_nonzero(has, dtype=tf.int64),
+                 "num_values": tf.reduce_sum(lengths),
+                 "min_nv": tf.reduce_min(tf.where(has, lengths, tf.int64.max)),
+                 "max_nv": tf.reduce_max(tf.concat([lengths, [0]], 0))}
+            if columns[name] == "string":
+                uniq, _, counts = tf.unique_with_counts(vals, out_idx=tf.int64)
+                r.update(unique=uniq, counts=counts, bytes=tf.reduce_sum(tf.strings.length(vals, "BYTE")),
+                         hashes=tf.strings.to_hash_bucket_fast(uniq, 2**62))
+            else:
+                v = tf.cast(vals, tf.float64)
+                r.update(values=v, sum=tf.reduce_sum(v), sum_sq=tf.reduce_sum(v * v),
+                         min=tf.reduce_min(tf.concat([v, [np.inf]], 0)),
+                         max=tf.reduce_max(tf.concat([v, [-np.inf]], 0)),
+                         zeros=tf.math.count_nonzero(tf.equal(v, 0.0), dtype=tf.int64))
+            out[name] = r
+        return out
+
+    return reduce
+
+
 def _file_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int, max_counts: int):
-    """Statistics of one shard: (split, {feature: FeatureAcc}, rows)."""
+    """Statistics of one shard: (split, ({feature: FeatureAcc}, rows))."""
     import tensorflow as tf
 
     split, path = item
-    dtypes = {"int": tf.int64, "float": tf.float32, "string": tf.string}
-    spec = {k: tf.io.RaggedFeature(dtypes[t], row_splits_dtype=tf.int64) for k, t in columns.items()}
     accs = {k: FeatureAcc(t) for k, t in columns.items()}
     rows = 0
-    ds = (tf.data.TFRecordDataset(path, compression_type="GZIP").batch(batch_size)
-          .map(lambda b: tf.io.parse_example(b, spec)).prefetch(2))
-    for batch in ds:
-        for name, rt in batch.items():
-            accs[name].add(rt.flat_values.numpy(), rt.row_lengths().numpy(), max_counts)
-        rows += int(next(iter(batch.values())).nrows())
+    ds = (tf.data.TFRecordDataset(path, compression_type="GZIP", num_parallel_reads=1).batch(batch_size)
+          .map(_batch_reducer(columns), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+    for batch in ds.as_numpy_iterator():
+        for name, r in batch.items():
+            accs[name].add(r, max_counts)
+        if batch:
+            rows += int(next(iter(batch.values()))["rows"])
     yield split, (accs, rows)
 
 

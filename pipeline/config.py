@@ -94,7 +94,7 @@ class StatisticsConfig(StageConfig):
     num_histogram_buckets: int = Field(10, ge=1, le=1000)
     top_k: int = Field(20, ge=1)
     max_rank_values: int = Field(1000, ge=1, description="Distinct values kept per string feature.")
-    batch_size: int = Field(8192, gt=0)
+    batch_size: int = Field(32768, gt=0)
 
 
 # ---------------------------------------------------------------- schema
@@ -120,7 +120,8 @@ class PipelineConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     root: str = "runs"
     metadata_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under root if unset.")
-    beam_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    beam_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=2",
+                               "--default_sdk_harness_log_level=WARNING")
     max_parallel: int = Field(2, ge=1)
     ingest: IngestConfig
     statistics: StatisticsConfig = StatisticsConfig()
@@ -131,8 +132,10 @@ class PipelineConfig(Section):
     train: TrainConfig = TrainConfig()
 
     def stage(self, name: str) -> StageConfig:
-        """The config section of stage `name`."""
-        return getattr(self, name if name in type(self).model_fields else f"{name}_")
+        """The config section of stage `name` (defaults for a stage without a section)."""
+        fields = type(self).model_fields
+        key = name if name in fields else f"{name}_"
+        return getattr(self, key) if key in fields else StageConfig()
 
 
 def _set_key(raw: dict, dotted: str, value: Any) -> None:

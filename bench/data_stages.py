@@ -1,0 +1,127 @@
+"""Benchmark: kfx ingest + statistics on a large Adult-shaped CSV versus pandas.
+
+Generates N-row CSVs by resampling the real Adult rows (so types, missing values and
+cardinalities are Adult's), then, side by side in this one script:
+  - kfx: the ingest and statistics stages (Beam DirectRunner, multi-processing, 2 workers);
+  - pandas: read_csv + the same statistics (count, missing, mean, std, min, max, zeros,
+    quantiles, histogram, unique, top-k) in one process.
+Prints rows/s for each, the ratio, and kfx's peak RSS (driver + Beam workers) per size, so
+"memory flat as rows grow" can be read off the table.
+
+    .venv/bin/python bench/data_stages.py [--rows 250000 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from components.datasets import ADULT_COLUMNS, BUILTINS, package_folder  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.runner import Reporter, run_pipeline  # noqa: E402
+
+INTS = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
+
+
+def make_csv(path: Path, rows: int, seed: int = 0) -> None:
+    src = pd.read_csv(package_folder(BUILTINS["adult"]) / "adult.data", header=None, names=ADULT_COLUMNS,
+                      skipinitialspace=True)
+    rng = np.random.default_rng(seed)
+    out = src.iloc[rng.integers(0, len(src), rows)].reset_index(drop=True)
+    out["fnlwgt"] = out["fnlwgt"] + rng.integers(-500, 500, rows)  # fewer exact duplicates
+    out.to_csv(path, index=False)
+
+
+class PeakRss:
+    """Peak resident memory of this process and all its children, sampled every 0.1 s."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.wait(0.1):
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def pandas_stats(path: Path, top_k: int = 20, buckets: int = 10, quantiles: int = 10) -> dict:
+    df = pd.read_csv(path, skipinitialspace=True, na_values=["?", ""])
+    out = {}
+    for col in df.columns:
+        s = df[col]
+        d = {"count": int(s.count()), "missing": int(s.isna().sum()), "unique": int(s.nunique())}
+        if col in INTS:
+            v = s.dropna().to_numpy(dtype=float)
+            d.update(mean=v.mean(), std=v.std(), min=v.min(), max=v.max(), zeros=int((v == 0).sum()),
+                     quantiles=np.quantile(v, np.linspace(0, 1, quantiles + 1)),
+                     histogram=np.histogram(v, bins=buckets)[0])
+        else:
+            d["top"] = s.value_counts().head(top_k)
+        out[col] = d
+    return out
+
+
+def kfx_stages(csv: Path, root: str) -> tuple[float, float]:
+    cfg = load_config(None, [
+        "ingest.format=csv", "ingest.name=null", f"ingest.inputs=[{{pattern: '{csv}', splits: {{train: 9, eval: 1}}}}]",
+        "ingest.column_types={age: int, fnlwgt: int, education-num: int, capital-gain: int, capital-loss: int, hours-per-week: int}",
+        "ingest.csv={header: true, na_values: ['?', '']}", "ingest.label=income", "ingest.max_rejected_fraction=0",
+        "schema.path=null",
+    ])
+    quiet = Reporter(stream=open(os.devnull, "w"))
+    s = run_pipeline(cfg, root=root, to_stage="statistics", use_cache=False, reporter=quiet)
+    assert s["status"] == "succeeded", s["error"]
+    return s["components"]["ingest"]["seconds"], s["components"]["statistics"]["seconds"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000])
+    args = ap.parse_args()
+    print(f"{'rows':>10} {'kfx ingest r/s':>15} {'kfx stats r/s':>14} {'pandas stats r/s':>17} "
+          f"{'stats ratio':>12} {'kfx+ingest ratio':>17} {'kfx peak RSS':>13} {'pandas peak RSS':>16}")
+    for rows in args.rows:
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = Path(tmp) / "adult_big.csv"
+            make_csv(csv, rows)
+            with PeakRss() as mem:
+                ingest_s, stats_s = kfx_stages(csv, f"{tmp}/runs")
+            with PeakRss() as pmem:
+                base = psutil.Process().memory_info().rss
+                t = time.perf_counter()
+                pandas_stats(csv)
+                pandas_s = time.perf_counter() - t
+            print(f"{rows:>10,} {rows / ingest_s:>15,.0f} {rows / stats_s:>14,.0f} {rows / pandas_s:>17,.0f} "
+                  f"{stats_s / pandas_s:>11.2f}x {(ingest_s + stats_s) / pandas_s:>16.2f}x "
+                  f"{mem.peak / 2**20:>10,.0f} MB {(pmem.peak - base) / 2**20:>13,.0f} MB", flush=True)
+    print("ratio = kfx seconds / pandas seconds (lower is better; aim: stats within 3x).")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+from tests.pipeline.toy_stages import A as SPEC  # noqa: F401

@@ -1,0 +1,1 @@
+from tests.pipeline.toy_stages import FAIL as SPEC  # noqa: F401
