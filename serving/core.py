@@ -1,0 +1,100 @@
+"""The serving core: routes each API call to the right servable and records metrics.
+
+Shared by the gRPC servicers and the REST handler, so both answer identically.
+"""
+
+import time
+
+from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
+
+from serving import errors, inference
+from serving.manager import ModelManager
+
+
+class ServingCore:
+    """API entry points over a ModelManager.
+
+    Args:
+        manager: the ModelManager.
+        metrics: a serving.metrics.Metrics, or None.
+    """
+
+    def __init__(self, manager: ModelManager, metrics=None):
+        self.manager = manager
+        self.metrics = metrics
+        self._method_check = manager.options.enable_signature_method_name_check
+
+    def _call(self, api: str, entrypoint: str, request, run, deadline, spec=None):
+        start = time.perf_counter()
+        if spec is None and request.HasField("model_spec"):
+            spec = request.model_spec
+        status = "OK"
+        try:
+            if spec is None:
+                raise errors.invalid_argument("Missing ModelSpec")
+            with self.manager.servable(spec) as servable:
+                return run(servable)
+        except Exception as exc:
+            error = errors.from_exception(exc)
+            status = error.code.name
+            raise error from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.record_request(spec.name if spec is not None else "", api, entrypoint, status,
+                                            (time.perf_counter() - start) * 1e6)
+
+    def predict(self, request, deadline=None, entrypoint="GRPC"):
+        """PredictRequest -> PredictResponse."""
+        return self._call("predict", entrypoint, request,
+                          lambda s: inference.predict(s, request, deadline, self._method_check), deadline)
+
+    def classify(self, request, deadline=None, entrypoint="GRPC"):
+        """ClassificationRequest -> ClassificationResponse."""
+        return self._call("classify", entrypoint, request,
+                          lambda s: inference.classify(s, request, deadline, self._method_check), deadline)
+
+    def regress(self, request, deadline=None, entrypoint="GRPC"):
+        """RegressionRequest -> RegressionResponse."""
+        return self._call("regress", entrypoint, request,
+                          lambda s: inference.regress(s, request, deadline, self._method_check), deadline)
+
+    def multi_inference(self, request, deadline=None, entrypoint="GRPC"):
+        """MultiInferenceRequest -> MultiInferenceResponse (servable of the first task)."""
+        inference.check_multi_inference(request)
+        spec = request.tasks[0].model_spec
+        return self._call("multi_inference", entrypoint, request,
+                          lambda s: inference.multi_inference(s, request, deadline, self._method_check),
+                          deadline, spec=spec)
+
+    def metadata(self, request, entrypoint="GRPC"):
+        """GetModelMetadataRequest -> GetModelMetadataResponse."""
+        if request.HasField("model_spec"):
+            inference.check_metadata_request(request)
+        return self._call("metadata", entrypoint, request, lambda s: inference.metadata(s, request), None)
+
+    def status(self, request) -> get_model_status_pb2.GetModelStatusResponse:
+        """GetModelStatusRequest -> GetModelStatusResponse (ModelService.GetModelStatus)."""
+        if not request.HasField("model_spec"):
+            raise errors.invalid_argument("Missing ModelSpec")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for version, state, error in self.manager.status(request.model_spec):
+            entry = response.model_version_status.add(version=version, state=state)
+            entry.status.error_code = error.code_value if error else 0
+            entry.status.error_message = error.message if error else ""
+        return response
+
+    def reload_config(self, request) -> model_management_pb2.ReloadConfigResponse:
+        """ReloadConfigRequest -> ReloadConfigResponse; raises the error it also reports."""
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise errors.invalid_argument(
+                    "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                    "ModelConfigList is currently supported")
+            self.manager.reload_config(request.config)
+        except errors.ServingError as error:
+            response.status.error_code = error.code_value
+            response.status.error_message = error.message
+            error.response = response
+            raise
+        return response

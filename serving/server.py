@@ -1,0 +1,201 @@
+"""The model server: wires the manager, gRPC services, health, REST and metrics together.
+
+`ModelServer(options).start()` behaves like `tensorflow_model_server` started with the same
+flags: it loads the configured models (waiting until they are AVAILABLE), then listens for
+gRPC (and REST when rest_api_port > 0).
+"""
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import batching, grpc_service, manager, metrics as metrics_lib, protos, rest
+from serving.core import ServingCore
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+MAX_MESSAGE_SIZE = 2**31 - 1  # TF Serving: builder.SetMaxMessageSize(kint32max)
+SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Server settings; field names and defaults are tensorflow_model_server's flags."""
+
+    port: int = 8500
+    host: str = "127.0.0.1"
+    rest_api_port: int = 0
+    rest_api_num_threads: int = 0
+    rest_api_timeout_in_ms: int = 30000
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    monitoring_config_file: str = ""
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    grpc_channel_arguments: str = ""
+    grpc_max_threads: int = 0
+    ssl_config_file: str = ""
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    allow_version_labels_for_unavailable_models: bool = False
+    saved_model_tags: str = "serve"
+    enable_signature_method_name_check: bool = False
+    num_load_threads: int = 0
+
+
+def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
+    """The ModelServerConfig: the --model_config_file, or one model from --model_name/--model_base_path.
+
+    Raises:
+        ValueError: when neither is given or the file does not parse.
+    """
+    config = model_server_config_pb2.ModelServerConfig()
+    if options.model_config_file:
+        return protos.read_text_proto(options.model_config_file, config)
+    if not options.model_base_path:
+        raise ValueError("Both server_model_config_file and model_base_path are empty!")
+    model = config.model_config_list.config.add()
+    model.name, model.base_path, model.model_platform = options.model_name, options.model_base_path, "tensorflow"
+    return config
+
+
+def parse_channel_arguments(text: str) -> list:
+    """--grpc_channel_arguments "k=v,k2=v2" -> [(k, v)] with integer values as ints."""
+    arguments = []
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        arguments.append((key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value.strip()))
+    return arguments
+
+
+class ModelServer:
+    """A running kfx serve instance.
+
+    Args:
+        options: ServerOptions.
+    """
+
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.metrics = metrics_lib.Metrics()
+        self._batching = None
+        self._grpc = None
+        self._http = None
+        self._health = None
+        self._stop = threading.Event()
+        self._config_text = None
+
+    def start(self) -> None:
+        """Loads the models and starts listening. Returns once the server is serving.
+
+        Raises:
+            ValueError: for unreadable flag files or configs.
+            errors.ServingError: when the models cannot be loaded (TF Serving fails to start too).
+        """
+        opts = self.options
+        if opts.enable_batching:
+            params = protos.BatchingParameters()
+            if opts.batching_parameters_file:
+                protos.read_text_proto(opts.batching_parameters_file, params)
+            self._batching = batching.BatchingQueues(params, on_batch=self.metrics.record_batch)
+        self.manager = manager.ModelManager(
+            manager.ManagerOptions(
+                file_system_poll_wait_seconds=opts.file_system_poll_wait_seconds,
+                enable_model_warmup=opts.enable_model_warmup,
+                num_request_iterations_for_warmup=opts.num_request_iterations_for_warmup,
+                max_num_load_retries=opts.max_num_load_retries,
+                load_retry_interval_micros=opts.load_retry_interval_micros,
+                allow_version_labels_for_unavailable_models=opts.allow_version_labels_for_unavailable_models,
+                saved_model_tags=tuple(t for t in opts.saved_model_tags.split(",") if t),
+                enable_signature_method_name_check=opts.enable_signature_method_name_check,
+                num_load_threads=opts.num_load_threads or 2),
+            batching=self._batching, on_state=self.metrics.record_state)
+        self.core = ServingCore(self.manager, self.metrics)
+        config = model_server_config(opts)
+        self.manager.reload_config(config, wait=False)
+        self.manager.wait_until_available([m.name for m in config.model_config_list.config])
+        self.manager.start_polling()
+        if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            with open(opts.model_config_file, encoding="utf-8") as handle:
+                self._config_text = handle.read()
+            threading.Thread(target=self._poll_config_file, name="config-poll", daemon=True).start()
+        self._start_grpc()
+        if opts.rest_api_port > 0:
+            self._start_rest()
+
+    def _start_grpc(self) -> None:
+        opts = self.options
+        channel_options = [("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
+                           ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE)]
+        channel_options += parse_channel_arguments(opts.grpc_channel_arguments)
+        # Every in-flight request (including ones waiting in a batch) holds a thread.
+        workers = opts.grpc_max_threads or 128
+        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, "grpc"), options=channel_options)
+        grpc_service.add_services(self._grpc, self.core)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        for name in ("",) + SERVICE_NAMES:
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        address = f"{opts.host}:{opts.port}"
+        if opts.ssl_config_file:
+            ssl = protos.read_text_proto(opts.ssl_config_file, protos.SSLConfig())
+            credentials = grpc.ssl_server_credentials(
+                [(ssl.server_key.encode(), ssl.server_cert.encode())],
+                root_certificates=ssl.custom_ca.encode() or None, require_client_auth=ssl.client_verify)
+            bound = self._grpc.add_secure_port(address, credentials)
+        else:
+            bound = self._grpc.add_insecure_port(address)
+        if not bound:
+            raise ValueError(f"Failed to bind gRPC server to {address}")
+        self._grpc.start()
+        LOG.info("Running gRPC ModelServer at %s ...", address)
+
+    def _start_rest(self) -> None:
+        opts = self.options
+        metrics_path = None
+        if opts.monitoring_config_file:
+            monitoring = protos.read_text_proto(opts.monitoring_config_file, protos.MonitoringConfig())
+            if monitoring.prometheus_config.enable:
+                metrics_path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
+        api = rest.RestApi(self.core, opts.rest_api_timeout_in_ms)
+        self._http = rest.make_http_server(opts.host, opts.rest_api_port, api, self.metrics, metrics_path)
+        LOG.info("Exporting HTTP/REST API at:%s:%s ...", opts.host, opts.rest_api_port)
+
+    def _poll_config_file(self) -> None:
+        while not self._stop.wait(self.options.model_config_file_poll_wait_seconds):
+            try:
+                with open(self.options.model_config_file, encoding="utf-8") as handle:
+                    text = handle.read()
+                if text != self._config_text:
+                    self._config_text = text
+                    self.manager.reload_config(model_server_config(self.options), wait=False)
+            except Exception:  # a bad edit must not stop the server; the log says why
+                LOG.exception("Failed to reload --model_config_file")
+
+    def wait(self) -> None:
+        """Blocks until `stop` is called."""
+        self._stop.wait()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stops accepting requests, lets in-flight ones finish, unloads the models."""
+        self._stop.set()
+        if self._health is not None:
+            self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+        if self._batching is not None:
+            self._batching.stop()
+        self.manager.stop()
