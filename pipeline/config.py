@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 
 from pipeline.config_base import Section, StageConfig  # noqa: E402
+from pipeline.config_evaluation import EvaluateConfig, InfraValidateConfig, PushConfig  # noqa: E402
 from pipeline.config_modeling import TrainConfig, TransformConfig, TuneConfig  # noqa: E402
 
 
@@ -130,6 +131,9 @@ class PipelineConfig(Section):
     transform: TransformConfig = TransformConfig()
     tune: TuneConfig = TuneConfig()
     train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    infra_validate: InfraValidateConfig = InfraValidateConfig()
+    push: PushConfig = PushConfig()
 
     def stage(self, name: str) -> StageConfig:
         """The config section of stage `name` (defaults for a stage without a section)."""

@@ -323,6 +323,10 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
     for stage in pending:
         results[stage.name] = StageResult("skipped")
     summary["components"] = {n: results[n].as_dict() for n in selected if n in results}
+    # The approval outcome, lifted from the gate's and the pusher's metrics when they ran.
+    for key, stage in (("blessed", "evaluate"), ("pushed", "push")):
+        if stage in summary["components"]:
+            summary[key] = summary["components"][stage]["metrics"].get(key)
     if failed:
         summary["status"] = "failed"
         summary["error"] = (f"Stage {failed!r} failed: {results[failed].error} "
