@@ -97,16 +97,20 @@ class StageResult:
         return d
 
 
-def latest_outputs(store: MetadataStore, pipeline: str, stage: str) -> dict[str, str] | None:
-    ex = store.latest_execution(pipeline, stage)
+def latest_outputs(store: MetadataStore, pipeline: str, stage: str, run_id: str | None = None) -> dict[str, str] | None:
+    """Outputs of the stage's committed execution in run `run_id`, else its latest one."""
+    ex = (store.latest_execution(pipeline, stage, run_id=run_id) if run_id else None) \
+        or store.latest_execution(pipeline, stage)
     if ex is None:
         return None
     return {k: a.uri for k, a in store.outputs_of(ex["id"]).items()}
 
 
 def resolve_inputs(stage: Stage, cfg: PipelineConfig, store: MetadataStore,
-                   produced: dict[str, dict[str, str]], given: dict[str, str]) -> dict[str, str | None]:
-    """Input URIs: given by hand, else produced in this run, else the latest committed ones."""
+                   produced: dict[str, dict[str, str]], given: dict[str, str],
+                   run_id: str | None = None) -> dict[str, str | None]:
+    """Input URIs: given by hand, else produced in this run (this process or an earlier task
+    of the same run id, as under Airflow), else the latest committed ones."""
     spec = stage.spec
     out: dict[str, str | None] = {}
     for name in spec.inputs:
@@ -117,7 +121,7 @@ def resolve_inputs(stage: Stage, cfg: PipelineConfig, store: MetadataStore,
         if isinstance(binding, Upstream):
             outs = produced.get(binding.stage)
             if outs is None:
-                outs = latest_outputs(store, cfg.name, binding.stage)
+                outs = latest_outputs(store, cfg.name, binding.stage, run_id)
             if outs is None or binding.output not in outs:
                 raise RunError(
                     f"Stage {stage.name!r} needs input {name!r} from stage {binding.stage!r}, but "
@@ -290,7 +294,7 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
     def submit(pool, stage):
         reporter.start(stage.name)
         def work():
-            inputs = resolve_inputs(stage, cfg, store, produced, given_inputs or {})
+            inputs = resolve_inputs(stage, cfg, store, produced, given_inputs or {}, run_id)
             return run_stage(stage, cfg, store, run_id, root, inputs, use_cache)
         return pool.submit(work)
 
