@@ -1,0 +1,36 @@
+"""`kfx component`: every data stage runs alone, inputs from the store or given by hand."""
+from __future__ import annotations
+
+from tests.conftest import kfx, read_json
+
+
+def test_each_data_stage_runs_alone(tiny, tmp_path):
+    cfg, _ = tiny
+    outputs = {}
+    for stage in ("ingest", "statistics", "schema", "validate"):
+        out = tmp_path / f"{stage}.json"
+        proc = kfx("component", stage, "-c", str(cfg), "--run-id", "r1", "--summary-json", str(out))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        s = read_json(out)
+        assert s["run_id"] == "r1" and list(s["components"]) == [stage]
+        assert s["components"][stage]["status"] == "succeeded"
+        outputs[stage] = s["components"][stage]["outputs"]
+    assert read_json(tmp_path / "ingest.json")["components"]["ingest"]["metrics"]["read"] == 600
+
+    # An input given by hand wins over the store: statistics of the same examples, uncached.
+    out = tmp_path / "again.json"
+    proc = kfx("component", "statistics", "-c", str(cfg), "--no-cache",
+               "--input", f"examples={outputs['ingest']['examples']}", "--summary-json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_json(out)["components"]["statistics"]["metrics"]["rows"] == 600
+
+
+def test_stage_without_upstream_and_unknown_stage(tiny, tmp_path):
+    cfg, _ = tiny
+    out = tmp_path / "s.json"
+    proc = kfx("component", "validate", "-c", str(cfg), "--summary-json", str(out))
+    assert proc.returncode == 1
+    assert "no successful 'statistics' execution" in read_json(out)["error"]
+    proc = kfx("component", "nonsense", "-c", str(cfg), "--summary-json", str(out))
+    assert proc.returncode == 2 and "unknown stage 'nonsense'" in proc.stderr
+    assert read_json(out)["status"] == "failed"
