@@ -90,7 +90,11 @@ class MetadataStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA busy_timeout=60000")
         self._lock = threading.Lock()
-        _meta.create_all(self.engine)
+        try:
+            _meta.create_all(self.engine)
+        except sa.exc.OperationalError:
+            # Another process (a parallel Airflow task) created the tables first.
+            _meta.create_all(self.engine)
 
     # ------------------------------------------------------------- runs
     def start_run(self, pipeline: str, run_id: str) -> None:
