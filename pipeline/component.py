@@ -31,6 +31,8 @@ class ComponentSpec:
         source_fingerprint: for stages that read outside the artifact store (ingest), a
             function of the config that fingerprints that external data for the cache.
         code: extra modules whose source is part of the code version.
+        config_sections: other stages' config sections this stage reads (tune builds the
+            train section's model), folded into its cache key.
     """
 
     name: str
@@ -40,6 +42,7 @@ class ComponentSpec:
     optional_inputs: tuple[str, ...] = ()
     source_fingerprint: Callable[[Any], str] | None = None
     code: tuple[str, ...] = ()
+    config_sections: tuple[str, ...] = ()
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Context:
     outputs: dict[str, str]
     run_id: str
     execution_id: int
+    root: str = ""  # the run's artifact root (CLI/runner may override the config's)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("kfx"))
 
     def beam_options(self):

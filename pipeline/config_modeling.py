@@ -1,20 +1,167 @@
 """Config sections of the modeling stages (transform, tune, train).
 
 Kept apart from pipeline/config.py so the modeling stages' settings grow in one place;
-PipelineConfig includes them.
+PipelineConfig includes them. Model names and hyperparameter overrides are checked against
+the models registry and the family's declared search space at load time (models/ imports no
+TensorFlow, so loading a config stays cheap).
 """
 from __future__ import annotations
 
-from pipeline.config_base import StageConfig
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from pipeline.config_base import Section, StageConfig
+
+# ---------------------------------------------------------------- transform
+TransformKind = Literal["normalize", "bucketize", "one_hot", "embed", "hash", "passthrough", "text", "image"]
+
+
+class FeatureTransform(Section):
+    """How one raw feature becomes model inputs. Several kinds give several outputs.
+
+    With one kind the output keeps the feature's name; with several each output is named
+    `<feature>__<kind>` (e.g. age normalized and bucketized).
+    """
+
+    kinds: tuple[TransformKind, ...] = Field(min_length=1)
+    log: bool = Field(False, description="normalize: log1p(x) first (skewed counts such as capital-gain).")
+    num_buckets: int | None = Field(None, ge=2, le=10000, description="bucketize: quantile buckets.")
+    top_k: int | None = Field(None, ge=1, description="one_hot/embed/text: vocabulary size cap.")
+    min_frequency: int | None = Field(None, ge=1, description="one_hot/embed/text: drop rarer values.")
+    num_oov_buckets: int | None = Field(None, ge=1, le=1000)
+    hash_buckets: int | None = Field(None, ge=2, description="hash: number of bins.")
+    sequence_length: int = Field(64, ge=1, le=100000, description="text: tokens kept per value.")
+    image_shape: tuple[int, ...] | None = Field(None, description="image: [height, width, channels].")
+
+    @field_validator("image_shape")
+    @classmethod
+    def _shape(cls, value):
+        if value is not None and (len(value) != 3 or min(value) < 1):
+            raise ValueError(f"must be [height, width, channels] of positive sizes, got {list(value)}")
+        return value
 
 
 class TransformConfig(StageConfig):
-    """Per-feature preprocessing computed with Beam analyzers."""
+    """Per-feature preprocessing computed with Beam analyzers over the train split."""
+
+    features: dict[str, FeatureTransform] = Field(
+        default_factory=dict, description="Per-feature transforms; other features get type defaults.")
+    exclude: tuple[str, ...] = Field((), description="Features not given to the model.")
+    numeric_default: TransformKind = "normalize"
+    string_default: Literal["one_hot", "embed", "hash"] = "one_hot"
+    one_hot_max: int = Field(64, ge=1, description="Default one_hot strings with larger vocabularies are embedded.")
+    top_k: int = Field(10000, ge=1)
+    min_frequency: int = Field(1, ge=1)
+    num_oov_buckets: int = Field(1, ge=1, le=1000)
+    num_buckets: int = Field(10, ge=2, le=10000)
+    hash_buckets: int = Field(1000, ge=2)
+    task: Literal["auto", "binary", "multiclass", "regression"] = Field(
+        "auto", description="auto: classification for string labels or labels with a string/int domain.")
+    label_vocabulary: tuple[str, ...] | None = Field(
+        None, description="Class names in index order; default: the schema domain (or the train values), sorted. "
+                          "For binary tasks the last one is the positive class.")
+    batch_size: int = Field(8192, gt=0, description="Rows parsed at once by an analyzer worker.")
+    quantile_accuracy: int = Field(20000, ge=100, description="Points kept by the quantile summary.")
+    materialize: bool = Field(False, description="Also write transformed train/eval/test examples.")
+
+    @field_validator("label_vocabulary")
+    @classmethod
+    def _vocab(cls, value):
+        if value is not None and (len(value) < 2 or len(set(value)) != len(value)):
+            raise ValueError(f"needs at least two distinct class names, got {list(value)}")
+        return value
+
+
+# ---------------------------------------------------------------- models
+def _check_model(name: str) -> str:
+    import models
+
+    if name not in models.FAMILIES:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(models.names())}")
+    return name
+
+
+def _check_hyperparameters(model: str, values: dict[str, Any]) -> None:
+    import models
+    from models.space import check
+
+    problems = check(models.get(model).SPACE, values)
+    if problems:
+        raise ValueError(f"hyperparameters of model {model!r}: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------- tune
+# Validation metrics the stages can watch (models/heads.py names them): val_auc needs a
+# binary task, val_accuracy a classification, val_rmse a regression.
+Monitor = Literal["val_loss", "val_auc", "val_accuracy", "val_rmse"]
 
 
 class TuneConfig(StageConfig):
-    """KerasTuner search over the model family's space."""
+    """KerasTuner search over the model family's space (the family is `train.model`)."""
+
+    tuner: Literal["random", "bayesian", "hyperband"] = "random"
+    objective: Monitor = Field("val_loss", description="Eval-split metric the search optimises.")
+    max_trials: int = Field(6, ge=0, description="0: no search, the space's defaults are written.")
+    epochs: int = Field(4, ge=1, description="Epochs per trial (hyperband: max epochs).")
+    max_seconds: float = Field(180.0, gt=0, description="Time budget; no trial starts after it, a running one stops.")
+    executions_per_trial: int = Field(1, ge=1)
+    batch_size: int = Field(512, gt=0)
+    train_rows: int | None = Field(None, gt=0, description="Use only this many train rows per trial.")
+    hyperband_factor: int = Field(3, ge=2)
+    seed: int = 42
 
 
+# ---------------------------------------------------------------- train
 class TrainConfig(StageConfig):
-    """Keras 3 training and export."""
+    """Keras 3 training and the serving export."""
+
+    model: str = Field("mlp", description="Model family from the models registry.")
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of tuned/default values, checked against the space.")
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(256, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd momentum (Nesterov).")
+    weight_decay: float = Field(0.0, ge=0.0, lt=1.0, description="Decoupled weight decay (adamw, sgd, ...).")
+    clipnorm: float | None = Field(None, gt=0, description="Gradient clipping by global norm.")
+    lr_schedule: Literal["constant", "cosine", "step", "plateau"] = "constant"
+    step_decay_epochs: int = Field(5, ge=1, description="step: decay every this many epochs.")
+    step_decay_rate: float = Field(0.5, gt=0, lt=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_patience: int = Field(2, ge=1)
+    early_stopping_patience: int = Field(4, ge=0, description="Epochs without eval improvement; 0 disables.")
+    early_stopping_monitor: Monitor = Field("val_loss", description="Eval-split metric early stopping watches.")
+    class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none", description="balanced: inverse class frequency; or class name -> weight.")
+    shuffle_buffer: int = Field(50000, ge=1)
+    cache_dataset: bool = Field(True, description="Cache the preprocessed data in memory (it must fit).")
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    mixed_precision: Literal["auto", "on", "off"] = Field("auto", description="auto: on when training on GPU.")
+    backup_dir: str | None = Field(
+        None, description="BackupAndRestore directory; default <root>/<pipeline>/train/.backup/<key>.")
+    warmup_requests: int = Field(8, ge=0, le=1000)
+    seed: int = 42
+    verbose: int = Field(2, ge=0, le=2)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return _check_model(value)
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights(cls, value):
+        if isinstance(value, dict):
+            bad = {k: v for k, v in value.items() if not v > 0}
+            if bad:
+                raise ValueError(f"class weights must be > 0, got {bad}")
+        return value
+
+    @field_validator("hyperparameters")
+    @classmethod
+    def _hyperparameters(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # `model` is declared first, so it is validated already (absent when it was invalid).
+        if "model" in info.data:
+            _check_hyperparameters(info.data["model"], value)
+        return value

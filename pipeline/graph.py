@@ -67,6 +67,21 @@ STAGES: tuple[Stage, ...] = (
         "schema": Upstream("schema", "schema"),
         "baseline_statistics": History(last_validated_statistics),
     }),
+    Stage("transform", "components.transform", {
+        "examples": Upstream("ingest", "examples"),
+        "schema": Upstream("schema", "schema"),
+    }, after=("validate",)),
+    Stage("tune", "components.tune", {
+        "examples": Upstream("ingest", "examples"),
+        "schema": Upstream("schema", "schema"),
+        "transform_graph": Upstream("transform", "transform_graph"),
+    }),
+    Stage("train", "components.train", {
+        "examples": Upstream("ingest", "examples"),
+        "schema": Upstream("schema", "schema"),
+        "transform_graph": Upstream("transform", "transform_graph"),
+        "hyperparameters": Upstream("tune", "hyperparameters"),
+    }),
 )
 
 

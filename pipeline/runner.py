@@ -191,6 +191,8 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
     version = code_version(stage)
     fp_parts = {"component": stage.name, "code": version, "config": cfg_json,
                 "inputs": {k: (_uri_fingerprint(store, v) if v else None) for k, v in inputs.items()}}
+    for section in spec.config_sections:
+        fp_parts[f"config.{section}"] = cfg.stage(section).model_dump(mode="json", by_alias=True, exclude={"cache"})
     if spec.source_fingerprint is not None:
         fp_parts["source"] = spec.source_fingerprint(stage_cfg)
     fingerprint = _hash(fp_parts)
@@ -222,7 +224,7 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
     for uri in outputs.values():
         tf.io.gfile.makedirs(uri)
     ctx = Context(pipeline=cfg, config=stage_cfg, inputs=dict(inputs), outputs=outputs,
-                  run_id=run_id, execution_id=ex_id)
+                  run_id=run_id, execution_id=ex_id, root=root)
     try:
         metrics = spec.run(ctx) or {}
     except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported

@@ -1,0 +1,172 @@
+"""The transform graph: raw-feature parsing and the Keras preprocessing built from analyzer state.
+
+transform writes `transform.json` (this module's contract); tune, train and the exported model
+rebuild the same `Preprocessor` from it, so training and serving run identical code and state:
+  * `raw_features`: serving inputs, name -> {"dtype": "int64"|"float32"|"string", "shape": [...],
+    "default": value used when an Example lacks the feature}
+  * `transforms`: [{"feature", "kind", "output", "state": {...analyzer results...}}]
+  * `outputs`: output name -> description for models/tabular.py
+  * `task`: {"type", "label", "label_dtype", "vocabulary", "positive", "class_counts"}
+No layer is `adapt`ed: every vocabulary, mean and boundary comes from the Beam analyzers.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TRANSFORM_FILE = "transform.json"
+ANALYZERS_FILE = "analyzers.json"
+TRANSFORMED_DIR = "transformed_examples"
+TF_DTYPES = {"int64": "int64", "float32": "float32", "string": "string"}
+
+
+def load_transform(uri: str) -> dict:
+    """transform.json of a transform_graph artifact."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{uri}/{TRANSFORM_FILE}") as f:
+        return json.load(f)
+
+
+def raw_feature_spec(spec: dict, with_label: bool = False) -> dict:
+    """tf.io.parse_example spec of the raw features (plus the label when asked).
+
+    Missing features get the transform's default (train mean for numbers, "" -> OOV for strings),
+    the same in training, in the classify signature and for serving_default clients.
+    """
+    import tensorflow as tf
+
+    out = {}
+    for name, raw in spec["raw_features"].items():
+        dtype = tf.as_dtype(raw["dtype"])
+        default = raw["default"]
+        if raw["shape"]:
+            default = [default] * _size(raw["shape"])
+        out[name] = tf.io.FixedLenFeature(raw["shape"], dtype, default_value=default)
+    if with_label:
+        out[spec["task"]["label"]] = tf.io.FixedLenFeature([], tf.as_dtype(spec["task"]["label_dtype"]))
+    return out
+
+
+def _size(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def label_lookup(spec: dict):
+    """A callable mapping raw label values to training targets (class index or float)."""
+    import keras
+    import tensorflow as tf
+
+    task = spec["task"]
+    if task["type"] == "regression":
+        return lambda y: tf.cast(y, tf.float32)
+    if task["label_dtype"] == "string":
+        layer = keras.layers.StringLookup(vocabulary=task["vocabulary"], num_oov_indices=0)
+    else:
+        layer = keras.layers.IntegerLookup(vocabulary=tf.constant([int(v) for v in task["vocabulary"]], tf.int64),
+                                           num_oov_indices=0)
+    return layer
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def make_preprocessor(spec: dict):
+    """A `Preprocessor` layer (a keras.layers.Layer) for transform.json contents `spec`."""
+    keras = _keras()
+    import tensorflow as tf
+
+    class Preprocessor(keras.layers.Layer):
+        """Raw feature dict -> transformed feature dict, with fixed analyzer state."""
+
+        def __init__(self, spec: dict, **kwargs):
+            super().__init__(**kwargs)
+            if not spec.get("transforms"):
+                raise ValueError("transform spec has no transforms: no feature would reach the model")
+            self.spec = spec
+            self.steps = []  # (feature, kind, output, layer-or-None, state)
+            for t in spec["transforms"]:
+                layer = _layer(t, spec["raw_features"][t["feature"]])
+                if layer is not None and not layer.built:
+                    # Build now, eagerly: built lazily inside a tf.data map or a symbolic call,
+                    # Normalization's constants would live in a graph that is gone later.
+                    layer.build((None, 1) if t["kind"] == "normalize" else (None,))
+                self.steps.append((t["feature"], t["kind"], t["output"], layer, t["state"]))
+            self.built = True
+
+        def call(self, features: dict) -> dict:
+            out = {}
+            for feature, kind, output, layer, state in self.steps:
+                x = features[feature]
+                if kind in ("normalize", "passthrough"):
+                    x = tf.cast(x, tf.float32)
+                    if state.get("log"):
+                        # Skewed non-negative counts: log1p first; clip so a bad value cannot give NaN.
+                        x = tf.math.log1p(tf.maximum(x, 0.0))
+                    x = tf.reshape(x, [-1, 1])
+                    out[output] = layer(x) if layer is not None else x
+                elif kind == "bucketize":
+                    out[output] = tf.cast(layer(tf.cast(x, tf.float32)), tf.int64)
+                elif kind in ("one_hot", "embed", "hash", "text"):
+                    out[output] = tf.cast(layer(x), tf.int64)
+                elif kind == "image":
+                    shape = state["shape"]
+                    x = tf.reshape(tf.cast(x, tf.float32), [-1, *shape])
+                    out[output] = (x - state["mean"]) / state["std"]
+            return out
+
+        def get_config(self):
+            return {**super().get_config(), "spec": self.spec}
+
+    return Preprocessor(spec, name="preprocessor")
+
+
+def _layer(t: dict, raw: dict):
+    """The Keras preprocessing layer of one transform, built from its analyzer state."""
+    keras = _keras()
+    import numpy as np
+
+    kind, state = t["kind"], t["state"]
+    if kind == "normalize":
+        return keras.layers.Normalization(mean=[state["mean"]], variance=[max(state["variance"], 1e-12)])
+    if kind == "bucketize":
+        return keras.layers.Discretization(bin_boundaries=list(state["boundaries"]))
+    if kind in ("one_hot", "embed"):
+        if raw["dtype"] == "string":
+            return keras.layers.StringLookup(vocabulary=list(state["vocabulary"]) or ["\0"],
+                                             num_oov_indices=state["num_oov_buckets"], mask_token=None)
+        return keras.layers.IntegerLookup(vocabulary=np.asarray(state["vocabulary"] or [np.iinfo(np.int64).min],
+                                                                dtype=np.int64),
+                                          num_oov_indices=state["num_oov_buckets"], mask_token=None)
+    if kind == "hash":
+        return keras.layers.Hashing(num_bins=state["num_bins"])
+    if kind == "text":
+        return keras.layers.TextVectorization(vocabulary=list(state["vocabulary"]) or ["\0"],
+                                              output_sequence_length=state["sequence_length"],
+                                              standardize="lower_and_strip_punctuation", split="whitespace")
+    return None  # passthrough, image: plain arithmetic
+
+
+def output_description(t: dict) -> dict[str, Any]:
+    """What the model sees of one transform output (models/tabular.py)."""
+    kind, state = t["kind"], t["state"]
+    if kind in ("normalize", "passthrough"):
+        return {"kind": "dense", "width": 1}
+    if kind == "bucketize":
+        return {"kind": "ids", "cardinality": len(state["boundaries"]) + 1, "encoding": "one_hot"}
+    if kind in ("one_hot", "embed"):
+        return {"kind": "ids", "cardinality": max(len(state["vocabulary"]), 1) + state["num_oov_buckets"],
+                "encoding": kind}
+    if kind == "hash":
+        return {"kind": "ids", "cardinality": state["num_bins"], "encoding": "embed"}
+    if kind == "text":
+        # TextVectorization: 0 = padding, 1 = OOV, then the vocabulary.
+        return {"kind": "sequence", "cardinality": max(len(state["vocabulary"]), 1) + 2,
+                "length": state["sequence_length"]}
+    return {"kind": "image", "shape": list(state["shape"])}

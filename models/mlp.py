@@ -1,0 +1,29 @@
+"""mlp: a multilayer perceptron on the transformed features (tabular data)."""
+from __future__ import annotations
+
+from models.space import COMMON, Boolean, Choice, Float, Int
+
+SPACE = COMMON + (
+    Int("num_layers", 1, 4, default=2),
+    Choice("units", (32, 64, 128, 256), default=128),
+    Float("dropout", 0.0, 0.5, default=0.3),
+    Boolean("batch_norm", default=False),
+    Choice("embedding_dim", (4, 8, 16), default=8),
+)
+
+
+def build(features: dict[str, dict], task: dict, hp: dict):
+    """The MLP for `features` (transform outputs) and `task`, sized by `hp` (SPACE's names).
+
+    Returns:
+        An uncompiled keras.Model taking a dict of transformed features.
+    """
+    import keras
+
+    from models import heads, tabular
+
+    inp = tabular.inputs(features)
+    deep, _ = tabular.encode(inp, features, hp["embedding_dim"])
+    x = tabular.concat(deep, "features")
+    x = tabular.dense_block(x, hp["units"], hp["num_layers"], hp["dropout"], hp["batch_norm"], "mlp")
+    return keras.Model(inp, heads.output_layer(task)(x), name="mlp")
