@@ -58,6 +58,29 @@ def last_validated_statistics(store: "MetadataStore", pipeline: str, current: di
     return None
 
 
+def last_pushed_model(store: "MetadataStore", pipeline: str, current: dict) -> str | None:
+    """Baseline for evaluate: the model the last push actually published, other than the candidate.
+
+    Pushes that refused the model do not count. Excluding the candidate keeps a fully cached
+    re-run cached (its baseline does not move), as for last_validated_statistics. A model given
+    by hand (--input model=URI) is not a lineage artifact: its URI is read from pushed.json.
+    """
+    import json
+
+    from components.push import PUSHED_MODEL, load_pushed
+
+    for ex in store.committed_executions(pipeline, "push"):
+        if not json.loads(ex["metrics"] or "{}").get("pushed"):
+            continue
+        art = store.inputs_of(ex["id"]).get("model")
+        uri = art.uri if art is not None else None
+        if uri is None and PUSHED_MODEL in (outs := store.outputs_of(ex["id"])):
+            uri = load_pushed(outs[PUSHED_MODEL].uri).get("model")
+        if uri and uri != current.get("model"):
+            return uri
+    return None
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", "components.ingest"),
     Stage("statistics", "components.statistics", {"examples": Upstream("ingest", "examples")}),
@@ -81,6 +104,21 @@ STAGES: tuple[Stage, ...] = (
         "schema": Upstream("schema", "schema"),
         "transform_graph": Upstream("transform", "transform_graph"),
         "hyperparameters": Upstream("tune", "hyperparameters"),
+    }),
+    Stage("evaluate", "components.evaluate", {
+        "examples": Upstream("ingest", "examples"),
+        "schema": Upstream("schema", "schema"),
+        "model": Upstream("train", "model"),
+        "baseline_model": History(last_pushed_model),
+    }),
+    Stage("infra_validate", "components.infra_validate", {
+        "model": Upstream("train", "model"),
+        "examples": Upstream("ingest", "examples"),
+    }),
+    Stage("push", "components.push", {
+        "model": Upstream("train", "model"),
+        "blessing": Upstream("evaluate", "blessing"),
+        "infra_blessing": Upstream("infra_validate", "infra_blessing"),
     }),
 )
 
