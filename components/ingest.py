@@ -538,7 +538,7 @@ def run(ctx: Context) -> dict[str, Any]:
     parser = RowParser(columns, cfg, _split_tables(cfg))
     names = list(columns)
     examples, rejected_uri = ctx.outputs[EXAMPLES], ctx.outputs[REJECTED]
-    num_shards = cfg.num_shards or 2
+    num_shards = cfg.num_shards  # 0: one file per bundle, no shuffle of the data (streams)
 
     with beam.Pipeline(options=ctx.beam_options()) as p:
         # Only file names / byte ranges are shuffled: it spreads them over the workers, and each
