@@ -350,6 +350,10 @@ def format_summary(summary: dict) -> str:
         m = c.get("metrics") or {}
         shown = ", ".join(f"{k}={v}" for k, v in m.items() if not isinstance(v, (dict, list)))[:100]
         lines.append(f"  {name:<15} {c['status']:<10} {c['seconds']:>8.1f}s  {shown}")
+    if "blessed" in summary or "pushed" in summary:
+        pushed = summary.get("pushed")
+        where = f"{pushed['model_name']} version {pushed['version']} at {pushed['path']}" if pushed else "nothing"
+        lines.append(f"blessed: {summary.get('blessed')}; pushed: {where}")
     if summary.get("error"):
         lines.append(summary["error"])
     return "\n".join(lines)
