@@ -8,19 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY = Path(__file__).resolve().parents[1] / "models" / "tiny_pipeline.py"
+from tests.models import tiny_pipeline as tiny
 
-
-def _tiny():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tiny_pipeline", TINY)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tiny = _tiny()
 
 
 @pytest.fixture(scope="module")

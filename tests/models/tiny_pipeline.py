@@ -1,7 +1,6 @@
 """A tiny pipeline for the modeling tests: a CSV made here, ingest..validate run in-process.
 
-Shared by tests/components/test_{transform,tune,train}.py (loaded by path with `load()`, so it
-works whatever pytest's import mode and whether or not tests/ is a package).
+Shared by tests/components/test_{transform,tune,train}.py (`from tests.models import tiny_pipeline`).
 
 Data: 5 features of every kind the transform handles by default (int, float, string with a
 domain, string with missing values) and a binary string label that depends on them, with
@@ -10,7 +9,6 @@ noise, so a model learns something in a few epochs.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -21,14 +19,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 KFX = str(Path(sys.executable).parent / "kfx")
 COLUMNS = ["age", "hours", "income_k", "color", "city", "target"]
-
-
-def load():
-    """This module, importable from any test file."""
-    spec = importlib.util.spec_from_file_location("tiny_pipeline", __file__)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def write_csv(path: Path, rows: int, seed: int) -> None:
