@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -102,6 +103,37 @@ def _history_callback(path: str, history: dict[str, list], first_epoch: list):
     return PersistHistory()
 
 
+def _backup_callback(backup: str):
+    """BackupAndRestore that survives a kill during its own write.
+
+    double_checkpoint keeps the previous state beside the latest, and Keras falls back to it when
+    the latest weights cannot be read; if nothing readable is left (killed during the very first
+    save, or mid-way through the metadata JSON), training starts over instead of failing.
+    """
+    import keras
+    import tensorflow as tf
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        def on_train_begin(self, logs=None):
+            try:
+                try:
+                    super().on_train_begin(logs)
+                except ValueError:
+                    # Killed while writing the metadata JSON: Keras only falls back on OSError.
+                    if not (tf.io.gfile.exists(self._prev_weights_path)
+                            and tf.io.gfile.exists(self._prev_training_metadata_path)):
+                        raise
+                    tf.io.gfile.copy(self._prev_weights_path, self._weights_path, overwrite=True)
+                    tf.io.gfile.copy(self._prev_training_metadata_path, self._training_metadata_path, overwrite=True)
+                    super().on_train_begin(logs)
+            except (OSError, ValueError) as err:
+                logging.getLogger("kfx").warning("train: backup %s is unreadable (%s); starting over", backup, err)
+                tf.io.gfile.rmtree(backup)
+                tf.io.gfile.makedirs(backup)
+
+    return Backup(backup, double_checkpoint=True)
+
+
 def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epoch: list) -> list:
     import keras
 
@@ -112,7 +144,7 @@ def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epo
     except ValueError as err:
         raise ComponentError(f"train.early_stopping_monitor: {err}") from None
     cbs = [_history_callback(f"{backup}-history/{BACKUP_HISTORY}", history, first_epoch),
-           keras.callbacks.BackupAndRestore(backup),
+           _backup_callback(backup),
            keras.callbacks.TensorBoard(log_dir=logs, histogram_freq=0, write_graph=False)]
     if cfg.early_stopping_patience > 0:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience,

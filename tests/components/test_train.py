@@ -222,6 +222,12 @@ def test_killed_training_resumes_from_its_last_epoch(built, tmp_path):
     saved_epoch = json.loads(meta[0].read_text())["epoch"]
     assert 2 <= saved_epoch < 40
     assert not list(root.glob("tiny/train/[0-9]*")), "a killed run must commit nothing"
+    # As if the kill had landed while the latest weights were being written: the previous state
+    # (kept by double checkpointing) is used, one epoch earlier.
+    weights = meta[0].parent / "latest.weights.h5"
+    assert (meta[0].parent / "latest.weights.h5.bkp").exists()
+    weights.write_bytes(b"half-written")
+    saved_epoch -= 1
 
     proc = tiny.kfx(args)
     out, _ = proc.communicate(timeout=240)
