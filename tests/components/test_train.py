@@ -223,17 +223,22 @@ def test_killed_training_resumes_from_its_last_epoch(built, tmp_path):
     assert 2 <= saved_epoch < 40
     assert not list(root.glob("tiny/train/[0-9]*")), "a killed run must commit nothing"
     # As if the kill had landed while the latest weights were being written: the previous state
-    # (kept by double checkpointing) is used, one epoch earlier.
-    weights = meta[0].parent / "latest.weights.h5"
-    assert (meta[0].parent / "latest.weights.h5.bkp").exists()
-    weights.write_bytes(b"half-written")
-    saved_epoch -= 1
+    # kept by double checkpointing (its own metadata says which epoch) is used instead.
+    backup = meta[0].parent
+    assert (backup / "latest.weights.h5.bkp").exists()
+    (backup / "latest.weights.h5").write_bytes(b"half-written")
+    try:
+        saved_epoch = json.loads((backup / "training_metadata.json.bkp").read_text())["epoch"]
+    except ValueError:  # the SIGKILL itself landed in that copy: any earlier epoch will do
+        saved_epoch = None
 
     proc = tiny.kfx(args)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:]
     res = json.loads(summary.read_text())["components"]["train"]
-    assert res["metrics"]["resumed_from_epoch"] == saved_epoch
+    assert res["metrics"]["resumed_from_epoch"] >= 1  # resumed, not restarted
+    if saved_epoch is not None:
+        assert res["metrics"]["resumed_from_epoch"] == saved_epoch
     history = json.loads(Path(res["outputs"]["model_run"], "history.json").read_text())
     assert history["epoch"] == list(range(40))  # epochs before the kill are kept
     assert res["metrics"]["epochs_run"] == 40
