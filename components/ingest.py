@@ -227,54 +227,51 @@ def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: 
         yield input_idx, path, chunk
 
 
-def _parse_csv_chunk(chunk, parser: RowParser, delimiter: str, skip_space: bool):
-    """One chunk of CSV lines -> tagged outputs: split examples, rejected rows, counts."""
+def _route(input_idx: int, path: str, rows, parser: RowParser):
+    """(row number, values, raw text or None, early rejection or None) rows -> tagged outputs:
+    one serialized example per accepted row under its split, rejected rows, and the counts."""
     import apache_beam as beam
 
-    input_idx, path, lines = chunk
-    ncol = len(parser.names)
     counts: dict[str, int] = {}
-    rejected = 0
-    for (lineno, line), values in zip(lines, csv.reader((l for _, l in lines), delimiter=delimiter,
-                                                         skipinitialspace=skip_space)):
-        if len(values) != ncol:
-            reason = f"expected {ncol} columns, found {len(values)}"
-        else:
-            values = [v.strip() if skip_space else v for v in values]
+    read = rejected = 0
+    for rowno, values, raw, reason in rows:
+        read += 1
+        if reason is None:
             try:
                 feats = parser.typed(values)
             except ValueError as err:
                 reason = str(err)
             else:
-                split = parser.split_of(input_idx, parser.hash_key(values, line))
+                split = parser.split_of(input_idx, parser.hash_key(values, raw))
                 counts[split] = counts.get(split, 0) + 1
                 yield beam.pvalue.TaggedOutput(split, parser.example(feats))
                 continue
         rejected += 1
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
-            {"input": path, "line": lineno, "reason": reason, "row": line}))
-    yield beam.pvalue.TaggedOutput("counts", {"read": len(lines), "rejected": rejected, "splits": counts})
+            {"input": path, "line": rowno, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
+    yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts})
+
+
+def _parse_csv_chunk(chunk, parser: RowParser, delimiter: str, skip_space: bool):
+    """One chunk of CSV lines -> tagged outputs (see `_route`)."""
+    input_idx, path, lines = chunk
+    ncol = len(parser.names)
+
+    def rows():
+        for (lineno, line), values in zip(lines, csv.reader((l for _, l in lines), delimiter=delimiter,
+                                                             skipinitialspace=skip_space)):
+            if len(values) != ncol:
+                yield lineno, values, line, f"expected {ncol} columns, found {len(values)}"
+            else:
+                yield lineno, [v.strip() if skip_space else v for v in values], line, None
+
+    return _route(input_idx, path, rows(), parser)
 
 
 def _parse_record_chunk(chunk, parser: RowParser):
-    """One chunk of (row number, values list) from Parquet/TFDS/TFRecord -> tagged outputs."""
-    import apache_beam as beam
-
-    input_idx, path, rows = chunk
-    counts: dict[str, int] = {}
-    rejected = 0
-    for rowno, values in rows:
-        try:
-            feats = parser.typed(values)
-        except ValueError as err:
-            rejected += 1
-            yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
-                {"input": path, "line": rowno, "reason": str(err), "row": repr(values)[:2000]}))
-            continue
-        split = parser.split_of(input_idx, parser.hash_key(values, None))
-        counts[split] = counts.get(split, 0) + 1
-        yield beam.pvalue.TaggedOutput(split, parser.example(feats))
-    yield beam.pvalue.TaggedOutput("counts", {"read": len(rows), "rejected": rejected, "splits": counts})
+    """One chunk of (row number, values) from Parquet/TFDS/TFRecord -> tagged outputs (see `_route`)."""
+    input_idx, path, records = chunk
+    return _route(input_idx, path, ((n, values, None, None) for n, values in records), parser)
 
 
 def _parquet_file(path: str):
