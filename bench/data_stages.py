@@ -26,9 +26,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components.datasets import ADULT_COLUMNS, BUILTINS, package_folder  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.runner import Reporter, run_pipeline  # noqa: E402
+from kfx.components.data.datasets import ADULT_COLUMNS, BUILTINS, package_folder  # noqa: E402
+from kfx.pipeline.config import load_config  # noqa: E402
+from kfx.pipeline.runner import Reporter, run_pipeline  # noqa: E402
 
 INTS = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 

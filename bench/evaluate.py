@@ -14,8 +14,8 @@ import numpy as np
 
 def main(rows: int = 16281, resamples: int = 200) -> None:
     sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-    from components import evaluation_metrics as em
-    from components.evaluation_fairness import bootstrap_indices, group_fairness
+    from kfx.components.evaluation import metrics as em
+    from kfx.components.evaluation.fairness import bootstrap_indices, group_fairness
 
     rng = np.random.default_rng(0)
     sex = rng.choice(["Male", "Female"], rows, p=[0.67, 0.33]).astype(object)

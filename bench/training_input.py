@@ -26,8 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _artifacts(args) -> tuple[str, str]:
     if args.examples and args.transform_graph:
         return args.examples, args.transform_graph
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from kfx.pipeline.config import load_config
+    from kfx.pipeline.runner import run_pipeline
 
     root = args.root or tempfile.mkdtemp(prefix="kfx-bench-")
     summary = run_pipeline(load_config(None), root=root, to_stage="transform")
@@ -53,10 +53,10 @@ def _epoch_timer(times: list[float]):
 def _model(spec):
     import keras
 
-    import models
-    from components.modeling_fit import compile_model
-    from models.space import defaults
-    from pipeline.config import load_config
+    from kfx import models
+    from kfx.components.training.fit import compile_model
+    from kfx.models.space import defaults
+    from kfx.pipeline.config import load_config
 
     keras.utils.set_random_seed(0)
     fam = models.get("mlp")
@@ -77,8 +77,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from components.modeling_data import dataset
-    from components.modeling_preprocess import load_transform, make_preprocessor
+    from kfx.components.training.data import dataset
+    from kfx.models.preprocess import load_transform, make_preprocessor
 
     examples, graph = _artifacts(args)
     spec = load_transform(graph)

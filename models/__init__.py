@@ -14,8 +14,8 @@ from types import ModuleType
 
 # name -> module; the module is imported only when the family is used.
 FAMILIES: dict[str, str] = {
-    "mlp": "models.mlp",
-    "wide_deep": "models.wide_deep",
+    "mlp": "kfx.models.mlp",
+    "wide_deep": "kfx.models.wide_deep",
 }
 
 

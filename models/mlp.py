@@ -1,7 +1,7 @@
 """mlp: a multilayer perceptron on the transformed features (tabular data)."""
 from __future__ import annotations
 
-from models.space import COMMON, Boolean, Choice, Float, Int
+from kfx.models.space import COMMON, Boolean, Choice, Float, Int
 
 SPACE = COMMON + (
     Int("num_layers", 1, 4, default=2),
@@ -20,7 +20,7 @@ def build(features: dict[str, dict], task: dict, hp: dict):
     """
     import keras
 
-    from models import heads, tabular
+    from kfx.models import heads, tabular
 
     inp = tabular.inputs(features)
     deep, _ = tabular.encode(inp, features, hp["embedding_dim"])

@@ -1,7 +1,7 @@
 """wide_deep: a linear model on one-hot features plus an MLP on embeddings (Cheng et al. 2016)."""
 from __future__ import annotations
 
-from models.space import COMMON, Boolean, Choice, Float, Int
+from kfx.models.space import COMMON, Boolean, Choice, Float, Int
 
 SPACE = COMMON + (
     Int("deep_layers", 1, 4, default=2),
@@ -20,7 +20,7 @@ def build(features: dict[str, dict], task: dict, hp: dict):
     """
     import keras
 
-    from models import heads, tabular
+    from kfx.models import heads, tabular
 
     feats = {k: ({**v, "encoding": "embed"} if v["kind"] == "ids" else v) for k, v in features.items()}
     inp = tabular.inputs(feats)

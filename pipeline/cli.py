@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, load_config
+from kfx.pipeline.config import ConfigError, load_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def _failed_summary(args, error: str) -> dict:
 
 
 def _run(args) -> int:
-    from pipeline import runner
+    from kfx.pipeline import runner
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -49,13 +49,13 @@ def _run(args) -> int:
             given[name] = uri
         kwargs = dict(root=args.root, run_id=args.run_id, use_cache=not args.no_cache)
         if args.command == "component":
-            from pipeline.graph import get_stage
+            from kfx.pipeline.graph import get_stage
 
             get_stage(args.stage)
             summary = runner.run_pipeline(cfg, only=[args.stage], given_inputs=given, **kwargs)
         else:
             if args.from_stage or args.to_stage:
-                from pipeline.graph import get_stage
+                from kfx.pipeline.graph import get_stage
 
                 for name in (args.from_stage, args.to_stage):
                     if name:
@@ -72,7 +72,7 @@ def _run(args) -> int:
 
 
 def _runs(args) -> int:
-    from pipeline import runner
+    from kfx.pipeline import runner
 
     cfg = load_config(args.config)
     store = runner.open_store(cfg, args.root)
@@ -89,7 +89,7 @@ def _runs(args) -> int:
 
 
 def _lineage(args) -> int:
-    from pipeline import runner
+    from kfx.pipeline import runner
 
     cfg = load_config(args.config)
     store = runner.open_store(cfg, args.root)
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lineage)
 
     try:
-        from serving.cli import add_parsers
+        from kfx.serving.cli import add_parsers
     except ImportError:  # serving is optional for the pipeline core
         pass
     else:

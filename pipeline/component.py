@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig, StageConfig
+    from kfx.pipeline.config import PipelineConfig, StageConfig
 
 
 class ComponentError(RuntimeError):

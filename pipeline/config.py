@@ -20,9 +20,9 @@ class ConfigError(ValueError):
     """A pipeline config that cannot be loaded; the message names the key and the value."""
 
 
-from pipeline.config_base import Section, StageConfig  # noqa: E402
-from pipeline.config_evaluation import EvaluateConfig, InfraValidateConfig, PushConfig  # noqa: E402
-from pipeline.config_modeling import TrainConfig, TransformConfig, TuneConfig  # noqa: E402
+from kfx.pipeline.config_base import Section, StageConfig  # noqa: E402
+from kfx.pipeline.config_evaluation import EvaluateConfig, InfraValidateConfig, PushConfig  # noqa: E402
+from kfx.pipeline.config_modeling import TrainConfig, TransformConfig, TuneConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest

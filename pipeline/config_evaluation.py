@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config_base import Section, StageConfig
+from kfx.pipeline.config_base import Section, StageConfig
 
 # What evaluate computes; lower-is-better metrics are gated with `max`, the others with `min`.
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "auc", "pr_auc", "log_loss", "ece")

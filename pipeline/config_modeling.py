@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from pipeline.config_base import Section, StageConfig
+from kfx.pipeline.config_base import Section, StageConfig
 
 # ---------------------------------------------------------------- transform
 TransformKind = Literal["normalize", "bucketize", "one_hot", "embed", "hash", "passthrough", "text", "image"]
@@ -75,7 +75,7 @@ class TransformConfig(StageConfig):
 
 # ---------------------------------------------------------------- models
 def _check_model(name: str) -> str:
-    import models
+    from kfx import models
 
     if name not in models.FAMILIES:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(models.names())}")
@@ -83,8 +83,8 @@ def _check_model(name: str) -> str:
 
 
 def _check_hyperparameters(model: str, values: dict[str, Any]) -> None:
-    import models
-    from models.space import check
+    from kfx import models
+    from kfx.models.space import check
 
     problems = check(models.get(model).SPACE, values)
     if problems:

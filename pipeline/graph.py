@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from pipeline.component import ComponentSpec
-    from pipeline.metadata import MetadataStore
+    from kfx.pipeline.component import ComponentSpec
+    from kfx.pipeline.metadata import MetadataStore
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def last_pushed_model(store: "MetadataStore", pipeline: str, current: dict) -> s
     """
     import json
 
-    from components.push import PUSHED_MODEL, load_pushed
+    from kfx.components.deploy.push import PUSHED_MODEL, load_pushed
 
     for ex in store.committed_executions(pipeline, "push"):
         if not json.loads(ex["metrics"] or "{}").get("pushed"):
@@ -82,40 +82,40 @@ def last_pushed_model(store: "MetadataStore", pipeline: str, current: dict) -> s
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "components.ingest"),
-    Stage("statistics", "components.statistics", {"examples": Upstream("ingest", "examples")}),
-    Stage("schema", "components.schema", {"statistics": Upstream("statistics", "statistics")}),
-    Stage("validate", "components.validate", {
+    Stage("ingest", "kfx.components.data.ingest"),
+    Stage("statistics", "kfx.components.data.statistics", {"examples": Upstream("ingest", "examples")}),
+    Stage("schema", "kfx.components.data.schema", {"statistics": Upstream("statistics", "statistics")}),
+    Stage("validate", "kfx.components.data.validate", {
         "statistics": Upstream("statistics", "statistics"),
         "schema": Upstream("schema", "schema"),
         "baseline_statistics": History(last_validated_statistics),
     }),
-    Stage("transform", "components.transform", {
+    Stage("transform", "kfx.components.transform.transform", {
         "examples": Upstream("ingest", "examples"),
         "schema": Upstream("schema", "schema"),
     }, after=("validate",)),
-    Stage("tune", "components.tune", {
+    Stage("tune", "kfx.components.training.tune", {
         "examples": Upstream("ingest", "examples"),
         "schema": Upstream("schema", "schema"),
         "transform_graph": Upstream("transform", "transform_graph"),
     }),
-    Stage("train", "components.train", {
+    Stage("train", "kfx.components.training.train", {
         "examples": Upstream("ingest", "examples"),
         "schema": Upstream("schema", "schema"),
         "transform_graph": Upstream("transform", "transform_graph"),
         "hyperparameters": Upstream("tune", "hyperparameters"),
     }),
-    Stage("evaluate", "components.evaluate", {
+    Stage("evaluate", "kfx.components.evaluation.evaluate", {
         "examples": Upstream("ingest", "examples"),
         "schema": Upstream("schema", "schema"),
         "model": Upstream("train", "model"),
         "baseline_model": History(last_pushed_model),
     }),
-    Stage("infra_validate", "components.infra_validate", {
+    Stage("infra_validate", "kfx.components.deploy.infra_validate", {
         "model": Upstream("train", "model"),
         "examples": Upstream("ingest", "examples"),
     }),
-    Stage("push", "components.push", {
+    Stage("push", "kfx.components.deploy.push", {
         "model": Upstream("train", "model"),
         "blessing": Upstream("evaluate", "blessing"),
         "infra_blessing": Upstream("infra_validate", "infra_blessing"),

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
-from pipeline.component import ComponentError, Context
-from pipeline.config import PipelineConfig
-from pipeline.graph import STAGES, History, Stage, Upstream, downstream_closure, get_stage, upstream_closure
-from pipeline.metadata import MetadataStore
+from kfx.pipeline import __version__
+from kfx.pipeline.component import ComponentError, Context
+from kfx.pipeline.config import PipelineConfig
+from kfx.pipeline.graph import STAGES, History, Stage, Upstream, downstream_closure, get_stage, upstream_closure
+from kfx.pipeline.metadata import MetadataStore
 
 log = logging.getLogger("kfx")
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from serving import errors, tensors
+from kfx.serving import errors, tensors
 
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
@@ -44,7 +44,7 @@ class BatchingQueues:
     """Batching queues and their worker threads.
 
     Args:
-        params: a tensorflow.serving.BatchingParameters message (see serving.protos); unset
+        params: a tensorflow.serving.BatchingParameters message (see kfx.serving.protos); unset
             fields take TF Serving's defaults (max_batch_size 1000, batch_timeout_micros 0,
             max_enqueued_batches 10, num_batch_threads = number of CPUs).
         on_batch: called as on_batch(model_name, batch_size) for every batch run (metrics).

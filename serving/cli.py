@@ -65,8 +65,8 @@ def serve(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from serving import errors
-    from serving.server import ModelServer, ServerOptions
+    from kfx.serving import errors
+    from kfx.serving.server import ModelServer, ServerOptions
 
     fields = {f.name for f in dataclasses.fields(ServerOptions)}
     options = ServerOptions(**{k: v for k, v in vars(args).items() if k in fields})
@@ -87,7 +87,7 @@ def predict(args: argparse.Namespace) -> int:
     """Sends one Predict request and prints the outputs as JSON. Returns the exit code."""
     import grpc
 
-    from serving.client import ServingClient
+    from kfx.serving.client import ServingClient
 
     try:
         inputs = json.loads(args.json)

@@ -7,8 +7,8 @@ import time
 
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
 
-from serving import errors, inference
-from serving.manager import ModelManager
+from kfx.serving import errors, inference
+from kfx.serving.manager import ModelManager
 
 
 class ServingCore:
@@ -16,7 +16,7 @@ class ServingCore:
 
     Args:
         manager: the ModelManager.
-        metrics: a serving.metrics.Metrics, or None.
+        metrics: a kfx.serving.metrics.Metrics, or None.
     """
 
     def __init__(self, manager: ModelManager, metrics=None):

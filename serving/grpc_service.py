@@ -5,7 +5,7 @@ import time
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving import errors
+from kfx.serving import errors
 
 
 def _deadline(context):

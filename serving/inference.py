@@ -10,8 +10,8 @@ import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, inference_pb2,
                                      predict_pb2, regression_pb2)
 
-from serving import errors, tensors
-from serving.servable import DEFAULT_SIGNATURE, Servable, as_object_array
+from kfx.serving import errors, tensors
+from kfx.serving.servable import DEFAULT_SIGNATURE, Servable, as_object_array
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"

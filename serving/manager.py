@@ -22,8 +22,8 @@ import time
 
 import tensorflow as tf
 
-from serving import errors, inference
-from serving.servable import Servable, read_warmup_requests
+from kfx.serving import errors, inference
+from kfx.serving.servable import Servable, read_warmup_requests
 
 LOG = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class ModelManager:
 
     Args:
         options: ManagerOptions.
-        batching: a serving.batching.BatchingQueues attached to every servable, or None.
+        batching: a kfx.serving.batching.BatchingQueues attached to every servable, or None.
         on_state: optional callback(model_name, version, state) for metrics.
     """
 

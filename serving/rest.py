@@ -25,7 +25,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      predict_pb2, regression_pb2)
 
-from serving import errors, tensors
+from kfx.serving import errors, tensors
 
 LOG = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class RestApi:
     """Answers REST requests with a ServingCore.
 
     Args:
-        core: the serving.core.ServingCore.
+        core: the kfx.serving.core.ServingCore.
         timeout_ms: --rest_api_timeout_in_ms (a deadline for each request; <= 0: none).
     """
 

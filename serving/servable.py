@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from serving import errors
+from kfx.serving import errors
 
 LOG = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Servable:
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._closed = False
-        self.batching = None  # a serving.batching.BatchingQueues when --enable_batching
+        self.batching = None  # a kfx.serving.batching.BatchingQueues when --enable_batching
 
     def signature(self, name: str):
         """The SignatureDef called `name` ("" means serving_default), or None."""

@@ -14,8 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import batching, grpc_service, manager, metrics as metrics_lib, protos, rest
-from serving.core import ServingCore
+from kfx.serving import batching, grpc_service, manager, metrics as metrics_lib, protos, rest
+from kfx.serving.core import ServingCore
 
 LOG = logging.getLogger(__name__)
 

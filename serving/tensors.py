@@ -9,7 +9,7 @@ typed fields or tensor_content.
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving import errors
+from kfx.serving import errors
 
 # DataType -> (numpy dtype, typed field, TF's DataTypeString).
 _TYPES = {

@@ -29,6 +29,7 @@ operators; the kfx config is loaded by kfx itself, in the task's subprocess.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -42,13 +43,22 @@ from airflow.providers.standard.sensors.filesystem import FileSensor
 from airflow.sdk import DAG, Asset, Param, Variable
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-# The repository root holds the stage graph (pipeline/graph.py). Appended, not prepended: the
-# repo's top-level folders must not shadow packages of the Airflow environment.
+# The repository root holds the stage graph (pipeline/graph.py: standard library only). It is
+# loaded by path, not imported as `kfx.pipeline.graph`: kfx is installed in the ML environment,
+# not in Airflow's, and adding the repo to sys.path would let its folders shadow packages here.
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.append(str(REPO))
 
-from pipeline.graph import STAGES, Stage, Upstream  # noqa: E402 - needs the path above
+
+def _load_graph():
+    spec = importlib.util.spec_from_file_location("kfx_stage_graph", REPO / "pipeline" / "graph.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+_graph = _load_graph()
+STAGES, Stage, Upstream = _graph.STAGES, _graph.Stage, _graph.Upstream
 
 DAG_ID = "kfx_daily_retrain"
 DEFAULT_CONFIG = "pipeline/configs/adult.yaml"
@@ -250,7 +260,7 @@ def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[
     Args:
         dag_id: the DAG's id.
         config: default of the `config` param.
-        stages: the stage graph (pipeline.graph.STAGES).
+        stages: the stage graph (kfx.pipeline.graph.STAGES).
 
     Returns:
         The DAG.

@@ -26,8 +26,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.graph import STAGES, Upstream, stage_names
-from pipeline.metadata import MetadataStore
+from kfx.pipeline.graph import STAGES, Upstream, stage_names
+from kfx.pipeline.metadata import MetadataStore
 from tests.conftest import REPO
 
 AIRFLOW = REPO / ".venv-airflow" / "bin" / "airflow"
@@ -150,8 +150,8 @@ parsed = time.time()
 dag = bag.dags.get("kfx_daily_retrain")
 out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dags),
        "parse_seconds": parsed - imported,
-       "loaded": {m: m in sys.modules for m in ("tensorflow", "keras", "apache_beam", "pipeline.config",
-                                                "pipeline.runner", "components")}}
+       "loaded": {m: m in sys.modules for m in ("tensorflow", "keras", "apache_beam", "kfx.pipeline.config",
+                                                "kfx.pipeline.runner", "kfx.components")}}
 if dag is not None:
     out.update(
         upstream={t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
@@ -251,7 +251,7 @@ def test_full_run_ends_with_a_pushed_model(airflow, full_run, root):
     assert events[0]["path"] == pushed["path"] and events[0]["run_id"] == run.run_id
 
 
-@pytest.mark.skipif(not HAS_PUSH, reason="evaluate/push are not in pipeline.graph.STAGES yet")
+@pytest.mark.skipif(not HAS_PUSH, reason="evaluate/push are not in kfx.pipeline.graph.STAGES yet")
 def test_not_blessed_skips_push_and_reuses_cached_stages(airflow, root, full_run):
     assert full_run.state == "success", full_run.explain()
     source = _adult_folder() / "adult.data"

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-import models
-from models import space
-from pipeline.config import ConfigError, load_config
+from kfx import models
+from kfx.models import space
+from kfx.pipeline.config import ConfigError, load_config
 
 FEATURES = {
     "x": {"kind": "dense", "width": 1},
@@ -128,7 +128,7 @@ def test_valid_overrides_load_and_hyperparameters_follow_the_model():
 
 
 def test_loading_the_config_does_not_import_tensorflow():
-    code = ("import sys; from pipeline.config import load_config; c = load_config(None, ['train.model=wide_deep']);"
+    code = ("import sys; from kfx.pipeline.config import load_config; c = load_config(None, ['train.model=wide_deep']);"
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))

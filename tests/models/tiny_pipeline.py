@@ -70,8 +70,8 @@ def write_config(tmp: Path, filename: str = "tiny.yaml", **sections) -> Path:
 def build(tmp: Path, to_stage: str = "validate", rows: int = 600) -> dict:
     """Write data and config under `tmp`, run the pipeline up to `to_stage`; return the summary
     plus "config" (path) and "outputs" ({stage: {output: uri}})."""
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from kfx.pipeline.config import load_config
+    from kfx.pipeline.runner import run_pipeline
 
     write_csv(tmp / "train.csv", rows, seed=1)
     write_csv(tmp / "test.csv", rows // 3, seed=2)

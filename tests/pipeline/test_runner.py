@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from pipeline.config import load_config
-from pipeline.graph import Stage, Upstream
-from pipeline.metadata import MetadataStore
-from pipeline.runner import Reporter, run_pipeline
+from kfx.pipeline.config import load_config
+from kfx.pipeline.graph import Stage, Upstream
+from kfx.pipeline.metadata import MetadataStore
+from kfx.pipeline.runner import Reporter, run_pipeline
 
 GRAPH = (
     Stage("a", "tests.pipeline.toy_a"),
@@ -98,7 +98,7 @@ def test_missing_upstream_is_a_clear_error(tmp_path):
     (["max_parallel=two"], "key 'max_parallel'"),
 ])
 def test_config_errors_name_the_key_and_value(bad, needle):
-    from pipeline.config import ConfigError
+    from kfx.pipeline.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         load_config(None, bad)
@@ -114,7 +114,7 @@ def test_config_override_and_frozen():
 
 
 def test_broken_yaml_file(tmp_path):
-    from pipeline.config import ConfigError
+    from kfx.pipeline.config import ConfigError
 
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\ningest: [unclosed\n")

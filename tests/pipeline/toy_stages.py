@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.component import ComponentError, ComponentSpec, Context
+from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 # b and c both wait here: the run only succeeds if the runner executes them at the same time.
 BARRIER = threading.Barrier(2, timeout=30)

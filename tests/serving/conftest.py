@@ -117,14 +117,14 @@ def write_config(path: str, models: list) -> str:
 
 
 class ServerProcess:
-    """`python -m serving` in a subprocess, on free loopback ports."""
+    """`python -m kfx.serving` in a subprocess, on free loopback ports."""
 
     def __init__(self, tmp_path, *flags, rest: bool = False):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = os.path.join(str(tmp_path), f"server-{self.port}.log")
-        args = [sys.executable, "-m", "serving", f"--port={self.port}", *flags]
+        args = [sys.executable, "-m", "kfx.serving", f"--port={self.port}", *flags]
         if rest:
             args.append(f"--rest_api_port={self.rest_port}")
         self._log = open(self.log_path, "w")

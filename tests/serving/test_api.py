@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving.client import ServingClient, to_example
+from kfx.serving.client import ServingClient, to_example
 
 X = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)
 
@@ -379,7 +379,7 @@ def test_client_casts_plain_values_to_signature_dtypes(client):
 def test_cli_predict_prints_outputs_as_json(main_server, capsys):
     import argparse
 
-    from serving import cli
+    from kfx.serving import cli
 
     parser = argparse.ArgumentParser()
     cli.add_parsers(parser.add_subparsers())

@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.batching import QUEUE_FULL
-from serving.client import ServingClient
+from kfx.serving.batching import QUEUE_FULL
+from kfx.serving.client import ServingClient
 from tests.serving.conftest import ServerProcess, write_config
 
 BATCHING = """

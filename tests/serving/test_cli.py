@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from serving import cli
+from kfx.serving import cli
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from serving.client import ServingClient
+from kfx.serving.client import ServingClient
 
 CLIENTS = 32
 SECONDS = 30

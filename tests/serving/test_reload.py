@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, predict_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.client import ServingClient
+from kfx.serving.client import ServingClient
 from tests.serving.conftest import ServerProcess, build_keras, write_config
 
 X = np.array([[1.0, 2.0, 3.0]], np.float32)  # y = 6 + bias

@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.client import ServingClient
+from kfx.serving.client import ServingClient
 from tests.serving.conftest import ServerProcess
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")

@@ -1,0 +1,608 @@
+"""ingest: read a source into split, typed tf.Example shards; quarantine malformed rows.
+
+Sources: CSV files/globs, TFRecord of tf.Example, Parquet, any TFDS dataset by name, and the
+offline built-ins (components/datasets.py). Rows are read in chunks (one Beam element per
+chunk of rows, not per row: Beam's per-element cost dominates otherwise) and parsed in
+parallel by Beam workers. Each row goes to exactly one split by a deterministic hash, or to
+`rejected` with its file, line and reason; read = accepted + rejected, always.
+
+Outputs:
+    examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example), columns.json
+        (column types, label, splits) and counts.json.
+    rejected: rejected.jsonl, one {"input", "line", "reason", "row"} per malformed row.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import struct
+from typing import Any, Iterable, Iterator
+
+from kfx.pipeline.component import ComponentError, ComponentSpec, Context
+from kfx.pipeline.config import IngestConfig
+
+EXAMPLES, REJECTED = "examples", "rejected"
+COLUMNS_FILE, COUNTS_FILE = "columns.json", "counts.json"
+_INFER_ROWS = 1000
+
+
+def split_dir(examples_uri: str, split: str) -> str:
+    """Where a split's shards live (TFX layout)."""
+    return f"{examples_uri}/Split-{split}"
+
+
+def read_columns(examples_uri: str) -> dict:
+    """The examples artifact's column types, label and split names."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{examples_uri}/{COLUMNS_FILE}") as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------ row typing and splitting
+class RowParser:
+    """Turns raw rows into (split, serialized tf.Example) or a rejection reason.
+
+    Picklable plain object: Beam ships it to workers.
+    """
+
+    def __init__(self, columns: dict[str, str], cfg: IngestConfig, split_tables: list[list[tuple[str, float]]]):
+        self.columns = columns
+        self.names = list(columns)
+        self.na = set(cfg.csv.na_values)
+        self.replace = {k: dict(v) for k, v in cfg.csv.replace.items()}
+        self.label = cfg.label
+        self.hash_idx = [self.names.index(k) for k in cfg.hash_key] if cfg.hash_key else None
+        self.split_tables = split_tables  # per input: cumulative (split, upper bound in [0, 1))
+
+    def split_of(self, input_idx: int, key: str) -> str:
+        h = int.from_bytes(hashlib.md5(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+        u = h / 2.0**64
+        for name, upper in self.split_tables[input_idx]:
+            if u < upper:
+                return name
+        return self.split_tables[input_idx][-1][0]
+
+    def typed(self, values: list[Any]) -> dict[str, Any]:
+        """Column values -> feature dict; raises ValueError naming the column on a bad value."""
+        import numpy as np
+
+        out = {}
+        for name, value in zip(self.names, values):
+            if value is None:
+                continue
+            if isinstance(value, float) and math.isnan(value):
+                continue
+            kind = self.columns[name]
+            if isinstance(value, str):
+                if value in self.na:
+                    continue
+                value = self.replace.get(name, {}).get(value, value)
+            if isinstance(value, (list, tuple, np.ndarray)):
+                seq = list(np.asarray(value).ravel())
+            else:
+                seq = [value]
+            try:
+                if kind == "int":
+                    conv = [_to_int(v) for v in seq]
+                elif kind == "float":
+                    conv = [float(v) for v in seq]
+                    if any(math.isnan(v) or math.isinf(v) for v in conv):
+                        raise ValueError
+                else:
+                    conv = [v if isinstance(v, bytes) else str(v).encode() for v in seq]
+            except (TypeError, ValueError):
+                raise ValueError(f"column {name!r}: cannot read {value!r} as {kind}") from None
+            out[name] = conv
+        if self.label and self.label not in out:
+            raise ValueError(f"missing label {self.label!r}")
+        return out
+
+    def example(self, feats: dict[str, list]) -> bytes:
+        """Serialized tf.Example of typed feature values (see `encode_example`)."""
+        return encode_example((self.keys[name], self.columns[name], vals) for name, vals in feats.items())
+
+    @property
+    def keys(self) -> dict[str, bytes]:
+        if not hasattr(self, "_keys"):
+            self._keys = {n: _field(1, n.encode()) for n in self.names}
+        return self._keys
+
+    def hash_key(self, values: list[Any], raw: str | None) -> str:
+        if self.hash_idx is not None:
+            return "\x1f".join(str(values[i]) for i in self.hash_idx)
+        return raw if raw is not None else repr(values)
+
+
+# A tf.Example is small and fixed in shape, so it is encoded here directly: building it through
+# the protobuf classes costs ~35 us a row, most of ingest's time (tests check equality with
+# tf.train.Example parsing).
+_SMALL = [bytes([i]) for i in range(128)]
+_TAG = {n: bytes([n << 3 | 2]) for n in (1, 2, 3)}
+
+
+def _varint(v: int) -> bytes:
+    if 0 <= v < 128:
+        return _SMALL[v]
+    if v < 0:
+        v += 1 << 64
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (field numbers 1..3 only)."""
+    n = len(payload)
+    return _TAG[number] + (_SMALL[n] if n < 128 else _varint(n)) + payload
+
+
+def encode_feature(kind: str, vals: list) -> bytes:
+    """A serialized tf.train.Feature: int64_list (3), float_list (2) or bytes_list (1)."""
+    if kind == "int":
+        return _field(3, _field(1, b"".join(map(_varint, vals))))
+    if kind == "float":
+        return _field(2, _field(1, struct.pack(f"<{len(vals)}f", *vals)))
+    return _field(1, b"".join([_field(1, v) for v in vals]))
+
+
+def encode_example(features: Iterable[tuple[bytes, str, list]]) -> bytes:
+    """Serialized tf.train.Example from (key field, kind, values) triples."""
+    return _field(1, b"".join([_field(1, key + _field(2, encode_feature(kind, vals)))
+                               for key, kind, vals in features]))
+
+
+def _to_int(v: Any) -> int:
+    if isinstance(v, (bool,)):
+        return int(v)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise ValueError
+        return int(v)
+    if isinstance(v, str):
+        return int(v.strip())
+    return int(v)
+
+
+# ------------------------------------------------------------------ readers (run on Beam workers)
+_RANGE_BYTES = 32 << 20
+
+
+def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, int, int]]:
+    """Split a text file into (path, start byte, end byte, first line number) ranges.
+
+    Ranges end on line boundaries, so Beam workers read one large file in parallel, each
+    streaming its own range: nothing is materialised, and line numbers stay exact (the driver
+    counts newlines once, at C speed).
+    """
+    import tensorflow as tf
+
+    size = tf.io.gfile.stat(path).length
+    if size <= target:
+        return [(path, 0, size, 1)]
+    ranges, start, line, pos = [], 0, 1, 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while True:
+            block = f.read(target)
+            if not block:
+                break
+            nl = block.rfind(b"\n")
+            if nl < 0 or pos + len(block) >= size:
+                end = size
+            else:
+                end = pos + nl + 1
+                f.seek(end)
+            ranges.append((path, start, end, line))
+            line += block[: end - pos].count(b"\n")
+            start = pos = end
+            if end >= size:
+                break
+    return ranges
+
+
+def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: bool,
+                      skip_prefixes: tuple[str, ...], chunk_rows: int):
+    """Lines of one file range in chunks of (line number, text); comments and blanks dropped."""
+    import tensorflow as tf
+
+    input_idx, (path, start, end, first_line) = item
+    chunk: list[tuple[int, str]] = []
+    with tf.io.gfile.GFile(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    for lineno, raw in enumerate(data.split(b"\n"), start=first_line):
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if (lineno == 1 and skip_header) or not line.strip() or line.startswith(skip_prefixes):
+            continue
+        chunk.append((lineno, line))
+        if len(chunk) >= chunk_rows:
+            yield input_idx, path, chunk
+            chunk = []
+    if chunk:
+        yield input_idx, path, chunk
+
+
+def _route(input_idx: int, path: str, rows, parser: RowParser):
+    """(row number, values, raw text or None, early rejection or None) rows -> tagged outputs:
+    one serialized example per accepted row under its split, rejected rows, and the counts."""
+    import apache_beam as beam
+
+    counts: dict[str, int] = {}
+    read = rejected = 0
+    for rowno, values, raw, reason in rows:
+        read += 1
+        if reason is None:
+            try:
+                feats = parser.typed(values)
+            except ValueError as err:
+                reason = str(err)
+            else:
+                split = parser.split_of(input_idx, parser.hash_key(values, raw))
+                counts[split] = counts.get(split, 0) + 1
+                yield beam.pvalue.TaggedOutput(split, parser.example(feats))
+                continue
+        rejected += 1
+        yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
+            {"input": path, "line": rowno, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
+    yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts})
+
+
+def _parse_csv_chunk(chunk, parser: RowParser, delimiter: str, skip_space: bool):
+    """One chunk of CSV lines -> tagged outputs (see `_route`)."""
+    input_idx, path, lines = chunk
+    ncol = len(parser.names)
+
+    def rows():
+        for (lineno, line), values in zip(lines, csv.reader((l for _, l in lines), delimiter=delimiter,
+                                                             skipinitialspace=skip_space)):
+            if len(values) != ncol:
+                yield lineno, values, line, f"expected {ncol} columns, found {len(values)}"
+            else:
+                yield lineno, [v.strip() if skip_space else v for v in values], line, None
+
+    return _route(input_idx, path, rows(), parser)
+
+
+def _parse_record_chunk(chunk, parser: RowParser):
+    """One chunk of (row number, values) from Parquet/TFDS/TFRecord -> tagged outputs (see `_route`)."""
+    input_idx, path, records = chunk
+    return _route(input_idx, path, ((n, values, None, None) for n, values in records), parser)
+
+
+def _parquet_file(path: str):
+    """A ParquetFile through Arrow's own filesystems (local, gs://, s3://, hdfs://)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    fs, inner = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    return pq.ParquetFile(fs.open_input_file(inner))
+
+
+def _read_parquet_chunks(item, names: list[str], chunk_rows: int):
+    input_idx, path = item
+    start = 1
+    for batch in _parquet_file(path).iter_batches(batch_size=chunk_rows, columns=names):
+        cols = [batch.column(n).to_pylist() for n in names]
+        rows = [(start + i, [c[i] for c in cols]) for i in range(batch.num_rows)]
+        start += batch.num_rows
+        yield input_idx, path, rows
+
+
+def _read_tfrecord_chunks(item, names: list[str], chunk_rows: int):
+    import tensorflow as tf
+
+    input_idx, path = item
+    rows = []
+    compression = "GZIP" if path.endswith(".gz") else ""
+    for n, rec in enumerate(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator(), 1):
+        try:
+            ex = tf.train.Example.FromString(rec)
+            values = [_feature_values(ex.features.feature[k]) if k in ex.features.feature else None
+                      for k in names]
+        except Exception as err:  # noqa: BLE001 - a corrupt record is a rejected row
+            values = [f"<unparsable record: {type(err).__name__}>"] + [None] * (len(names) - 1)
+        rows.append((n, values))
+        if len(rows) >= chunk_rows:
+            yield input_idx, path, rows
+            rows = []
+    if rows:
+        yield input_idx, path, rows
+
+
+def _feature_values(feature) -> list | None:
+    kind = feature.WhichOneof("kind")
+    vals = list(getattr(feature, kind).value) if kind else []
+    if not vals:
+        return None
+    return vals if len(vals) > 1 else vals[0]
+
+
+def _read_tfds_chunks(item, name: str, data_dir: str | None, names: list[str], chunk_rows: int):
+    import tensorflow_datasets as tfds
+
+    input_idx, split = item
+    ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    rows = []
+    for n, ex in enumerate(tfds.as_numpy(ds), 1):
+        rows.append((n, [ex.get(k) for k in names]))
+        if len(rows) >= chunk_rows:
+            yield input_idx, f"tfds:{name}/{split}", rows
+            rows = []
+    if rows:
+        yield input_idx, f"tfds:{name}/{split}", rows
+
+
+# ------------------------------------------------------------------ column discovery (driver side)
+def _infer_type(values: list[str], tolerance: float = 0.01) -> str:
+    """int, float or string: the narrowest type that reads all but `tolerance` of the sample.
+
+    A stray bad value in a numeric column then becomes a rejected row, not a string column.
+    """
+    def fits(conv) -> float:
+        bad = 0
+        for v in values:
+            try:
+                conv(v)
+            except ValueError:
+                bad += 1
+        return bad / len(values) if values else 0.0
+
+    if fits(int) <= tolerance:
+        return "int"
+    if fits(float) <= tolerance:
+        return "float"
+    return "string"
+
+
+def _csv_columns(cfg: IngestConfig, files: list[str]) -> dict[str, str]:
+    import tensorflow as tf
+
+    sample: list[list[str]] = []
+    header = None
+    for path in files:
+        with tf.io.gfile.GFile(path) as f:
+            lines = []
+            for n, line in enumerate(f):
+                line = line.rstrip("\r\n")
+                if not line.strip() or line.startswith(cfg.csv.skip_lines_starting_with):
+                    continue
+                lines.append(line)
+                if len(lines) > _INFER_ROWS or (cfg.csv.header and len(lines) > 1 and sample):
+                    break
+        rows = list(csv.reader(lines, delimiter=cfg.csv.delimiter, skipinitialspace=cfg.csv.skip_initial_space))
+        if cfg.csv.header:
+            if not rows:
+                raise ComponentError(f"ingest: {path} has no header line")
+            this = [c.strip() for c in rows[0]]
+            if header is not None and this != header:
+                raise ComponentError(f"ingest: header of {path} {this} differs from {files[0]}'s {header}")
+            header = this
+            rows = rows[1:]
+        sample.extend(rows)
+    names = list(cfg.csv.columns) if cfg.csv.columns else header
+    if not names:
+        raise ComponentError("ingest: CSV without header needs ingest.csv.columns")
+    if cfg.csv.columns and header and list(cfg.csv.columns) != header:
+        raise ComponentError(f"ingest: csv.columns {list(cfg.csv.columns)} differ from the file header {header}")
+    return _typed_columns(cfg, names, {n: [r[i].strip() for r in sample if len(r) == len(names)
+                                           and r[i].strip() not in cfg.csv.na_values]
+                                       for i, n in enumerate(names)})
+
+
+def _typed_columns(cfg: IngestConfig, names: list[str], samples: dict[str, list]) -> dict[str, str]:
+    unknown = set(cfg.column_types) - set(names)
+    if unknown:
+        raise ComponentError(f"ingest: column_types names columns not in the data: {sorted(unknown)}; "
+                             f"columns are {names}")
+    if cfg.label and cfg.label not in names:
+        raise ComponentError(f"ingest: label column {cfg.label!r} not in the data; columns are {names}")
+    return {n: cfg.column_types.get(n) or _infer_type(samples.get(n, [])) for n in names}
+
+
+def _arrow_kind(t) -> str:
+    import pyarrow as pa
+
+    while pa.types.is_list(t) or pa.types.is_large_list(t):
+        t = t.value_type
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return "int"
+    if pa.types.is_floating(t):
+        return "float"
+    return "string"
+
+
+def _parquet_columns(cfg: IngestConfig, files: list[str]) -> dict[str, str]:
+    schema = _parquet_file(files[0]).schema_arrow
+    names = list(schema.names)
+    return _typed_columns(cfg, names, {}) | {
+        n: cfg.column_types.get(n) or _arrow_kind(schema.field(n).type) for n in names}
+
+
+def _tfrecord_columns(cfg: IngestConfig, files: list[str]) -> dict[str, str]:
+    import tensorflow as tf
+
+    kinds: dict[str, str] = {}
+    compression = "GZIP" if files[0].endswith(".gz") else ""
+    for rec in tf.data.TFRecordDataset(files[0], compression_type=compression).take(_INFER_ROWS).as_numpy_iterator():
+        for k, feat in tf.train.Example.FromString(rec).features.feature.items():
+            kind = {"int64_list": "int", "float_list": "float", "bytes_list": "string"}.get(feat.WhichOneof("kind"))
+            if kind:
+                kinds.setdefault(k, kind)
+    names = sorted(kinds)
+    return _typed_columns(cfg, names, {}) | {n: cfg.column_types.get(n) or kinds[n] for n in names}
+
+
+def _tfds_columns(cfg: IngestConfig) -> dict[str, str]:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    info = tfds.builder(cfg.name, data_dir=cfg.data_dir).info
+    kinds = {}
+    for k, feat in info.features.items():
+        dtype = tf.as_dtype(feat.dtype)
+        kinds[k] = "int" if dtype.is_integer or dtype.is_bool else "float" if dtype.is_floating else "string"
+    return _typed_columns(cfg, list(kinds), {}) | {n: cfg.column_types.get(n) or kinds[n] for n in kinds}
+
+
+# ------------------------------------------------------------------ the stage
+def _resolved(cfg: IngestConfig) -> IngestConfig:
+    if cfg.format == "builtin":
+        from kfx.components.data.datasets import resolve_builtin
+
+        return resolve_builtin(cfg)
+    if cfg.format == "tfds" and not cfg.inputs:
+        return cfg.model_copy(update={"inputs": ()})
+    return cfg
+
+
+def _match(cfg: IngestConfig) -> list[list[str]]:
+    """Files of each input, sorted; an input matching nothing is an error naming the pattern."""
+    import tensorflow as tf
+
+    from kfx.pipeline.config import resolve_path
+
+    out = []
+    for spec in cfg.inputs:
+        files = sorted(tf.io.gfile.glob(resolve_path(spec.pattern)))
+        files = [f for f in files if not tf.io.gfile.isdir(f)]
+        if not files:
+            raise ComponentError(f"ingest: input pattern {spec.pattern!r} matches no file")
+        out.append(files)
+    return out
+
+
+def source_fingerprint(cfg: IngestConfig) -> str:
+    """Content hash of every source file (the cache must see new data under the same name)."""
+    import tensorflow as tf
+
+    cfg = _resolved(cfg)
+    if cfg.format == "tfds":
+        return hashlib.sha256(json.dumps([cfg.name, cfg.data_dir, str(tfds_version(cfg))]).encode()).hexdigest()
+    h = hashlib.sha256()
+    for files in _match(cfg):
+        for path in files:
+            h.update(path.rsplit("/", 1)[-1].encode())
+            with tf.io.gfile.GFile(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def tfds_version(cfg: IngestConfig) -> str:
+    import tensorflow_datasets as tfds
+
+    return str(tfds.builder(cfg.name, data_dir=cfg.data_dir).info.version)
+
+
+def _split_tables(cfg: IngestConfig) -> list[list[tuple[str, float]]]:
+    tables = []
+    for spec in cfg.inputs:
+        total = sum(spec.splits.values())
+        acc, table = 0.0, []
+        for name, weight in spec.splits.items():
+            acc += weight / total
+            table.append((name, acc))
+        tables.append(table)
+    return tables
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    import apache_beam as beam
+    import tensorflow as tf
+
+    cfg = _resolved(ctx.config)
+    if cfg.format == "tfds":
+        from kfx.pipeline.config import InputSpec
+
+        inputs = cfg.inputs or (InputSpec(pattern="train", splits={"train": 9, "eval": 1}),
+                                InputSpec(pattern="test", splits={"test": 1}))
+        cfg = cfg.model_copy(update={"inputs": inputs})
+        columns = _tfds_columns(cfg)
+        items = [(i, spec.pattern) for i, spec in enumerate(cfg.inputs)]
+    else:
+        files = _match(cfg)
+        items = [(i, f) for i, fs in enumerate(files) for f in fs]
+        if cfg.format == "csv":
+            items = [(i, r) for i, f in items for r in text_ranges(f)]
+        columns = {"csv": _csv_columns, "parquet": _parquet_columns,
+                   "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for fs in files for f in fs])
+    split_names = list(dict.fromkeys(s for spec in cfg.inputs for s in spec.splits))
+    parser = RowParser(columns, cfg, _split_tables(cfg))
+    names = list(columns)
+    examples, rejected_uri = ctx.outputs[EXAMPLES], ctx.outputs[REJECTED]
+    num_shards = cfg.num_shards  # 0: one file per bundle, no shuffle of the data (streams)
+
+    with beam.Pipeline(options=ctx.beam_options()) as p:
+        # Only file names / byte ranges are shuffled: it spreads them over the workers, and each
+        # worker then streams its own rows (memory stays flat as the data grows).
+        src = p | "Files" >> beam.Create(items) | "Spread" >> beam.Reshuffle()
+        if cfg.format == "csv":
+            chunks = src | "Read" >> beam.FlatMap(_read_text_chunks, cfg.csv.header,
+                                                  tuple(cfg.csv.skip_lines_starting_with), cfg.chunk_rows)
+            parse = beam.FlatMap(_parse_csv_chunk, parser, cfg.csv.delimiter, cfg.csv.skip_initial_space)
+        else:
+            reader = {"parquet": lambda it: _read_parquet_chunks(it, names, cfg.chunk_rows),
+                      "tfrecord": lambda it: _read_tfrecord_chunks(it, names, cfg.chunk_rows),
+                      "tfds": lambda it: _read_tfds_chunks(it, cfg.name, cfg.data_dir, names, cfg.chunk_rows)}[cfg.format]
+            chunks = src | "Read" >> beam.FlatMap(reader)
+            parse = beam.FlatMap(_parse_record_chunk, parser)
+        tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", *split_names))
+        for split in split_names:
+            _ = tagged[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
+                f"{split_dir(examples, split)}/data_tfrecord", file_name_suffix=".gz",
+                num_shards=num_shards, compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+        _ = tagged[REJECTED] | "WriteRejected" >> beam.io.WriteToText(
+            f"{rejected_uri}/rejected", file_name_suffix=".jsonl", shard_name_template="", num_shards=1)
+        _ = (tagged["counts"] | "Sum" >> beam.CombineGlobally(_sum_counts)
+             | "CountsJson" >> beam.Map(json.dumps, sort_keys=True)
+             | "WriteCounts" >> beam.io.WriteToText(f"{examples}/counts", file_name_suffix=".json",
+                                                    shard_name_template="", num_shards=1))
+
+    with tf.io.gfile.GFile(f"{examples}/{COUNTS_FILE}") as f:
+        counts = json.loads(f.read())
+    with tf.io.gfile.GFile(f"{examples}/{COLUMNS_FILE}", "w") as f:
+        json.dump({"columns": columns, "label": cfg.label, "splits": split_names}, f, indent=2)
+    accepted = sum(counts["splits"].values())
+    read, rej = counts["read"], counts["rejected"]
+    assert read == accepted + rej, f"row counts do not reconcile: read {read} != {accepted} + {rej}"
+    metrics = {"rows": accepted, "read": read, "rejected": rej,
+               "splits": {s: counts["splits"].get(s, 0) for s in split_names}}
+    ctx.log.info("ingest %s", metrics)
+    if read == 0:
+        raise ComponentError("ingest: the source has no rows")
+    if rej / read > cfg.max_rejected_fraction:
+        raise ComponentError(
+            f"ingest: {rej:,} of {read:,} rows ({rej / read:.2%}) were rejected, above "
+            f"max_rejected_fraction {cfg.max_rejected_fraction:.2%}; reasons per row in "
+            f"rejected/rejected.jsonl (first: {_first_rejection(rejected_uri)})")
+    return metrics
+
+
+def _first_rejection(rejected_uri: str) -> str:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{rejected_uri}/rejected.jsonl") as f:
+        line = f.readline()
+    if not line:
+        return "none"
+    r = json.loads(line)
+    return f"{r['input']} line {r['line']}: {r['reason']}"
+
+
+def _sum_counts(parts: Iterable[dict]) -> dict:
+    total = {"read": 0, "rejected": 0, "splits": {}}
+    for c in parts:
+        total["read"] += c["read"]
+        total["rejected"] += c["rejected"]
+        for k, v in c["splits"].items():
+            total["splits"][k] = total["splits"].get(k, 0) + v
+    return total
+
+
+SPEC = ComponentSpec(name="ingest", inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
+                     source_fingerprint=source_fingerprint, code=("kfx.components.data.datasets",))

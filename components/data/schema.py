@@ -1,0 +1,144 @@
+"""schema: the data contract, a tensorflow_metadata Schema (TFDV's format).
+
+Taken from a curated text proto (`schema.path`, e.g. schemas/adult.pbtxt) or inferred from
+the train statistics. The schema is the one source of truth for feature names, types, the
+label (annotation tag "label") and the sensitive features (tag "sensitive"); later stages read
+them from here, never from string literals.
+
+Output `schema`: schema.pbtxt.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from kfx.pipeline.component import ComponentError, ComponentSpec, Context
+
+SCHEMA = "schema"
+SCHEMA_FILE = "schema.pbtxt"
+LABEL_TAG, SENSITIVE_TAG = "label", "sensitive"
+
+
+def parse_schema_text(text: str, where: str):
+    """Parse a Schema text proto; errors name the file and line."""
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    try:
+        return text_format.Parse(text, schema_pb2.Schema())
+    except text_format.ParseError as err:
+        raise ComponentError(f"schema {where} is not a valid Schema text proto: {err}") from None
+
+
+def load_schema(uri: str):
+    """The Schema of a schema artifact (or of a .pbtxt file path)."""
+    import tensorflow as tf
+
+    path = uri if uri.endswith(".pbtxt") else f"{uri}/{SCHEMA_FILE}"
+    with tf.io.gfile.GFile(path) as f:
+        return parse_schema_text(f.read(), path)
+
+
+def tagged(schema, tag: str) -> list[str]:
+    return [f.name for f in schema.feature if tag in f.annotation.tag]
+
+
+def label_key(schema) -> str | None:
+    labels = tagged(schema, LABEL_TAG)
+    return labels[0] if labels else None
+
+
+def sensitive_keys(schema) -> list[str]:
+    return tagged(schema, SENSITIVE_TAG)
+
+
+def string_domain(schema, feature) -> list[str] | None:
+    """The allowed values of a string feature (inline or named domain), or None."""
+    if feature.HasField("string_domain"):
+        return list(feature.string_domain.value)
+    if feature.HasField("domain"):
+        for d in schema.string_domain:
+            if d.name == feature.domain:
+                return list(d.value)
+    return None
+
+
+def infer_schema(train_stats, cfg) -> Any:
+    """A Schema from one split's DatasetFeatureStatistics, TFDV-style."""
+    from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2 as st
+
+    schema = schema_pb2.Schema()
+    for fs in train_stats.features:
+        f = schema.feature.add(name=fs.path.step[0])
+        f.type = {st.FeatureNameStatistics.INT: schema_pb2.INT, st.FeatureNameStatistics.FLOAT: schema_pb2.FLOAT,
+                  st.FeatureNameStatistics.STRING: schema_pb2.BYTES}[fs.type]
+        common = fs.string_stats.common_stats if fs.HasField("string_stats") else fs.num_stats.common_stats
+        f.presence.min_count = 1
+        f.presence.min_fraction = 1.0 if common.num_missing == 0 else 0.0
+        if common.max_num_values <= 1:
+            f.value_count.min = 1
+            f.value_count.max = 1
+        if fs.HasField("string_stats") and 0 < fs.string_stats.unique <= cfg.max_domain_values:
+            dom = schema.string_domain.add(name=f.name)
+            dom.value.extend(sorted(b.label for b in fs.string_stats.rank_histogram.buckets))
+            f.domain = f.name
+    return schema
+
+
+def _mark(schema, cfg) -> None:
+    names = {f.name for f in schema.feature}
+    for key in ([cfg.label] if cfg.label else []) + list(cfg.sensitive):
+        if key not in names:
+            raise ComponentError(f"schema: configured feature {key!r} is not in the schema; features are {sorted(names)}")
+    for f in schema.feature:
+        if f.name == cfg.label and LABEL_TAG not in f.annotation.tag:
+            f.annotation.tag.append(LABEL_TAG)
+            f.not_in_environment.append("SERVING")
+        if f.name in cfg.sensitive and SENSITIVE_TAG not in f.annotation.tag:
+            f.annotation.tag.append(SENSITIVE_TAG)
+    if cfg.label and not schema.default_environment:
+        schema.default_environment.extend(["TRAINING", "SERVING"])
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    from kfx.components.data.statistics import load_statistics
+    from kfx.pipeline.config import resolve_path
+
+    cfg = ctx.config
+    if cfg.path:
+        path = resolve_path(cfg.path)
+        if not tf.io.gfile.exists(path):
+            raise ComponentError(f"schema: curated schema file {cfg.path!r} does not exist")
+        schema = load_schema(path)
+        source = path
+    else:
+        stats = load_statistics(ctx.inputs["statistics"])
+        if "train" not in stats:
+            raise ComponentError(f"schema: inference needs a 'train' split; statistics have {sorted(stats)}")
+        schema = infer_schema(stats["train"], cfg)
+        source = "inferred from train statistics"
+    _mark(schema, cfg)
+    with tf.io.gfile.GFile(f"{ctx.outputs[SCHEMA]}/{SCHEMA_FILE}", "w") as f:
+        f.write(text_format.MessageToString(schema))
+    return {"features": len(schema.feature), "label": label_key(schema),
+            "sensitive": sensitive_keys(schema), "source": source}
+
+
+def source_fingerprint(cfg) -> str:
+    """A curated schema file is read from outside the store: its content is part of the cache key."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from kfx.pipeline.config import resolve_path
+
+    if not cfg.path or not tf.io.gfile.exists(resolve_path(cfg.path)):
+        return ""
+    with tf.io.gfile.GFile(resolve_path(cfg.path), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+SPEC = ComponentSpec(name="schema", inputs=("statistics",), outputs=(SCHEMA,), run=run,
+                     source_fingerprint=source_fingerprint)

@@ -1,0 +1,223 @@
+"""push: publish a blessed, infra-blessed model in TensorFlow Serving's directory layout.
+
+`<serving_base>/<model_name>/<version>/` (integer versions, increasing) plus
+`<serving_base>/models.config` (a ModelServerConfig text proto listing every pushed model), so
+`kfx serve --model_config_file=...` or real tensorflow_model_server serves the directory as is.
+
+Atomicity: the SavedModel is copied into a staging directory first (inside this execution's
+own output, so a crash leaves nothing in the serving tree; beside the versions, with a
+non-numeric name servers ignore, if the serving base is on another filesystem) and renamed to
+its version directory in one step, so a server polling the base path never sees a half-written
+version. models.config is written to a temporary file and renamed over the old one. (On object
+stores a rename is a copy: there only the numeric directory name appearing last protects readers.)
+
+A model that is not blessed (or not infra-blessed) is not pushed; that is not an error: the
+stage succeeds with metrics {"pushed": None, "reasons": [...]}.
+
+Inputs: model, blessing, infra_blessing.
+Output `pushed_model`: pushed.json ({pushed: {model_name, version, path} or null, reasons}).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+from typing import Any
+
+from kfx.pipeline.component import ComponentError, ComponentSpec, Context
+
+PUSHED_MODEL = "pushed_model"
+PUSHED_FILE = "pushed.json"
+MODELS_CONFIG = "models.config"
+THRESHOLDS_ASSET = "assets.extra/kfx_decision_thresholds.json"
+_RENAME_ATTEMPTS = 5
+
+
+def load_pushed(uri: str) -> dict:
+    """pushed.json of a pushed_model artifact."""
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(f"{uri}/{PUSHED_FILE}") as f:
+        return json.load(f)
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local(uri: str) -> str:
+    return os.path.abspath(uri.removeprefix("file://")) if _is_local(uri) else uri.rstrip("/")
+
+
+def versions(model_dir: str) -> list[int]:
+    """The integer version directories under <serving_base>/<model_name>."""
+    import tensorflow as tf
+
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(model_dir) if n.rstrip("/").isdigit())
+
+
+def _copy_file(src: str, dst: str) -> None:
+    import tensorflow as tf
+
+    tf.io.gfile.copy(src, dst, overwrite=True)
+
+
+def copy_tree(src: str, dst: str) -> int:
+    """Copy a directory tree with tf.io.gfile; returns the number of files."""
+    import tensorflow as tf
+
+    count = 0
+    for dirpath, _dirs, files in tf.io.gfile.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target = dst if rel == "." else f"{dst}/{rel}"
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            _copy_file(f"{dirpath}/{name}", f"{target}/{name}")
+            count += 1
+    return count
+
+
+def _rename(src: str, dst: str) -> None:
+    import tensorflow as tf
+
+    if _is_local(src):
+        os.rename(src, dst)  # atomic; fails if dst exists and is not empty
+    else:
+        tf.io.gfile.rename(src, dst, overwrite=False)
+
+
+def publish_version(model_uri: str, model_dir: str, staging_root: str, extra_files: dict[str, str]) -> int:
+    """Copy the SavedModel to <model_dir>/<next version> atomically; returns the version.
+
+    Args:
+        model_uri: the SavedModel directory.
+        model_dir: <serving_base>/<model_name>.
+        staging_root: where to stage the copy (same filesystem as model_dir for an atomic rename).
+        extra_files: relative path -> text, written into the version (e.g. decision thresholds).
+    """
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(model_dir)
+    stage = f"{staging_root.rstrip('/')}/.staging-{secrets.token_hex(4)}"
+    try:
+        copy_tree(model_uri, stage)
+        for rel, text in extra_files.items():
+            tf.io.gfile.makedirs(os.path.dirname(f"{stage}/{rel}"))
+            with tf.io.gfile.GFile(f"{stage}/{rel}", "w") as f:
+                f.write(text)
+        try:
+            return _claim_version(stage, model_dir)
+        except OSError as err:
+            if err.errno != errno.EXDEV or staging_root == model_dir:
+                raise
+        # The serving base is on another filesystem: stage again beside the versions.
+        return publish_version(model_uri, model_dir, model_dir, extra_files)
+    finally:
+        if tf.io.gfile.exists(stage):
+            tf.io.gfile.rmtree(stage)
+
+
+def _claim_version(stage: str, model_dir: str) -> int:
+    """Rename `stage` to the next free version; another pusher taking it first means retry."""
+    for _ in range(_RENAME_ATTEMPTS):
+        version = (versions(model_dir) or [0])[-1] + 1
+        try:
+            _rename(stage, f"{model_dir}/{version}")
+            return version
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    raise ComponentError(f"push: could not claim a new version under {model_dir} after {_RENAME_ATTEMPTS} "
+                         f"attempts (other pushers?)")
+
+
+def update_models_config(serving_base: str, model_name: str, base_path: str) -> str:
+    """Add or update the model's entry in <serving_base>/models.config, atomically; returns its path."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = f"{serving_base}/{MODELS_CONFIG}"
+    config = model_server_config_pb2.ModelServerConfig()
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            try:
+                text_format.Parse(f.read(), config)
+            except text_format.ParseError as err:
+                raise ComponentError(f"push: {path} is not a ModelServerConfig text proto: {err}") from None
+    entries = config.model_config_list.config
+    entry = next((e for e in entries if e.name == model_name), None) or entries.add(name=model_name)
+    entry.base_path = base_path
+    entry.model_platform = "tensorflow"
+    tmp = f"{serving_base}/.{MODELS_CONFIG}.tmp-{secrets.token_hex(4)}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(text_format.MessageToString(config))
+    if _is_local(tmp):
+        os.replace(tmp, path)
+    else:
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def _refusals(cfg, model: str, blessing: dict, infra: dict | None) -> list[str]:
+    reasons = []
+    if blessing.get("model") not in (None, model):
+        reasons.append(f"the blessing is for model {blessing['model']}, not {model}")
+    if not blessing.get("blessed"):
+        reasons.append("not blessed by evaluate")
+        reasons += list(blessing.get("reasons") or [])
+    if cfg.require_infra_blessing:
+        if infra is None:
+            reasons.append("no infra_blessing (push.require_infra_blessing is true)")
+        elif infra.get("model") not in (None, model):
+            reasons.append(f"the infra_blessing is for model {infra['model']}, not {model}")
+        elif not infra.get("blessed"):
+            reasons.append("not blessed by infra_validate")
+            reasons += list(infra.get("reasons") or [])
+    return reasons
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    import tensorflow as tf
+
+    from kfx.components.evaluation.evaluate import load_blessing
+    from kfx.components.deploy.infra_validate import load_infra_blessing
+
+    cfg = ctx.config
+    model = ctx.inputs["model"]
+    blessing = load_blessing(ctx.inputs["blessing"])
+    infra = load_infra_blessing(ctx.inputs["infra_blessing"]) if ctx.inputs.get("infra_blessing") else None
+    out = ctx.outputs[PUSHED_MODEL]
+    reasons = _refusals(cfg, model, blessing, infra)
+    if reasons:
+        record = {"pushed": None, "reasons": reasons, "model": model}
+        with tf.io.gfile.GFile(f"{out}/{PUSHED_FILE}", "w") as f:
+            json.dump(record, f, indent=1)
+        ctx.log.info("push: not pushed: %s", reasons)
+        return {"pushed": None, "reasons": reasons}
+    if not tf.io.gfile.exists(f"{model}/saved_model.pb"):
+        raise ComponentError(f"push: {model} is not a SavedModel directory (no saved_model.pb)")
+
+    root = ctx.root or ctx.pipeline.root
+    serving_base = _local(cfg.serving_base or f"{root.rstrip('/')}/serving")
+    name = cfg.model_name or ctx.pipeline.name
+    model_dir = f"{serving_base}/{name}"
+    extra = {}
+    if blessing.get("decision_thresholds"):
+        extra[THRESHOLDS_ASSET] = json.dumps(blessing["decision_thresholds"], indent=1, sort_keys=True)
+    # Stage inside this execution's output when it shares a filesystem with the serving base.
+    staging = out if _is_local(out) == _is_local(serving_base) else model_dir
+    version = publish_version(model, model_dir, staging, extra)
+    config_path = update_models_config(serving_base, name, model_dir)
+    pushed = {"model_name": name, "version": version, "path": f"{model_dir}/{version}"}
+    with tf.io.gfile.GFile(f"{out}/{PUSHED_FILE}", "w") as f:
+        json.dump({"pushed": pushed, "reasons": [], "model": model, "models_config": config_path}, f, indent=1)
+    ctx.log.info("push: %s", pushed)
+    return {"pushed": pushed, "reasons": []}
+
+
+SPEC = ComponentSpec(name="push", inputs=("model", "blessing", "infra_blessing"), outputs=(PUSHED_MODEL,),
+                     run=run, optional_inputs=("infra_blessing",))

@@ -1,0 +1,188 @@
+"""Reading a split's examples and scoring them with an exported SavedModel's signatures.
+
+Scores come from the model's `serving_default` signature on raw features (what a client of
+the model server gets), batched through tf.data; the class vocabulary comes from the model's
+`classify` signature, so a baseline trained with another transform is read correctly too.
+Shared by evaluate (all rows) and infra_validate (canary rows and in-process reference results).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kfx.pipeline.component import ComponentError
+
+SERVING_DEFAULT, CLASSIFY, REGRESS = "serving_default", "classify", "regress"
+PROBABILITIES, PREDICTIONS = "probabilities", "predictions"
+_TF_TYPES = {"int": "int64", "float": "float32", "string": "string"}
+
+
+@dataclass
+class Split:
+    """Columns of a split as numpy arrays (strings decoded; missing: "" / NaN) plus raw records."""
+
+    frame: dict[str, np.ndarray]
+    missing: dict[str, np.ndarray]  # column -> bool per row
+    serialized: list[bytes]
+
+    @property
+    def rows(self) -> int:
+        return len(self.serialized)
+
+
+def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_size: int = 4096,
+               rows: int | None = None) -> Split:
+    """All (or the first `rows`) examples of `split`, parsed column by column.
+
+    Raises:
+        ComponentError: the split has no files.
+    """
+    import tensorflow as tf
+
+    from kfx.components.data.ingest import split_dir
+
+    files = sorted(tf.io.gfile.glob(f"{split_dir(examples_uri, split)}/*.gz"))
+    if not files:
+        raise ComponentError(f"no TFRecord files for split {split!r} under {examples_uri}")
+    spec = {name: tf.io.VarLenFeature(tf.as_dtype(_TF_TYPES[kind])) for name, kind in columns.items()}
+
+    def parse(batch):
+        parsed = tf.io.parse_example(batch, spec)
+        n = tf.shape(batch, out_type=tf.int64)[0]
+        out = {}
+        for name, sp in parsed.items():
+            default = "" if sp.dtype == tf.string else tf.constant(0, sp.dtype)
+            # One value per row (or none): pad a column so an all-missing batch still has one.
+            dense = tf.pad(tf.sparse.to_dense(sp, default_value=default), [[0, 0], [0, 1]],
+                           constant_values=default)[:, 0]
+            present = tf.math.bincount(tf.cast(sp.indices[:, 0], tf.int32), minlength=tf.cast(n, tf.int32),
+                                       maxlength=tf.cast(n, tf.int32)) > 0
+            out[name] = (dense, present)
+        return batch, out
+
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if rows:
+        ds = ds.take(rows)
+    ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    chunks: dict[str, list] = {name: [] for name in columns}
+    present: dict[str, list] = {name: [] for name in columns}
+    serialized: list[bytes] = []
+    for batch, parsed in ds:
+        serialized.extend(batch.numpy().tolist())
+        for name, (dense, ok) in parsed.items():
+            chunks[name].append(dense.numpy())
+            present[name].append(ok.numpy())
+    frame, missing = {}, {}
+    for name, kind in columns.items():
+        values = np.concatenate(chunks[name]) if chunks[name] else np.zeros(0)
+        miss = ~np.concatenate(present[name]) if present[name] else np.zeros(0, bool)
+        if kind == "string":
+            values = np.array([v.decode("utf-8", "replace") for v in values.tolist()], dtype=object)
+        else:
+            values = values.astype(np.float64)
+            values[miss] = np.nan
+        frame[name], missing[name] = values, miss
+    return Split(frame, missing, serialized)
+
+
+@dataclass
+class Scored:
+    """What a model says about a split."""
+
+    task: str  # "classification" | "regression"
+    vocabulary: list[str] | None  # class names in the order of the probability columns
+    probabilities: np.ndarray | None  # [N, C]
+    predictions: np.ndarray | None  # regression outputs [N]
+
+
+def load(model_uri: str):
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(f"{model_uri}/saved_model.pb"):
+        raise ComponentError(f"{model_uri} is not a SavedModel directory (no saved_model.pb)")
+    return tf.saved_model.load(model_uri)
+
+
+def input_specs(fn) -> dict:
+    """Python argument name -> TensorSpec of a concrete signature function.
+
+    The argument name is sanitised ("hours-per-week" -> "hours_per_week"); the TensorSpec's
+    name is the SignatureDef input key clients send (see `wire_name`).
+    """
+    return dict(fn.structured_input_signature[1])
+
+
+def wire_name(arg: str, spec) -> str:
+    """The SignatureDef input key (= the feature's column name) of a signature argument."""
+    return spec.name or arg
+
+
+def feature_inputs(fn, data: Split, start: int = 0, stop: int | None = None, where: str = "") -> dict:
+    """The signature's raw-feature inputs for rows [start, stop) of `data`, by argument name.
+
+    Raises:
+        ComponentError: an input the data lacks, or a numeric input missing in some rows
+            (serving_default takes every feature; only classify/regress fill defaults).
+    """
+    import tensorflow as tf
+
+    out = {}
+    for arg, spec in input_specs(fn).items():
+        name = wire_name(arg, spec)
+        if name not in data.frame:
+            raise ComponentError(f"{where}the model's input {name!r} is not a column of the "
+                                 f"examples (columns: {sorted(data.frame)})")
+        values = data.frame[name][start:stop]
+        if spec.dtype == tf.string:
+            out[arg] = tf.constant(np.asarray(values, dtype=object).astype(str).astype(object), tf.string)
+            continue
+        if data.missing[name][start:stop].any():
+            raise ComponentError(
+                f"{where}numeric feature {name!r} is missing in {int(data.missing[name][start:stop].sum())} rows; "
+                f"serving_default needs a value for every row")
+        out[arg] = tf.constant(values.astype(spec.dtype.as_numpy_dtype))
+    return out
+
+
+def vocabulary(model, data: Split, fallback: list[str] | None) -> list[str] | None:
+    """The class names in probability-column order, from the classify signature's `classes`."""
+    import tensorflow as tf
+
+    fn = model.signatures.get(CLASSIFY)
+    if fn is None or not data.rows:
+        return fallback
+    out = fn(inputs=tf.constant(data.serialized[:1]))
+    return [c.decode() for c in out["classes"].numpy()[0].tolist()]
+
+
+def score(model_uri: str, data: Split, batch_size: int, label_fallback_vocab: list[str] | None = None,
+          where: str = "") -> Scored:
+    """Run serving_default over every row in batches.
+
+    Raises:
+        ComponentError: no serving_default, or outputs that are neither `probabilities` nor
+            `predictions` (the export contract, components/modeling_export.py).
+    """
+    model = load(model_uri)
+    fn = model.signatures.get(SERVING_DEFAULT)
+    if fn is None:
+        raise ComponentError(f"{where}model {model_uri} has no {SERVING_DEFAULT!r} signature; it has "
+                             f"{sorted(model.signatures)}")
+    outputs = set(fn.structured_outputs)
+    if PROBABILITIES not in outputs and PREDICTIONS not in outputs:
+        raise ComponentError(f"{where}model {model_uri}: serving_default outputs {sorted(outputs)} have neither "
+                             f"{PROBABILITIES!r} (classification) nor {PREDICTIONS!r} (regression)")
+    key = PROBABILITIES if PROBABILITIES in outputs else PREDICTIONS
+    parts = []
+    for start in range(0, data.rows, batch_size):
+        out = fn(**feature_inputs(fn, data, start, start + batch_size, where))
+        parts.append(out[key].numpy())
+    values = np.concatenate(parts) if parts else np.zeros((0,))
+    if key == PREDICTIONS:
+        return Scored("regression", None, None, values.reshape(-1).astype(np.float64))
+    vocab = vocabulary(model, data, label_fallback_vocab)
+    if vocab is not None and len(vocab) != values.shape[1]:
+        raise ComponentError(f"{where}model {model_uri}: classify has {len(vocab)} classes but serving_default "
+                             f"returns {values.shape[1]} probabilities")
+    return Scored("classification", vocab, values.astype(np.float64), None)

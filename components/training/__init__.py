@@ -1,0 +1,1 @@
+"""kfx training components."""

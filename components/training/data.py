@@ -1,0 +1,112 @@
+"""tf.data input for tune and train: TFRecord artifacts -> parsed, preprocessed batches.
+
+Parsing is vectorised (tf.io.parse_example on blocks of rows, in parallel), the preprocessing
+layer runs inside the pipeline (the same layer the exported model embeds), and when the data
+fits (`cache`) the preprocessed blocks are cached in memory so later epochs only shuffle and
+re-batch them.
+"""
+from __future__ import annotations
+
+PARSE_BATCH = 1024  # rows parsed and preprocessed per call; independent of the training batch
+
+
+def split_files(examples_uri: str, split: str) -> list[str]:
+    """The TFRecord shards of one split, sorted.
+
+    Raises:
+        ComponentError: the split has no files.
+    """
+    import tensorflow as tf
+
+    from kfx.components.data.ingest import split_dir
+    from kfx.pipeline.component import ComponentError
+
+    files = sorted(tf.io.gfile.glob(f"{split_dir(examples_uri, split)}/*.gz"))
+    if not files:
+        raise ComponentError(f"no TFRecord files for split {split!r} under {examples_uri}")
+    return files
+
+
+def _records(files: list[str], rows: int | None):
+    import tensorflow as tf
+
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+    return ds.take(rows) if rows else ds
+
+
+def raw_dataset(examples_uri: str, split: str, spec: dict, batch_size: int, rows: int | None = None):
+    """Batches of (raw feature dict, raw label), in file order: what serving clients send."""
+    import tensorflow as tf
+
+    from kfx.models.preprocess import raw_feature_spec
+
+    parse_spec = raw_feature_spec(spec, with_label=True)
+    label = spec["task"]["label"]
+
+    def parse(batch):
+        parsed = tf.io.parse_example(batch, parse_spec)
+        y = parsed.pop(label)
+        return parsed, y
+
+    return (_records(split_files(examples_uri, split), rows).batch(batch_size)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+
+
+def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size: int, *,
+            shuffle: bool = False, shuffle_buffer: int = 50000, cache: bool = True, seed: int = 42,
+            rows: int | None = None, shard_by_data: bool = False):
+    """Batches of (transformed feature dict, training target) for `model.fit` / `evaluate`.
+
+    Args:
+        examples_uri: the examples artifact.
+        split: split name (train, eval, test).
+        spec: transform.json contents.
+        preprocessor: the layer from `make_preprocessor(spec)`.
+        batch_size: rows per training batch.
+        shuffle: reshuffle rows every epoch (training).
+        shuffle_buffer: rows in the shuffle buffer.
+        cache: keep preprocessed rows in memory after the first pass.
+        seed: shuffle seed.
+        rows: use only the first `rows` records (tuning on a subset).
+        shard_by_data: multi-worker training: every worker reads all files and keeps its share
+            of elements (safe whatever the number of files).
+
+    Returns:
+        A tf.data.Dataset.
+    """
+    import tensorflow as tf
+
+    from kfx.models.preprocess import label_lookup, raw_feature_spec
+
+    parse_spec = raw_feature_spec(spec, with_label=True)
+    label = spec["task"]["label"]
+    target = label_lookup(spec)
+
+    def parse_and_preprocess(batch):
+        parsed = tf.io.parse_example(batch, parse_spec)
+        y = target(parsed.pop(label))
+        return preprocessor(parsed), y
+
+    # Rows are parsed, preprocessed (and cached) in blocks of PARSE_BATCH: every later step is
+    # vectorised. Shuffling is by block order plus a permutation inside each block, then the
+    # blocks are re-cut into training batches (per-row shuffle/batch would cost ~3x throughput).
+    ds = _records(split_files(examples_uri, split), rows)
+    if shuffle and not cache:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(PARSE_BATCH).map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(max(1, shuffle_buffer // PARSE_BATCH), seed=seed, reshuffle_each_iteration=True)
+
+        def permute(x, y):
+            order = tf.random.shuffle(tf.range(tf.shape(y)[0]), seed=seed)
+            return {k: tf.gather(v, order) for k, v in x.items()}, tf.gather(y, order)
+
+        ds = ds.map(permute, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.rebatch(batch_size)
+    if shard_by_data:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        ds = ds.with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,302 @@
+"""train: Keras 3 training of a models/ family and the serving-ready SavedModel export.
+
+Hyperparameters: the family's space defaults, then the tune artifact's best values (when the
+`hyperparameters` input is given), then `train.hyperparameters` overrides. Input: the tf.data
+pipeline of components/modeling_data.py with the transform's preprocessing layer. Strategy:
+configured or detected (TPU, TF_CONFIG multi-worker, several GPUs, default), mixed precision on
+GPU.
+
+Resume: BackupAndRestore writes the weights, optimizer state and epoch after every epoch to a
+backup directory OUTSIDE the temporary output directory (which a killed run leaves behind and a
+rerun never reuses): `<train.backup_dir or <root>/<pipeline>/train/.backup>/<key>`, where key
+hashes the train config, the input artifact URIs and the code of this stage (and, in a cluster,
+the worker's task id). A rerun of the same execution (same key) therefore continues from the
+last finished epoch; the directory is deleted when training finishes. The epoch history is kept
+there too, so history.json covers the epochs run before the kill.
+
+Outputs:
+    model: the SavedModel itself (saved_model.pb, variables/, assets.extra/ warmup requests),
+        so push can copy the directory to <serving_base>/<name>/<version>/ unchanged.
+    model_run: history.json, hyperparameters.json, metrics.json and TensorBoard logs (logs/).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from kfx.pipeline.component import ComponentError, ComponentSpec, Context
+
+MODEL, MODEL_RUN = "model", "model_run"
+HISTORY_FILE, HPARAMS_FILE, METRICS_FILE, LOGS_DIR = "history.json", "hyperparameters.json", "metrics.json", "logs"
+BACKUP_HISTORY = "history.json"
+
+
+def resolve_hyperparameters(cfg, tuned_uri: str | None) -> tuple[dict, str]:
+    """(values, source) for train.model: defaults <- tuned best values <- train.hyperparameters.
+
+    Raises:
+        ComponentError: the tuned artifact is for another family than train.model.
+    """
+    from kfx import models
+    from kfx.components.training.tune import load_hyperparameters
+    from kfx.models.space import resolve
+
+    space = models.get(cfg.model).SPACE
+    tuned, source = None, "defaults"
+    if tuned_uri:
+        best = load_hyperparameters(tuned_uri)
+        if best["family"] != cfg.model:
+            raise ComponentError(
+                f"train: the hyperparameters input was tuned for model {best['family']!r} but train.model is "
+                f"{cfg.model!r}; rerun tune (kfx run --from tune --no-cache) or set train.model={best['family']}")
+        tuned, source = best["values"], best.get("source", "tuned")
+    if cfg.hyperparameters:
+        source += "+overrides"
+    return resolve(space, tuned, dict(cfg.hyperparameters)), source
+
+
+def backup_dir(ctx: Context) -> str:
+    """Where BackupAndRestore keeps state across executions of the same training (see module doc)."""
+    from kfx.components.training.fit import task_id
+
+    cfg = ctx.config
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"cache", "verbose", "backup_dir"}),
+                        sort_keys=True).encode())
+    h.update(json.dumps(sorted((k, v) for k, v in ctx.inputs.items() if v)).encode())
+    for name in (__name__, *SPEC.code):
+        h.update(inspect.getsource(__import__(name, fromlist=["_"])).encode())
+    key = h.hexdigest()[:24] + (f"-{task_id()}" if task_id() else "")
+    # The output dir is <root>/<pipeline>/train/<tmp-or-id>/model: its grandparent is the stage dir.
+    base = cfg.backup_dir or f"{os.path.dirname(os.path.dirname(ctx.outputs[MODEL]))}/.backup"
+    return f"{base.rstrip('/')}/{key}"
+
+
+def _history_callback(path: str, history: dict[str, list], first_epoch: list):
+    """Appends each epoch's logs to `history` and saves it to `path` (survives a kill)."""
+    import keras
+    import tensorflow as tf
+
+    class PersistHistory(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if not first_epoch:
+                first_epoch.append(epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            # Saved before the backup: a kill between the two repeats this epoch, so drop any
+            # entry of it (or later) from an earlier attempt before appending.
+            keep = sum(1 for e in history.get("epoch", []) if e < epoch)
+            for k in list(history):
+                history[k] = history[k][:keep]
+            history.setdefault("epoch", []).append(epoch)
+            for k, v in (logs or {}).items():
+                history.setdefault(k, []).append(float(v))
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            with tf.io.gfile.GFile(path, "w") as f:
+                json.dump(history, f)
+
+    return PersistHistory()
+
+
+def _backup_callback(backup: str):
+    """BackupAndRestore that survives a kill during its own write.
+
+    double_checkpoint keeps the previous state beside the latest, and Keras falls back to it when
+    the latest weights cannot be read; if nothing readable is left (killed during the very first
+    save, or mid-way through the metadata JSON), training starts over instead of failing.
+    """
+    import keras
+    import tensorflow as tf
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        def on_train_begin(self, logs=None):
+            try:
+                try:
+                    super().on_train_begin(logs)
+                except ValueError:
+                    # Killed while writing the metadata JSON: Keras only falls back on OSError.
+                    if not (tf.io.gfile.exists(self._prev_weights_path)
+                            and tf.io.gfile.exists(self._prev_training_metadata_path)):
+                        raise
+                    tf.io.gfile.copy(self._prev_weights_path, self._weights_path, overwrite=True)
+                    tf.io.gfile.copy(self._prev_training_metadata_path, self._training_metadata_path, overwrite=True)
+                    super().on_train_begin(logs)
+            except (OSError, ValueError) as err:
+                logging.getLogger("kfx").warning("train: backup %s is unreadable (%s); starting over", backup, err)
+                tf.io.gfile.rmtree(backup)
+                tf.io.gfile.makedirs(backup)
+
+    return Backup(backup, double_checkpoint=True)
+
+
+def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epoch: list) -> list:
+    import keras
+
+    from kfx.models import heads
+
+    try:
+        monitor, mode = heads.objective(task, cfg.early_stopping_monitor)
+    except ValueError as err:
+        raise ComponentError(f"train.early_stopping_monitor: {err}") from None
+    cbs = [_history_callback(f"{backup}-history/{BACKUP_HISTORY}", history, first_epoch),
+           _backup_callback(backup),
+           keras.callbacks.TensorBoard(log_dir=logs, histogram_freq=0, write_graph=False)]
+    if cfg.early_stopping_patience > 0:
+        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience,
+                                                 restore_best_weights=True))
+    if cfg.lr_schedule == "plateau":
+        cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.plateau_factor,
+                                                     patience=cfg.plateau_patience))
+    return cbs
+
+
+def _build_before_fit(model, strategy, local_ds) -> None:
+    """Build the model's loss, metrics and optimizer state from one local batch.
+
+    Keras 3.15's fit/evaluate first reduce the first *distributed* batch with strategy.reduce,
+    which fails for dict features under a real multi-worker MultiWorkerMirroredStrategy
+    ("Attempt to convert a value ({...PerReplica...}) ... to a Tensor"). That step only exists to
+    build this state, so it is built here and the step is skipped for this model instance.
+    """
+    from kfx.components.training.fit import patch_keras_multi_worker_reduce
+
+    patch_keras_multi_worker_reduce()
+    with strategy.scope():
+        model._symbolic_build(data_batch=next(iter(local_ds)))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def score_split(functions: dict, examples: str, split: str, spec: dict, batch_size: int = 4096) -> dict[str, float]:
+    """Accuracy and ROC AUC (classification) or RMSE (regression) of the serving function on a split.
+
+    Uses the raw-feature serving path (preprocessing inside), so the numbers are what clients get.
+    """
+    import numpy as np
+
+    from kfx.components.training.data import raw_dataset
+    from kfx.components.training.fit import roc_auc
+
+    serve = functions["serving_default"][0]
+    task = spec["task"]
+    ys, ps = [], []
+    for features, y in raw_dataset(examples, split, spec, batch_size):
+        out = serve(features)
+        ps.append((out["predictions"] if task["type"] == "regression" else out["probabilities"]).numpy())
+        ys.append(y.numpy())
+    y, p = np.concatenate(ys), np.concatenate(ps)
+    if task["type"] == "regression":
+        return {"rows": int(len(y)), "rmse": float(np.sqrt(np.mean((p - y.astype(np.float64)) ** 2)))}
+    vocab = [v.encode() if task["label_dtype"] == "string" else int(v) for v in task["vocabulary"]]
+    index = {v: i for i, v in enumerate(vocab)}
+    y_id = np.array([index.get(v, -1) for v in y.tolist()])
+    out = {"rows": int(len(y)), "accuracy": float(np.mean(p.argmax(axis=1) == y_id))}
+    if task["type"] == "binary":
+        out["auc"] = roc_auc(y_id == 1, p[:, 1])
+    return out
+
+
+def _warmup_rows(examples: str, spec: dict, n: int) -> dict | None:
+    from kfx.components.training.data import raw_dataset
+
+    if n == 0:
+        return None
+    for features, _ in raw_dataset(examples, "eval", spec, n).take(1):
+        return {k: v.numpy() for k, v in features.items()}
+    return None
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    from kfx import models
+    from kfx.components.training import export as modeling_export
+    from kfx.components.training.data import dataset
+    from kfx.components.training.fit import (choose_strategy, class_weight, compile_model, is_chief, steps_per_epoch,
+                                         use_mixed_precision)
+    from kfx.models.preprocess import load_transform, make_preprocessor
+
+    cfg = ctx.config
+    started = time.time()
+    spec = load_transform(ctx.inputs["transform_graph"])
+    task = spec["task"]
+    examples = ctx.inputs["examples"]
+    hp, hp_source = resolve_hyperparameters(cfg, ctx.inputs.get("hyperparameters"))
+    family = models.get(cfg.model)
+    keras.utils.set_random_seed(cfg.seed)
+    strategy, strategy_name = choose_strategy(cfg.strategy)
+    mixed = use_mixed_precision(cfg.mixed_precision)
+    previous_policy = keras.mixed_precision.dtype_policy().name
+    if mixed:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        pre = make_preprocessor(spec)
+        # Each replica gets batch_size rows: the global batch grows with the replicas.
+        global_batch = cfg.batch_size * strategy.num_replicas_in_sync
+        multi = strategy_name == "multi_worker"
+        train_ds = dataset(examples, "train", spec, pre, global_batch, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
+                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi)
+        eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi)
+        steps = steps_per_epoch(spec["train_rows"], global_batch)
+        with strategy.scope():
+            model = family.build(spec["outputs"], task, hp)
+            compile_model(model, task, cfg, hp["learning_rate"], steps)
+        if multi:
+            _build_before_fit(model, strategy, eval_ds)
+        backup = backup_dir(ctx)
+        history: dict[str, list] = {}
+        saved_history = f"{backup}-history/{BACKUP_HISTORY}"
+        if tf.io.gfile.exists(f"{backup}/training_metadata.json") and tf.io.gfile.exists(saved_history):
+            with tf.io.gfile.GFile(saved_history) as f:
+                history = json.load(f)
+        first_epoch: list[int] = []
+        logs = f"{ctx.outputs[MODEL_RUN]}/{LOGS_DIR}"
+        model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, task),
+                  callbacks=_callbacks(cfg, task, backup, logs, history, first_epoch), verbose=cfg.verbose)
+        if tf.io.gfile.exists(f"{backup}-history"):
+            tf.io.gfile.rmtree(f"{backup}-history")
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+    fit_seconds = time.time() - started
+
+    out = ctx.outputs[MODEL]
+    signatures = modeling_export.export(out, pre, model, spec, _warmup_rows(examples, spec, cfg.warmup_requests),
+                                        model_name=ctx.pipeline.name)
+    functions = modeling_export.make_functions(pre, model, spec)
+    metrics: dict[str, Any] = {"rows": spec["train_rows"], "model": cfg.model, "strategy": strategy_name,
+                               "replicas": strategy.num_replicas_in_sync, "chief": is_chief(),
+                               "mixed_precision": mixed, "epochs_run": len(history.get("epoch", [])),
+                               "resumed_from_epoch": first_epoch[0] if first_epoch else cfg.epochs,
+                               "hyperparameters_source": hp_source, "fit_seconds": round(fit_seconds, 1)}
+    for split in ("eval", "test"):
+        if split in _splits(examples):
+            for k, v in score_split(functions, examples, split, spec).items():
+                metrics[f"{split}_{k}"] = v
+    run_dir = ctx.outputs[MODEL_RUN]
+    for name, obj in ((HISTORY_FILE, history), (HPARAMS_FILE, {"family": cfg.model, "values": hp, "source": hp_source}),
+                      (METRICS_FILE, {**metrics, "signatures": signatures})):
+        with tf.io.gfile.GFile(f"{run_dir}/{name}", "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+    ctx.log.info("train %s", metrics)
+    return metrics
+
+
+def _splits(examples: str) -> list[str]:
+    from kfx.components.data.ingest import read_columns
+
+    return read_columns(examples)["splits"]
+
+
+def _code() -> tuple[str, ...]:
+    from kfx.components.training.tune import code_modules
+
+    return (*code_modules(), "kfx.components.training.export", "kfx.components.training.tune")
+
+
+SPEC = ComponentSpec(name="train", inputs=("examples", "schema", "transform_graph", "hyperparameters"),
+                     outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters",), code=_code())

@@ -1,0 +1,1 @@
+"""kfx transform components."""

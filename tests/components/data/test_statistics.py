@@ -1,0 +1,66 @@
+"""statistics: numbers agree with numpy on data made here; the sketches stay accurate and small."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kfx.components.data.statistics import QuantileSketch, load_statistics
+from tests.conftest import kfx, read_json, tiny_config
+
+
+def test_statistics_match_numpy(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 3000
+    df = pd.DataFrame({"x": rng.normal(5, 2, n).round(3), "n": rng.integers(0, 50, n),
+                       "color": rng.choice(["red", "green", "blue", "teal"], n, p=[0.4, 0.3, 0.2, 0.1]),
+                       "label": rng.choice(["yes", "no"], n)})
+    df.loc[::10, "x"] = np.nan  # 10% missing
+    df.loc[::7, "n"] = 0
+    (tmp_path / "data").mkdir()
+    df.to_csv(tmp_path / "data" / "d.csv", index=False)
+    cfg = tiny_config(tmp_path, str(tmp_path / "data" / "d.csv"),
+                      ingest={"inputs": [{"pattern": str(tmp_path / "data" / "d.csv"), "splits": {"train": 1}}]})
+    out = tmp_path / "s.json"
+    proc = kfx("run", "-c", str(cfg), "--to", "statistics", "--summary-json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = load_statistics(read_json(out)["components"]["statistics"]["outputs"]["statistics"])["train"]
+    assert stats.num_examples == n
+    f = {s.path.step[0]: s for s in stats.features}
+
+    x = df["x"].dropna().to_numpy()
+    xs = f["x"].num_stats
+    assert xs.common_stats.num_missing == df["x"].isna().sum()
+    assert xs.common_stats.num_non_missing == len(x)
+    assert np.isclose(xs.mean, x.mean(), rtol=1e-5) and np.isclose(xs.std_dev, x.std(), rtol=1e-4)
+    assert np.isclose(xs.min, x.min(), atol=1e-5) and np.isclose(xs.max, x.max(), atol=1e-5)
+    assert abs(np.mean(x <= xs.median) - 0.5) < 0.01
+    std_hist = [h for h in xs.histograms if h.type == h.STANDARD][0]
+    assert np.isclose(sum(b.sample_count for b in std_hist.buckets), len(x))
+    q_hist = [h for h in xs.histograms if h.type == h.QUANTILES][0]
+    assert len(q_hist.buckets) == 10
+
+    ns = f["n"].num_stats
+    assert ns.num_zeros == (df["n"] == 0).sum()
+    assert f["n"].custom_stats[0].num == df["n"].nunique()
+
+    cs = f["color"].string_stats
+    assert cs.unique == 4
+    counts = df["color"].value_counts()
+    assert [(v.value, v.frequency) for v in cs.top_values] == list(zip(counts.index, counts.to_numpy()))
+    assert np.isclose(cs.avg_length, df["color"].str.len().mean())
+
+
+def test_quantile_sketch_is_accurate_and_bounded():
+    rng = np.random.default_rng(0)
+    a, b = QuantileSketch(k=512), QuantileSketch(k=512)
+    data = rng.lognormal(0, 1, 400_000)
+    for chunk in np.array_split(data[:200_000], 50):
+        a.add(chunk)
+    for chunk in np.array_split(data[200_000:], 50):
+        b.add(chunk)
+    merged = a.merge(b)
+    assert sum(len(level) for level in merged.levels) < 512 * 12  # memory does not grow with rows
+    qs = np.linspace(0.05, 0.95, 19)
+    est = merged.quantiles(qs)
+    ranks = np.searchsorted(np.sort(data), est) / len(data)
+    assert np.max(np.abs(ranks - qs)) < 0.01

@@ -1,0 +1,118 @@
+"""tune: local search writes the best values and the trial table; the budget is enforced;
+max_trials 0 writes the defaults; a chief and two workers on loopback tune together."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.models import tiny_pipeline as tiny
+
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return tiny.build(tmp_path_factory.mktemp("tune"), to_stage="transform")
+
+
+def _run_tune(built, **tune):
+    from kfx.pipeline.config import load_config
+    from kfx.pipeline.runner import run_pipeline
+
+    tmp = Path(built["config"]).parent
+    cfg = load_config(tiny.write_config(tmp, "tune-variant.yaml", tune={**tiny.config(tmp)["tune"], **tune}))
+    return run_pipeline(cfg, only=["tune"], use_cache=False)["components"]["tune"]
+
+
+def _artifact(uri: str) -> tuple[dict, list]:
+    from kfx.components.training.tune import BEST_FILE, TRIALS_FILE
+
+    return json.loads(Path(uri, BEST_FILE).read_text()), json.loads(Path(uri, TRIALS_FILE).read_text())
+
+
+@pytest.mark.parametrize("tuner", ["random", "bayesian", "hyperband"])
+def test_search_writes_best_values_from_the_space_and_the_trial_table(built, tuner):
+    from kfx import models
+    from kfx.models.space import check
+
+    res = _run_tune(built, tuner=tuner, max_trials=2, epochs=2 if tuner == "hyperband" else 1, objective="val_auc")
+    assert res["status"] == "succeeded", res.get("error")
+    best, trials = _artifact(res["outputs"]["hyperparameters"])
+    space = models.get("mlp").SPACE
+    assert best["family"] == "mlp" and best["source"] == "tuned" and best["tuner"] == tuner
+    assert set(best["values"]) == {p.name for p in space} and check(space, best["values"]) == []
+    assert best["objective"] == {"name": "val_auc", "direction": "max"}
+    scores = [t["score"] for t in trials if t["score"] is not None]
+    assert best["score"] == max(scores) and 0.5 <= best["score"] <= 1.0
+    if tuner != "hyperband":  # hyperband sizes its own brackets from epochs
+        assert len(trials) == 2
+    assert res["metrics"]["trials"] == len(trials) and res["metrics"]["best_score"] == best["score"]
+
+
+def test_zero_trials_writes_the_space_defaults(built):
+    from kfx import models
+    from kfx.models.space import defaults
+
+    res = _run_tune(built, max_trials=0)
+    best, trials = _artifact(res["outputs"]["hyperparameters"])
+    assert best["values"] == defaults(models.get("mlp").SPACE) and best["source"] == "defaults"
+    assert trials == [] and best["score"] is None
+
+
+def test_time_budget_is_enforced(built):
+    started = time.time()
+    res = _run_tune(built, max_trials=50, epochs=1, max_seconds=0.001)
+    assert res["status"] == "failed"
+    assert "no trial produced objective 'val_loss' within the budget" in res["error"]
+    assert time.time() - started < 60
+
+
+def test_objective_the_task_does_not_report_fails_clearly(built):
+    res = _run_tune(built, objective="val_rmse")
+    assert res["status"] == "failed"
+    assert "tune.objective: metric 'val_rmse' is not reported for a binary task" in res["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_tuning_chief_and_two_workers_on_loopback(built, tmp_path):
+    """The same stage run three times (chief + 2 workers) through `kfx component tune`."""
+    port = _free_port()
+    args = ["component", "tune", "-c", str(built["config"]), "--set", "tune.max_trials=4",
+            "--set", "tune.epochs=1", "--no-cache",
+            *tiny.inputs_args(built["outputs"], examples=("ingest", "examples"), schema=("schema", "schema"),
+                              transform_graph=("transform", "transform_graph"))]
+    procs = {}
+    for role in ("chief", "tuner0", "tuner1"):
+        env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port), "KERASTUNER_TUNER_ID": role}
+        summary = tmp_path / f"{role}.json"
+        procs[role] = (tiny.kfx([*args, "--root", str(tmp_path / role), "--summary-json", str(summary)], env=env),
+                       summary)
+        if role == "chief":
+            time.sleep(3)  # let the chief bind the port first
+    results = {}
+    for role, (proc, summary) in procs.items():
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0, f"{role} failed:\n{out[-3000:]}"
+        results[role] = json.loads(summary.read_text())["components"]["tune"]
+    chief_best, chief_trials = _artifact(results["chief"]["outputs"]["hyperparameters"])
+    assert results["chief"]["metrics"]["role"] == "chief"
+    assert len(chief_trials) == 4 and all(t["score"] is not None for t in chief_trials)
+    worker_ids = set()
+    for role in ("tuner0", "tuner1"):
+        best, trials = _artifact(results[role]["outputs"]["hyperparameters"])
+        assert results[role]["metrics"]["role"] == "worker"
+        assert set(best) == set(chief_best)                      # the same kind of artifact
+        assert all(t["tuner"] == role for t in trials)
+        worker_ids |= {t["trial_id"] for t in trials}
+    # Every trial the chief's oracle handed out was run by one of the two workers.
+    assert worker_ids == {t["trial_id"] for t in chief_trials}
+    assert chief_best["score"] == max(t["score"] for t in chief_trials) or \
+        chief_best["score"] == min(t["score"] for t in chief_trials)
