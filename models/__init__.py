@@ -1,15 +1,18 @@
-"""What is learned: model families by name, each with its search space, shared by tune and train.
+"""What is learned: model families, built-in by name or the user's own module.
 
-A family is a module under models/ defining
-  * `SPACE`: its hyperparameters as plain data (models/space.py), defaults included,
-  * `build(features, task, hp) -> keras.Model`: the model on the transform's output features.
-Adding a family (cnn, resnet, rnn, transformer, autoencoder, gan, gnn) is one new module plus
-one line in `FAMILIES`; nothing else grows. Importing this package is cheap (no TensorFlow), so
-the config loader can validate model names and hyperparameters.
+A family is a module defining
+  * `build(features, task, hp) -> keras.Model`: the model on the transform's output features,
+  * optionally `SPACE`: its hyperparameters as plain data (models/space.py), defaults included;
+    without it, train uses the config's hyperparameters and tune has nothing to search,
+  * optionally hooks for training that supervised defaults don't cover: `compile(model, task,
+    hp)`, `fit(model, train_ds, eval_ds, hp, callbacks)`, `targets(features, label)`.
+Built-in families are registered in `FAMILIES`; a user's family is named in `train.model` by a
+dotted module path or a .py file (relative to the config file). Both are used the same way.
+Importing this package is cheap (no TensorFlow), so the config loader can validate models.
 """
 from __future__ import annotations
 
-import importlib
+import inspect
 from types import ModuleType
 
 # name -> module; the module is imported only when the family is used.
@@ -17,6 +20,9 @@ FAMILIES: dict[str, str] = {
     "mlp": "kfx.models.mlp",
     "wide_deep": "kfx.models.wide_deep",
 }
+BUILD_PARAMS = ("features", "task", "hp")
+HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),
+         "targets": ("features", "label")}
 
 
 def names() -> list[str]:
@@ -24,13 +30,42 @@ def names() -> list[str]:
     return sorted(FAMILIES)
 
 
-def get(name: str) -> ModuleType:
-    """The family module registered as `name`.
+def get(name: str, config_dir: str = "") -> ModuleType:
+    """The family `name`: a registered name, a dotted module path or a .py file path.
 
     Raises:
-        KeyError: unknown name; the message lists the known ones.
+        KeyError: an unknown name that is not a module path either; the message lists the known ones.
+        ValueError: the user's module fails to import, or its `build` (or a hook) has the wrong
+            signature; the message names the module and the cause.
     """
+    from kfx.pipeline import user_code
+
+    if name in FAMILIES:
+        return user_code.load_module(FAMILIES[name])
+    if not user_code.is_file_ref(name) and "." not in name:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}, "
+                       f"or a module path (my_models.net) or a .py file")
+    module = user_code.load_module(name, config_dir, what="model")
+    _check_signature(module, name, "build", BUILD_PARAMS, required=True)
+    for hook, params in HOOKS.items():
+        _check_signature(module, name, hook, params, required=False)
+    return module
+
+
+def _check_signature(module: ModuleType, ref: str, attr: str, params: tuple[str, ...], required: bool) -> None:
+    fn = getattr(module, attr, None)
+    if fn is None and not required:
+        return
+    wanted = f"{attr}({', '.join(params)})"
+    if not callable(fn):
+        raise ValueError(f"model {ref!r} (module {module.__name__}): must define {wanted}")
     try:
-        return importlib.import_module(FAMILIES[name])
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}") from None
+        inspect.signature(fn).bind(*params)
+    except TypeError as err:
+        raise ValueError(f"model {ref!r} (module {module.__name__}): {attr}{inspect.signature(fn)} cannot be "
+                         f"called as {wanted}: {err}") from None
+
+
+def space_of(family: ModuleType) -> tuple | None:
+    """The family's search space, or None when it declares none."""
+    return getattr(family, "SPACE", None)

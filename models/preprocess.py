@@ -7,6 +7,10 @@ rebuild the same `Preprocessor` from it, so training and serving run identical c
   * `transforms`: [{"feature", "kind", "output", "state": {...analyzer results...}}]
   * `outputs`: output name -> description for models/tabular.py
   * `task`: {"type", "label", "label_dtype", "vocabulary", "positive", "class_counts"}
+  * `preprocessing` (optional): {"function": "module:function", "config_dir": ...}, the user's
+    function applied to the transformed features after the analyzers' layers (TFX's
+    preprocessing_fn for what analyzers don't cover: crosses, ratios, clipping); it runs inside
+    the exported model, so serving gets it too.
 No layer is `adapt`ed: every vocabulary, mean and boundary comes from the Beam analyzers.
 """
 from __future__ import annotations
@@ -90,6 +94,7 @@ def make_preprocessor(spec: dict):
             if not spec.get("transforms"):
                 raise ValueError("transform spec has no transforms: no feature would reach the model")
             self.spec = spec
+            self.user_fn = user_function(spec)
             self.steps = []  # (feature, kind, output, layer-or-None, state)
             for t in spec["transforms"]:
                 layer = _layer(t, spec["raw_features"][t["feature"]])
@@ -119,12 +124,60 @@ def make_preprocessor(spec: dict):
                     shape = state["shape"]
                     x = tf.reshape(tf.cast(x, tf.float32), [-1, *shape])
                     out[output] = (x - state["mean"]) / state["std"]
-            return out
+            return apply_user_function(self.user_fn, out) if self.user_fn is not None else out
 
         def get_config(self):
             return {**super().get_config(), "spec": self.spec}
 
     return Preprocessor(spec, name="preprocessor")
+
+
+def user_function(spec: dict):
+    """The user's preprocessing function named in `spec`, or None."""
+    pre = spec.get("preprocessing")
+    if not pre:
+        return None
+    from kfx.pipeline.user_code import load_function
+
+    return load_function(pre["function"], pre.get("config_dir", ""), what="transform.preprocessing")
+
+
+def apply_user_function(fn, features: dict) -> dict:
+    """`fn(features) -> features`; new float features of shape [N] become [N, 1].
+
+    Raises:
+        ValueError: the function did not return a dict of tensors, naming what it returned.
+    """
+    import tensorflow as tf
+
+    out = fn(dict(features))
+    if not isinstance(out, dict) or not out:
+        raise ValueError(f"transform.preprocessing must return a non-empty dict of features, got {type(out).__name__}")
+    return {k: (tf.reshape(v, [-1, 1]) if v.shape.rank == 1 and v.dtype.is_floating else v) for k, v in out.items()}
+
+
+def describe_outputs(spec: dict, sample: dict) -> dict[str, dict]:
+    """Output descriptions after the user's preprocessing, from one run on `sample` (raw features).
+
+    Outputs the analyzers made keep their description; a new (or reshaped) output must be a
+    float tensor [N, width] and is described as dense.
+
+    Raises:
+        ValueError: a new output that is not float, naming it and its dtype.
+    """
+    out = make_preprocessor(spec)(sample)
+    described = {}
+    for name, value in out.items():
+        known = spec["outputs"].get(name)
+        width = int(value.shape[-1]) if value.shape.rank == 2 else None
+        if known is not None and (known["kind"] != "dense" or known["width"] == width):
+            described[name] = known
+        elif value.dtype.is_floating and value.shape.rank == 2:
+            described[name] = {"kind": "dense", "width": width}
+        else:
+            raise ValueError(f"transform.preprocessing: output {name!r} is {value.dtype.name} of shape "
+                             f"{value.shape}; new features must be float [N] or [N, width]")
+    return described
 
 
 def _layer(t: dict, raw: dict):

@@ -51,7 +51,7 @@ def _run(args) -> int:
         if args.command == "component":
             from kfx.pipeline.graph import get_stage
 
-            get_stage(args.stage)
+            get_stage(args.stage, cfg.stages)
             summary = runner.run_pipeline(cfg, only=[args.stage], given_inputs=given, **kwargs)
         else:
             if args.from_stage or args.to_stage:
@@ -59,7 +59,7 @@ def _run(args) -> int:
 
                 for name in (args.from_stage, args.to_stage):
                     if name:
-                        get_stage(name)
+                        get_stage(name, cfg.stages)
             summary = runner.run_pipeline(cfg, from_stage=args.from_stage, to_stage=args.to_stage, **kwargs)
     except (ConfigError, KeyError, runner.RunError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)
@@ -102,6 +102,20 @@ def _lineage(args) -> int:
     return 0
 
 
+def _init(args) -> int:
+    from kfx.pipeline.init import init_project
+
+    try:
+        written = init_project(args.dir)
+    except FileExistsError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    print(f"next: cd {args.dir} && kfx run -c pipeline.yaml", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kfx", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -119,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME=URI",
                    help="input artifact URI (default: latest successful execution's output)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("init", help="write a small project of your own (pipeline YAML, model, preprocessing)")
+    p.add_argument("dir", help="folder to create (must not hold the project's files already)")
+    p.set_defaults(func=_init)
 
     p = sub.add_parser("runs", help="list runs or show one")
     p.add_argument("-c", "--config")

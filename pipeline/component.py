@@ -10,8 +10,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from kfx.pipeline.config_base import StageConfig  # noqa: F401 - re-exported for users' components
+
 if TYPE_CHECKING:
-    from kfx.pipeline.config import PipelineConfig, StageConfig
+    from kfx.pipeline.config import PipelineConfig
 
 
 class ComponentError(RuntimeError):
@@ -33,6 +35,10 @@ class ComponentSpec:
         code: extra modules whose source is part of the code version.
         config_sections: other stages' config sections this stage reads (tune builds the
             train section's model), folded into its cache key.
+        config: the class that validates the stage's section of the pipeline YAML.
+        user_code: `user_code(stage_config, pipeline_config) -> [module]`: the user's modules
+            this stage runs (a model family, a preprocessing function), whose sources (and
+            their same-folder imports) are part of the cache key.
     """
 
     name: str
@@ -43,6 +49,8 @@ class ComponentSpec:
     source_fingerprint: Callable[[Any], str] | None = None
     code: tuple[str, ...] = ()
     config_sections: tuple[str, ...] = ()
+    config: type = StageConfig
+    user_code: Callable[[Any, Any], list] | None = None
 
 
 @dataclass

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "pipeline" / "configs" / "adult.yaml"
@@ -20,7 +20,7 @@ class ConfigError(ValueError):
     """A pipeline config that cannot be loaded; the message names the key and the value."""
 
 
-from kfx.pipeline.config_base import Section, StageConfig  # noqa: E402
+from kfx.pipeline.config_base import Section, StageConfig, relative_to_config  # noqa: E402
 from kfx.pipeline.config_evaluation import EvaluateConfig, InfraValidateConfig, PushConfig  # noqa: E402
 from kfx.pipeline.config_modeling import TrainConfig, TransformConfig, TuneConfig  # noqa: E402
 
@@ -38,6 +38,11 @@ class InputSpec(Section):
 
     pattern: str
     splits: dict[str, float] = Field(default_factory=lambda: {"train": 8.0, "eval": 1.0, "test": 1.0})
+
+    @field_validator("pattern")
+    @classmethod
+    def _beside_config(cls, value: str, info: ValidationInfo) -> str:
+        return relative_to_config(value, info.context)
 
     @field_validator("splits")
     @classmethod
@@ -105,6 +110,11 @@ class SchemaConfig(StageConfig):
     sensitive: tuple[str, ...] = ()
     max_domain_values: int = Field(100, ge=1, description="Inferred string domains up to this size.")
 
+    @field_validator("path")
+    @classmethod
+    def _beside_config(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return relative_to_config(value, info.context)
+
 
 # ---------------------------------------------------------------- validate
 class ValidateConfig(StageConfig):
@@ -115,31 +125,37 @@ class ValidateConfig(StageConfig):
     feature_thresholds: dict[str, float] = Field(default_factory=dict)
 
 
+# Keys of a pipeline YAML that are not stage sections.
+PIPELINE_KEYS = ("name", "root", "metadata_url", "beam_args", "max_parallel", "template", "stages")
+
+
 class PipelineConfig(Section):
-    """The whole pipeline: identity, where artifacts go, how Beam runs, and each stage."""
+    """The whole pipeline: identity, where artifacts go, how Beam runs, its graph and each stage.
+
+    `stages` is the graph (pipeline/graph.py); `sections` holds each stage's settings, validated
+    by the config class its component declares (`ComponentSpec.config`), keyed by stage name.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, arbitrary_types_allowed=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     root: str = "runs"
     metadata_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under root if unset.")
     beam_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                               "--default_sdk_harness_log_level=WARNING")
+                                  "--default_sdk_harness_log_level=WARNING")
     max_parallel: int = Field(2, ge=1)
-    ingest: IngestConfig
-    statistics: StatisticsConfig = StatisticsConfig()
-    schema_: SchemaConfig = Field(SchemaConfig(), alias="schema")
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
-    transform: TransformConfig = TransformConfig()
-    tune: TuneConfig = TuneConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    infra_validate: InfraValidateConfig = InfraValidateConfig()
-    push: PushConfig = PushConfig()
+    template: str | None = Field(None, description="Built-in graph when `stages` is not given (default tabular).")
+    config_dir: str = Field("", description="Folder of the YAML: user modules and relative paths resolve there first.")
+    stages: tuple[Any, ...] = ()
+    sections: dict[str, Any] = Field(default_factory=dict)
 
     def stage(self, name: str) -> StageConfig:
         """The config section of stage `name` (defaults for a stage without a section)."""
-        fields = type(self).model_fields
-        key = name if name in fields else f"{name}_"
-        return getattr(self, key) if key in fields else StageConfig()
+        return self.sections.get(name) or StageConfig()
+
+    def stages_of(self, component: str) -> list[str]:
+        """Names of the stages that run built-in component `component` (or module path)."""
+        return [s.name for s in self.stages if s.component == component or s.module == component]
 
 
 def _set_key(raw: dict, dotted: str, value: Any) -> None:
@@ -167,10 +183,10 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]
     return out
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "") or "(top level)"
         got = e.get("input")
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r} (value {got!r})")
@@ -205,10 +221,84 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config {path} must be a mapping, got {type(raw).__name__}")
     for key, value in parse_overrides(overrides):
         _set_key(raw, key, value)
+    return build_config(raw, str(path), str(path.resolve().parent))
+
+
+def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
+    """Validate a raw config: the graph, each stage's component and section, and the wiring.
+
+    Raises:
+        ConfigError: naming the stage and the key: an unknown component, an input naming a
+            missing stage or output, a required input left unwired, a cycle, a section for no
+            stage, or a bad value in a section.
+    """
+    from kfx.pipeline import graph, user_code
+
     try:
-        return PipelineConfig.model_validate(raw)
+        stages = graph.pipeline_stages(raw)
+    except graph.GraphError as err:
+        raise ConfigError(f"invalid config {source}: {err}") from None
+    names = [s.name for s in stages]
+    for key in raw:
+        if key not in PIPELINE_KEYS and key not in names:
+            raise ConfigError(f"invalid config {source}: section {key!r} names no stage; stages are: "
+                              f"{', '.join(names)}")
+    user_code.add_import_path(config_dir)  # user components, models and functions resolve here first
+    specs = {s.name: _component_spec(s, source) for s in stages}
+    for s in stages:
+        _check_wiring(s, specs, source)
+    sections = {}
+    for s in stages:
+        body = raw.get(s.name)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"invalid config {source}: section {s.name!r} must be a mapping, got {body!r}")
+        try:
+            sections[s.name] = specs[s.name].config.model_validate(body, context={"config_dir": config_dir})
+        except ValidationError as err:
+            raise ConfigError(_format_errors(err, source, prefix=s.name)) from None
+    top = {k: v for k, v in raw.items() if k in PIPELINE_KEYS and k != "stages"}
+    try:
+        return PipelineConfig.model_validate({**top, "stages": stages, "sections": sections, "config_dir": config_dir})
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, str(path))) from None
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def _component_spec(stage, source: str):
+    """The ComponentSpec of a stage's component; a clear error when it cannot be loaded."""
+    import importlib
+
+    from kfx.pipeline.component import ComponentSpec
+
+    where = f"invalid config {source}: stage {stage.name!r}: component {stage.component!r}"
+    try:
+        module = importlib.import_module(stage.module)
+    except Exception as err:  # noqa: BLE001 - any import failure of the user's module is reported
+        raise ConfigError(f"{where} (module {stage.module}) cannot be imported: {type(err).__name__}: {err}") from None
+    spec, run = getattr(module, "SPEC", None), getattr(module, "run", None)
+    if not isinstance(spec, ComponentSpec) or not callable(run):
+        raise ConfigError(f"{where}: module {stage.module} must define SPEC = ComponentSpec(...) and run(ctx) "
+                          f"as built-in components do")
+    return spec
+
+
+def _check_wiring(stage, specs: dict, source: str) -> None:
+    from kfx.pipeline.graph import Upstream
+
+    spec = specs[stage.name]
+    where = f"invalid config {source}: stage {stage.name!r}"
+    for key, binding in stage.inputs.items():
+        if key not in spec.inputs:
+            raise ConfigError(f"{where}: inputs.{key}: component {stage.component!r} has no input {key!r}; "
+                              f"its inputs are: {', '.join(spec.inputs) or '(none)'}")
+        if isinstance(binding, Upstream) and binding.output not in specs[binding.stage].outputs:
+            raise ConfigError(f"{where}: inputs.{key}: stage {binding.stage!r} has no output {binding.output!r}; "
+                              f"its outputs are: {', '.join(specs[binding.stage].outputs)}")
+    for key in spec.inputs:
+        if key not in stage.inputs and key not in spec.optional_inputs:
+            raise ConfigError(f"{where}: inputs.{key}: required input of component {stage.component!r} is not "
+                              f"wired; give it as {key}: STAGE.OUTPUT")
 
 
 def resolve_path(path: str) -> str:

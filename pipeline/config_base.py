@@ -14,3 +14,16 @@ class StageConfig(Section):
     """Settings every stage has."""
 
     cache: bool = Field(True, description="Reuse a committed execution with the same fingerprint.")
+
+
+def relative_to_config(value: str | None, context: dict | None) -> str | None:
+    """A relative path or glob from a config: the one beside the config file when it exists
+    there, else unchanged (then the working directory, then the project root; config.resolve_path)."""
+    import glob
+    import os
+
+    config_dir = (context or {}).get("config_dir")
+    if not value or not config_dir or "://" in value or os.path.isabs(value):
+        return value
+    candidate = os.path.join(config_dir, value)
+    return candidate if glob.glob(candidate) else value

@@ -64,6 +64,21 @@ class TransformConfig(StageConfig):
     batch_size: int = Field(8192, gt=0, description="Rows parsed at once by an analyzer worker.")
     quantile_accuracy: int = Field(20000, ge=100, description="Points kept by the quantile summary.")
     materialize: bool = Field(False, description="Also write transformed train/eval/test examples.")
+    preprocessing: str | None = Field(
+        None, description="module:function (or file.py:function) applied to the transformed features inside "
+                          "the model, after the analyzers' layers: dict of tensors in, dict of tensors out.")
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _preprocessing(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            from kfx.pipeline.user_code import UserCodeError, load_function
+
+            try:
+                load_function(value, (info.context or {}).get("config_dir", ""), what="transform.preprocessing")
+            except UserCodeError as err:
+                raise ValueError(str(err)) from None
+        return value
 
     @field_validator("label_vocabulary")
     @classmethod
@@ -74,19 +89,23 @@ class TransformConfig(StageConfig):
 
 
 # ---------------------------------------------------------------- models
-def _check_model(name: str) -> str:
+def _family(name: str, info: ValidationInfo):
+    """Load the family `name` (registered, module path or .py file) for load-time checks."""
     from kfx import models
+    from kfx.pipeline.user_code import UserCodeError
 
-    if name not in models.FAMILIES:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(models.names())}")
-    return name
+    try:
+        return models.get(name, (info.context or {}).get("config_dir", ""))
+    except (KeyError, ValueError, UserCodeError) as err:
+        raise ValueError(err.args[0]) from None
 
 
-def _check_hyperparameters(model: str, values: dict[str, Any]) -> None:
+def _check_hyperparameters(family, model: str, values: dict[str, Any]) -> None:
     from kfx import models
     from kfx.models.space import check
 
-    problems = check(models.get(model).SPACE, values)
+    space = models.space_of(family)
+    problems = check(space, values) if space is not None else []
     if problems:
         raise ValueError(f"hyperparameters of model {model!r}: " + "; ".join(problems))
 
@@ -100,6 +119,7 @@ Monitor = Literal["val_loss", "val_auc", "val_accuracy", "val_rmse"]
 class TuneConfig(StageConfig):
     """KerasTuner search over the model family's space (the family is `train.model`)."""
 
+    model: str | None = Field(None, description="Family to search (as train.model); default: the train stage's.")
     tuner: Literal["random", "bayesian", "hyperband"] = "random"
     objective: Monitor = Field("val_loss", description="Eval-split metric the search optimises.")
     max_trials: int = Field(6, ge=0, description="0: no search, the space's defaults are written.")
@@ -111,12 +131,20 @@ class TuneConfig(StageConfig):
     hyperband_factor: int = Field(3, ge=2)
     seed: int = 42
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            _family(value, info)
+        return value
+
 
 # ---------------------------------------------------------------- train
 class TrainConfig(StageConfig):
     """Keras 3 training and the serving export."""
 
-    model: str = Field("mlp", description="Model family from the models registry.")
+    model: str = Field("mlp", description="Model family: a registered name (mlp, wide_deep), a dotted module "
+                                          "path, or a .py file (absolute or relative to the config file).")
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of tuned/default values, checked against the space.")
     epochs: int = Field(20, ge=1)
@@ -146,8 +174,9 @@ class TrainConfig(StageConfig):
 
     @field_validator("model")
     @classmethod
-    def _model(cls, value: str) -> str:
-        return _check_model(value)
+    def _model(cls, value: str, info: ValidationInfo) -> str:
+        _family(value, info)
+        return value
 
     @field_validator("class_weights")
     @classmethod
@@ -163,5 +192,5 @@ class TrainConfig(StageConfig):
     def _hyperparameters(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # `model` is declared first, so it is validated already (absent when it was invalid).
         if "model" in info.data:
-            _check_hyperparameters(info.data["model"], value)
+            _check_hyperparameters(_family(info.data["model"], info), info.data["model"], value)
         return value

@@ -1,17 +1,45 @@
-"""What the pipeline is: the stages, and which output feeds which input.
+"""What a pipeline is: its stages, and which output feeds which input.
 
-The wiring lives here and only here; components know nothing of each other, and runners
-(local, CLI, Airflow) read this graph.
+A pipeline YAML lists its `stages:` (name, component, inputs, after), or names a built-in
+template (`template: tabular`, the default). This module turns either into `Stage` objects and
+checks the structure (names, references, cycles). Checks that need the components themselves
+(their inputs, outputs and config classes) are in pipeline/config.py.
+
+Standard library only (yaml is imported inside `load_stages`): the Airflow DAG loads this file
+by path, in an environment where kfx, TensorFlow and Beam are not installed.
 """
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kfx.pipeline.component import ComponentSpec
-    from kfx.pipeline.metadata import MetadataStore
+
+# Built-in components by short name: the module that defines its SPEC and run.
+BUILTIN_COMPONENTS: dict[str, str] = {
+    "ingest": "kfx.components.data.ingest",
+    "statistics": "kfx.components.data.statistics",
+    "schema": "kfx.components.data.schema",
+    "validate": "kfx.components.data.validate",
+    "transform": "kfx.components.transform.transform",
+    "tune": "kfx.components.training.tune",
+    "train": "kfx.components.training.train",
+    "evaluate": "kfx.components.evaluation.evaluate",
+    "infra_validate": "kfx.components.deploy.infra_validate",
+    "push": "kfx.components.deploy.push",
+}
+# Resolvers of `history:NAME` inputs (implemented in pipeline/resolvers.py).
+RESOLVERS: tuple[str, ...] = ("last_validated_statistics", "last_pushed_model")
+HISTORY_PREFIX = "history:"
+STAGE_KEYS = ("name", "component", "inputs", "after")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class GraphError(ValueError):
+    """A pipeline graph that cannot run; the message names the stage and the key."""
 
 
 @dataclass(frozen=True)
@@ -21,20 +49,35 @@ class Upstream:
     stage: str
     output: str
 
+    def __str__(self) -> str:
+        return f"{self.stage}.{self.output}"
+
 
 @dataclass(frozen=True)
 class History:
-    """An input resolved from earlier runs by `resolve(store, pipeline, current_inputs)`."""
+    """An input resolved from earlier runs by the resolver named `resolver`."""
 
-    resolve: Callable[["MetadataStore", str, dict], str | None]
+    resolver: str
+
+    def __str__(self) -> str:
+        return HISTORY_PREFIX + self.resolver
 
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage: a component under a name, its input bindings and ordering-only dependencies."""
+
     name: str
-    module: str
+    component: str  # a built-in short name or the dotted path of a user's module
     inputs: dict[str, Upstream | History] = field(default_factory=dict)
     after: tuple[str, ...] = ()  # ordering-only dependencies (a gate such as validate)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.component))
+
+    @property
+    def module(self) -> str:
+        return BUILTIN_COMPONENTS.get(self.component, self.component)
 
     @property
     def spec(self) -> "ComponentSpec":
@@ -44,83 +87,158 @@ class Stage:
     def upstream(self) -> set[str]:
         return {b.stage for b in self.inputs.values() if isinstance(b, Upstream)} | set(self.after)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "component": self.component,
+                "inputs": {k: str(v) for k, v in self.inputs.items()}, "after": list(self.after)}
 
-def last_validated_statistics(store: "MetadataStore", pipeline: str, current: dict) -> str | None:
-    """Baseline for drift: the statistics the last successful validate accepted, if different.
 
-    Excluding the current statistics keeps a fully cached re-run cached (its baseline does not
-    move) while new data is always compared with the last data that passed.
+def _tabular() -> tuple[Stage, ...]:
+    up = Upstream
+    return (
+        Stage("ingest", "ingest"),
+        Stage("statistics", "statistics", {"examples": up("ingest", "examples")}),
+        Stage("schema", "schema", {"statistics": up("statistics", "statistics")}),
+        Stage("validate", "validate", {"statistics": up("statistics", "statistics"), "schema": up("schema", "schema"),
+                                       "baseline_statistics": History("last_validated_statistics")}),
+        Stage("transform", "transform", {"examples": up("ingest", "examples"), "schema": up("schema", "schema")},
+              after=("validate",)),
+        Stage("tune", "tune", {"examples": up("ingest", "examples"), "schema": up("schema", "schema"),
+                               "transform_graph": up("transform", "transform_graph")}),
+        Stage("train", "train", {"examples": up("ingest", "examples"), "schema": up("schema", "schema"),
+                                 "transform_graph": up("transform", "transform_graph"),
+                                 "hyperparameters": up("tune", "hyperparameters")}),
+        Stage("evaluate", "evaluate", {"examples": up("ingest", "examples"), "schema": up("schema", "schema"),
+                                       "model": up("train", "model"), "baseline_model": History("last_pushed_model")}),
+        Stage("infra_validate", "infra_validate", {"model": up("train", "model"), "examples": up("ingest", "examples")}),
+        Stage("push", "push", {"model": up("train", "model"), "blessing": up("evaluate", "blessing"),
+                               "infra_blessing": up("infra_validate", "infra_blessing")}),
+    )
+
+
+# Built-in graphs by name (`template:` in a pipeline YAML without `stages:`).
+TEMPLATES: dict[str, tuple[Stage, ...]] = {"tabular": _tabular()}
+DEFAULT_TEMPLATE = "tabular"
+STAGES = TEMPLATES[DEFAULT_TEMPLATE]
+
+
+def parse_binding(stage: str, key: str, text: Any) -> Upstream | History:
+    """`STAGE.OUTPUT` or `history:RESOLVER`."""
+    where = f"stage {stage!r}: inputs.{key}"
+    if not isinstance(text, str):
+        raise GraphError(f"{where}: expected 'STAGE.OUTPUT' or 'history:RESOLVER', got {text!r}")
+    if text.startswith(HISTORY_PREFIX):
+        name = text[len(HISTORY_PREFIX):]
+        if name not in RESOLVERS:
+            raise GraphError(f"{where}: unknown resolver {name!r}; resolvers are: {', '.join(RESOLVERS)}")
+        return History(name)
+    src, dot, output = text.partition(".")
+    if not dot or not src or not output:
+        raise GraphError(f"{where}: expected 'STAGE.OUTPUT' or 'history:RESOLVER', got {text!r}")
+    return Upstream(src, output)
+
+
+def parse_stages(raw: Any) -> tuple[Stage, ...]:
+    """The `stages:` list of a pipeline YAML as Stage objects (structure checked, not components).
+
+    Raises:
+        GraphError: a malformed entry, a duplicate name, a reference to a missing stage, a cycle.
     """
-    for ex in store.committed_executions(pipeline, "validate"):
-        art = store.inputs_of(ex["id"]).get("statistics")
-        if art is not None and art.uri != current.get("statistics"):
-            return art.uri
-    return None
+    if not isinstance(raw, list) or not raw:
+        raise GraphError(f"stages: expected a non-empty list of {{name, component, inputs, after}}, got {raw!r}")
+    stages = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise GraphError(f"stages[{i}]: expected a mapping with {', '.join(STAGE_KEYS)}, got {entry!r}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise GraphError(f"stages[{i}].name: expected an identifier (letters, digits, _), got {name!r}")
+        unknown = sorted(set(entry) - set(STAGE_KEYS))
+        if unknown:
+            raise GraphError(f"stage {name!r}: unknown key {unknown[0]!r}; keys are: {', '.join(STAGE_KEYS)}")
+        component = entry.get("component")
+        if not isinstance(component, str) or not component:
+            raise GraphError(f"stage {name!r}: component: expected a built-in name or a dotted module path, "
+                             f"got {component!r}")
+        inputs = entry.get("inputs") or {}
+        if not isinstance(inputs, dict):
+            raise GraphError(f"stage {name!r}: inputs: expected a mapping INPUT: STAGE.OUTPUT, got {inputs!r}")
+        after = entry.get("after") or []
+        if isinstance(after, str):
+            after = [after]
+        if not isinstance(after, list) or not all(isinstance(a, str) for a in after):
+            raise GraphError(f"stage {name!r}: after: expected a list of stage names, got {after!r}")
+        stages.append(Stage(name, component, {k: parse_binding(name, k, v) for k, v in inputs.items()},
+                            tuple(after)))
+    check_structure(tuple(stages))
+    return tuple(stages)
 
 
-def last_pushed_model(store: "MetadataStore", pipeline: str, current: dict) -> str | None:
-    """Baseline for evaluate: the model the last push actually published, other than the candidate.
+def check_structure(stages: tuple[Stage, ...]) -> None:
+    """Names are unique, references name existing stages, and the graph has no cycle."""
+    names = [s.name for s in stages]
+    seen: set[str] = set()
+    for s in stages:
+        if s.name in seen:
+            raise GraphError(f"stage {s.name!r}: name used twice")
+        seen.add(s.name)
+    for s in stages:
+        for key, binding in s.inputs.items():
+            if isinstance(binding, Upstream) and binding.stage not in seen:
+                raise GraphError(f"stage {s.name!r}: inputs.{key}: no stage named {binding.stage!r}; "
+                                 f"stages are: {', '.join(names)}")
+            if isinstance(binding, Upstream) and binding.stage == s.name:
+                raise GraphError(f"stage {s.name!r}: inputs.{key}: a stage cannot consume its own output")
+        for dep in s.after:
+            if dep not in seen:
+                raise GraphError(f"stage {s.name!r}: after: no stage named {dep!r}; stages are: {', '.join(names)}")
+    topological_order(stages)
 
-    Pushes that refused the model do not count. Excluding the candidate keeps a fully cached
-    re-run cached (its baseline does not move), as for last_validated_statistics. A model given
-    by hand (--input model=URI) is not a lineage artifact: its URI is read from pushed.json.
+
+def topological_order(stages: tuple[Stage, ...]) -> list[str]:
+    """Stage names, each after everything it depends on (declaration order among equals).
+
+    Raises:
+        GraphError: a cycle, naming a stage on it and the key that closes it.
     """
-    import json
+    by_name = {s.name: s for s in stages}
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 visiting, 2 done
 
-    from kfx.components.deploy.push import PUSHED_MODEL, load_pushed
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise GraphError(f"stage {name!r}: inputs/after form a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for dep in sorted(by_name[name].upstream, key=list(by_name).index):
+            visit(dep, path + [name])
+        state[name] = 2
+        order.append(name)
 
-    for ex in store.committed_executions(pipeline, "push"):
-        if not json.loads(ex["metrics"] or "{}").get("pushed"):
-            continue
-        art = store.inputs_of(ex["id"]).get("model")
-        uri = art.uri if art is not None else None
-        if uri is None and PUSHED_MODEL in (outs := store.outputs_of(ex["id"])):
-            uri = load_pushed(outs[PUSHED_MODEL].uri).get("model")
-        if uri and uri != current.get("model"):
-            return uri
-    return None
+    for s in stages:
+        visit(s.name, [])
+    return order
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage("ingest", "kfx.components.data.ingest"),
-    Stage("statistics", "kfx.components.data.statistics", {"examples": Upstream("ingest", "examples")}),
-    Stage("schema", "kfx.components.data.schema", {"statistics": Upstream("statistics", "statistics")}),
-    Stage("validate", "kfx.components.data.validate", {
-        "statistics": Upstream("statistics", "statistics"),
-        "schema": Upstream("schema", "schema"),
-        "baseline_statistics": History(last_validated_statistics),
-    }),
-    Stage("transform", "kfx.components.transform.transform", {
-        "examples": Upstream("ingest", "examples"),
-        "schema": Upstream("schema", "schema"),
-    }, after=("validate",)),
-    Stage("tune", "kfx.components.training.tune", {
-        "examples": Upstream("ingest", "examples"),
-        "schema": Upstream("schema", "schema"),
-        "transform_graph": Upstream("transform", "transform_graph"),
-    }),
-    Stage("train", "kfx.components.training.train", {
-        "examples": Upstream("ingest", "examples"),
-        "schema": Upstream("schema", "schema"),
-        "transform_graph": Upstream("transform", "transform_graph"),
-        "hyperparameters": Upstream("tune", "hyperparameters"),
-    }),
-    Stage("evaluate", "kfx.components.evaluation.evaluate", {
-        "examples": Upstream("ingest", "examples"),
-        "schema": Upstream("schema", "schema"),
-        "model": Upstream("train", "model"),
-        "baseline_model": History(last_pushed_model),
-    }),
-    Stage("infra_validate", "kfx.components.deploy.infra_validate", {
-        "model": Upstream("train", "model"),
-        "examples": Upstream("ingest", "examples"),
-    }),
-    Stage("push", "kfx.components.deploy.push", {
-        "model": Upstream("train", "model"),
-        "blessing": Upstream("evaluate", "blessing"),
-        "infra_blessing": Upstream("infra_validate", "infra_blessing"),
-    }),
-)
+def pipeline_stages(raw: dict) -> tuple[Stage, ...]:
+    """The graph of a raw (parsed YAML) pipeline config: its `stages:`, else its template."""
+    if raw.get("stages") is not None:
+        if raw.get("template") is not None:
+            raise GraphError("template: give either stages or template, not both")
+        return parse_stages(raw["stages"])
+    template = raw.get("template") or DEFAULT_TEMPLATE
+    if template not in TEMPLATES:
+        raise GraphError(f"template: unknown template {template!r}; templates are: {', '.join(TEMPLATES)}")
+    return TEMPLATES[template]
+
+
+def load_stages(path: str) -> tuple[Stage, ...]:
+    """The graph of the pipeline YAML at `path` (for the Airflow DAG: no kfx import)."""
+    import yaml
+
+    with open(path) as f:
+        return pipeline_stages(yaml.safe_load(f) or {})
 
 
 def stage_names(stages: tuple[Stage, ...] = STAGES) -> list[str]:
@@ -148,8 +266,13 @@ def downstream_closure(names: set[str], stages: tuple[Stage, ...] = STAGES) -> s
 
 
 def upstream_closure(names: set[str], stages: tuple[Stage, ...] = STAGES) -> set[str]:
+    """`names` plus everything they depend on, transitively."""
     out = set(names)
-    for s in reversed(stages):
-        if s.name in out:
-            out |= s.upstream
+    changed = True
+    while changed:
+        changed = False
+        for s in stages:
+            if s.name in out and not s.upstream <= out:
+                out |= s.upstream
+                changed = True
     return out

@@ -25,8 +25,11 @@ from typing import Any
 from kfx.pipeline import __version__
 from kfx.pipeline.component import ComponentError, Context
 from kfx.pipeline.config import PipelineConfig
-from kfx.pipeline.graph import STAGES, History, Stage, Upstream, downstream_closure, get_stage, upstream_closure
+from kfx.pipeline.graph import BUILTIN_COMPONENTS, History, Stage, Upstream, downstream_closure, get_stage, upstream_closure
 from kfx.pipeline.metadata import MetadataStore
+from kfx.pipeline.resolvers import RESOLVERS
+
+BUILTIN_MODULES = set(BUILTIN_COMPONENTS.values())
 
 log = logging.getLogger("kfx")
 
@@ -57,11 +60,22 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_version(stage: Stage) -> str:
-    """Fingerprint of the component's source (and its declared helper modules) and kfx version."""
+def code_version(stage: Stage, cfg: PipelineConfig | None = None) -> str:
+    """Fingerprint of the code a stage runs: kfx's version, the component's source and its
+    declared helper modules, and the user's modules it uses (with their same-folder imports)."""
+    from kfx.pipeline import user_code
+
     h = hashlib.sha256(__version__.encode())
-    for name in (stage.module, *stage.spec.code):
+    spec = stage.spec
+    module = importlib.import_module(stage.module)
+    if stage.module in BUILTIN_MODULES:
+        h.update(inspect.getsource(module).encode())
+    else:  # the user's component: its file and the modules it imports from its folder
+        h.update(user_code.fingerprint([module]).encode())
+    for name in spec.code:
         h.update(inspect.getsource(importlib.import_module(name)).encode())
+    if spec.user_code is not None and cfg is not None:
+        h.update(user_code.fingerprint(spec.user_code(cfg.stage(stage.name), cfg)).encode())
     return h.hexdigest()
 
 
@@ -130,7 +144,7 @@ def resolve_inputs(stage: Stage, cfg: PipelineConfig, store: MetadataStore,
             out[name] = outs[binding.output]
     for name, binding in stage.inputs.items():
         if isinstance(binding, History) and name not in given:
-            out[name] = binding.resolve(store, cfg.name, out)
+            out[name] = RESOLVERS[binding.resolver](store, cfg.name, out, cfg.stages_of)
     for name in spec.inputs:
         if out.get(name) is None and name not in spec.optional_inputs:
             raise RunError(f"Stage {stage.name!r}: required input {name!r} is missing.")
@@ -188,7 +202,7 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
     spec = stage.spec
     stage_cfg = cfg.stage(stage.name)
     cfg_json = stage_cfg.model_dump(mode="json", by_alias=True, exclude={"cache"})
-    version = code_version(stage)
+    version = code_version(stage, cfg)
     fp_parts = {"component": stage.name, "code": version, "config": cfg_json,
                 "inputs": {k: (_uri_fingerprint(store, v) if v else None) for k, v in inputs.items()}}
     for section in spec.config_sections:
@@ -263,7 +277,7 @@ def select_stages(stages: tuple[Stage, ...], from_stage: str | None, to_stage: s
 def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | None = None,
                  from_stage: str | None = None, to_stage: str | None = None, use_cache: bool = True,
                  only: list[str] | None = None, given_inputs: dict[str, str] | None = None,
-                 stages: tuple[Stage, ...] = STAGES, reporter: Reporter | None = None) -> dict:
+                 stages: tuple[Stage, ...] | None = None, reporter: Reporter | None = None) -> dict:
     """Run the selected stages of the graph; returns the run summary (never raises for a stage).
 
     Args:
@@ -275,12 +289,13 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
         use_cache: False disables cache hits for every stage (`--no-cache`).
         only: run exactly these stages (`kfx component`).
         given_inputs: input URIs given by hand (`--input NAME=URI`), for `only` runs.
-        stages: the stage graph (tests pass small graphs).
+        stages: the stage graph (default: the config's; tests pass small graphs).
         reporter: progress printer.
     """
     root = root or cfg.root
     if _is_local(root):
         root = os.path.abspath(root.removeprefix("file://"))
+    stages = stages if stages is not None else cfg.stages
     run_id = run_id or new_run_id()
     store = open_store(cfg, root)
     selected = only if only is not None else select_stages(stages, from_stage, to_stage)
@@ -329,10 +344,11 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
     for stage in pending:
         results[stage.name] = StageResult("skipped")
     summary["components"] = {n: results[n].as_dict() for n in selected if n in results}
-    # The approval outcome, lifted from the gate's and the pusher's metrics when they ran.
-    for key, stage in (("blessed", "evaluate"), ("pushed", "push")):
-        if stage in summary["components"]:
-            summary[key] = summary["components"][stage]["metrics"].get(key)
+    # The approval outcome, lifted from the gate's and the pusher's metrics when they ran (the
+    # last such stage in graph order when a pipeline has several).
+    for key, component in (("blessed", "evaluate"), ("pushed", "push")):
+        for name in [s.name for s in stages if s.component == component and s.name in summary["components"]]:
+            summary[key] = summary["components"][name]["metrics"].get(key)
     if failed:
         summary["status"] = "failed"
         summary["error"] = (f"Stage {failed!r} failed: {results[failed].error} "

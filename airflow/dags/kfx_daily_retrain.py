@@ -58,7 +58,7 @@ def _load_graph():
 
 
 _graph = _load_graph()
-STAGES, Stage, Upstream = _graph.STAGES, _graph.Stage, _graph.Upstream
+Stage, Upstream = _graph.Stage, _graph.Upstream
 
 DAG_ID = "kfx_daily_retrain"
 DEFAULT_CONFIG = "pipeline/configs/adult.yaml"
@@ -71,9 +71,11 @@ EXIT_STAGE_FAILED, EXIT_BAD_CONFIG = 1, 2
 NOT_RETRYABLE = {"validate": {EXIT_STAGE_FAILED, EXIT_BAD_CONFIG}}
 NOT_RETRYABLE_DEFAULT = {EXIT_BAD_CONFIG}
 
-# The approval gate (TFX's blessing): the stage runs only when the upstream stage's metric is true.
-RUNS_ONLY_IF = {"push": ("evaluate", "blessed")}
-# The stage whose success publishes a model, and the metric that describes what it published.
+# Keyed by component (a graph may rename stages or hold several of one component):
+# The approval gate (TFX's blessing): the stage runs only when the stage feeding its input
+# (push's `blessing`) reported the metric true.
+RUNS_ONLY_IF = {"push": ("blessing", "blessed")}
+# The component whose success publishes a model, and the metric that describes what it published.
 PUBLISHES = {"push": "pushed"}
 
 # Upper bounds per attempt; a stage past it is killed (SIGTERM to its process group) and retried.
@@ -180,9 +182,13 @@ class KfxStageOperator(BashOperator):
         return inputs
 
     def _check_gate(self, ti) -> None:
-        if self.stage.name not in RUNS_ONLY_IF:
+        if self.stage.component not in RUNS_ONLY_IF:
             return
-        task_id, metric = RUNS_ONLY_IF[self.stage.name]
+        input_name, metric = RUNS_ONLY_IF[self.stage.component]
+        binding = self.stage.inputs.get(input_name)
+        if not isinstance(binding, Upstream):
+            return
+        task_id = binding.stage
         value = ((ti.xcom_pull(task_ids=task_id) or {}).get("metrics") or {}).get(metric)
         if not value:
             raise AirflowSkipException(
@@ -218,17 +224,17 @@ class KfxStageOperator(BashOperator):
                        or summary.get("error") or str(err))
         except (OSError, ValueError):  # killed before it wrote a summary
             message = f"{err} (kfx exit status {code}; no summary written)"
-        if code in NOT_RETRYABLE.get(self.stage.name, NOT_RETRYABLE_DEFAULT):
+        if code in NOT_RETRYABLE.get(self.stage.component, NOT_RETRYABLE_DEFAULT):
             return AirflowFailException(message)
         return AirflowException(message)
 
     def _publish(self, context, summary: dict, value: dict) -> None:
-        if self.stage.name not in PUBLISHES:
+        if self.stage.component not in PUBLISHES:
             return
-        published = value["metrics"].get(PUBLISHES[self.stage.name])
+        published = value["metrics"].get(PUBLISHES[self.stage.component])
         if not published:
             raise AirflowSkipException(f"{self.stage.name} ran and published nothing "
-                                       f"({PUBLISHES[self.stage.name]}={published!r}).")
+                                       f"({PUBLISHES[self.stage.component]}={published!r}).")
         for asset in self.outlets:
             context["outlet_events"][asset].extra = {
                 "pipeline": summary.get("pipeline"), "run_id": context["run_id"], **published}
@@ -254,17 +260,21 @@ class NewDataSensor(FileSensor):
         return super().poke(context)
 
 
-def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[Stage, ...] = STAGES) -> DAG:
+def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[Stage, ...] | None = None) -> DAG:
     """The retraining DAG: a sensor, then one KfxStageOperator per stage, wired as `stages`.
 
     Args:
         dag_id: the DAG's id.
-        config: default of the `config` param.
-        stages: the stage graph (kfx.pipeline.graph.STAGES).
+        config: default of the `config` param; its graph (`stages:` or template) gives the tasks.
+            A run triggered with another config must have the same stage names.
+        stages: the stage graph (default: read from `config`).
 
     Returns:
         The DAG.
     """
+    if stages is None:
+        path = Path(config) if Path(config).is_absolute() else REPO / config
+        stages = _graph.load_stages(str(path))
     with DAG(
         dag_id=dag_id,
         description="kfx: ingest, validate, transform, tune, train, evaluate and push, daily.",
@@ -290,8 +300,8 @@ def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[
                 # The ML environment's working directory, where relative config paths resolve.
                 cwd="{{ var.value.get('kfx_workdir', '" + str(REPO) + "') }}",
                 env={"TF_CPP_MIN_LOG_LEVEL": "2"}, append_env=True,
-                execution_timeout=EXECUTION_TIMEOUTS.get(stage.name, DEFAULT_TIMEOUT),
-                outlets=[pushed_model_asset(dag_id)] if stage.name in PUBLISHES else [],
+                execution_timeout=EXECUTION_TIMEOUTS.get(stage.component, DEFAULT_TIMEOUT),
+                outlets=[pushed_model_asset(dag_id)] if stage.component in PUBLISHES else [],
             )
         for stage in stages:
             upstream = sorted(stage.upstream)

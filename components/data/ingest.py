@@ -604,5 +604,5 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
     return total
 
 
-SPEC = ComponentSpec(name="ingest", inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
+SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
                      source_fingerprint=source_fingerprint, code=("kfx.components.data.datasets",))

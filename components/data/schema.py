@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kfx.pipeline.config import SchemaConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 SCHEMA = "schema"
@@ -140,5 +141,5 @@ def source_fingerprint(cfg) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-SPEC = ComponentSpec(name="schema", inputs=("statistics",), outputs=(SCHEMA,), run=run,
+SPEC = ComponentSpec(name="schema", config=SchemaConfig, inputs=("statistics",), outputs=(SCHEMA,), run=run,
                      source_fingerprint=source_fingerprint)

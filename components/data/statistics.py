@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from kfx.components.data.ingest import EXAMPLES, read_columns, split_dir
+from kfx.pipeline.config import StatisticsConfig
 from kfx.pipeline.component import ComponentSpec, Context
 
 STATISTICS = "statistics"
@@ -353,5 +354,5 @@ def run(ctx: Context) -> dict[str, Any]:
             "features": len(columns)}
 
 
-SPEC = ComponentSpec(name="statistics", inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
+SPEC = ComponentSpec(name="statistics", config=StatisticsConfig, inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
                      code=("kfx.components.data.ingest",))

@@ -17,6 +17,7 @@ import numpy as np
 
 from kfx.components.data.schema import load_schema, string_domain
 from kfx.components.data.statistics import load_statistics
+from kfx.pipeline.config import ValidateConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 ANOMALIES = "anomalies"
@@ -227,6 +228,6 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
-SPEC = ComponentSpec(name="validate", inputs=("statistics", "schema", "baseline_statistics"),
+SPEC = ComponentSpec(name="validate", config=ValidateConfig, inputs=("statistics", "schema", "baseline_statistics"),
                      outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics",),
                      code=("kfx.components.data.statistics", "kfx.components.data.schema"))

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from kfx.pipeline.config_evaluation import InfraValidateConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 INFRA_BLESSING = "infra_blessing"
@@ -308,5 +309,5 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
-SPEC = ComponentSpec(name="infra_validate", inputs=("model", "examples"), outputs=(INFRA_BLESSING,),
+SPEC = ComponentSpec(name="infra_validate", config=InfraValidateConfig, inputs=("model", "examples"), outputs=(INFRA_BLESSING,),
                      run=run, code=("kfx.components.evaluation.scoring",))

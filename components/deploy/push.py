@@ -25,6 +25,7 @@ import os
 import secrets
 from typing import Any
 
+from kfx.pipeline.config_evaluation import PushConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 PUSHED_MODEL = "pushed_model"
@@ -219,5 +220,5 @@ def run(ctx: Context) -> dict[str, Any]:
     return {"pushed": pushed, "reasons": []}
 
 
-SPEC = ComponentSpec(name="push", inputs=("model", "blessing", "infra_blessing"), outputs=(PUSHED_MODEL,),
+SPEC = ComponentSpec(name="push", config=PushConfig, inputs=("model", "blessing", "infra_blessing"), outputs=(PUSHED_MODEL,),
                      run=run, optional_inputs=("infra_blessing",))

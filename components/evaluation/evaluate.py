@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from kfx.pipeline.config_evaluation import EvaluateConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 EVALUATION, BLESSING, PREDICTIONS = "evaluation", "blessing", "predictions"
@@ -347,7 +348,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(
-    name="evaluate", inputs=("examples", "schema", "model", "baseline_model"),
+    name="evaluate", config=EvaluateConfig, inputs=("examples", "schema", "model", "baseline_model"),
     outputs=(EVALUATION, BLESSING, PREDICTIONS), run=run, optional_inputs=("baseline_model",),
     code=("kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report", "kfx.components.evaluation.scoring"))

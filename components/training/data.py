@@ -54,7 +54,7 @@ def raw_dataset(examples_uri: str, split: str, spec: dict, batch_size: int, rows
 
 def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size: int, *,
             shuffle: bool = False, shuffle_buffer: int = 50000, cache: bool = True, seed: int = 42,
-            rows: int | None = None, shard_by_data: bool = False):
+            rows: int | None = None, shard_by_data: bool = False, targets=None):
     """Batches of (transformed feature dict, training target) for `model.fit` / `evaluate`.
 
     Args:
@@ -70,6 +70,8 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
         rows: use only the first `rows` records (tuning on a subset).
         shard_by_data: multi-worker training: every worker reads all files and keeps its share
             of elements (safe whatever the number of files).
+        targets: the model family's `targets(features, label) -> (inputs, targets)` hook, for
+            training that is not (features -> label): an autoencoder's inputs are its targets.
 
     Returns:
         A tf.data.Dataset.
@@ -105,6 +107,8 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
 
         ds = ds.map(permute, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.rebatch(batch_size)
+    if targets is not None:
+        ds = ds.map(targets, num_parallel_calls=tf.data.AUTOTUNE)
     if shard_by_data:
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -29,6 +29,9 @@ import os
 import time
 from typing import Any
 
+from kfx.pipeline.config_modeling import TrainConfig
+from kfx.components.training.family import family_code
+from kfx.pipeline import user_code
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 MODEL, MODEL_RUN = "model", "model_run"
@@ -36,7 +39,7 @@ HISTORY_FILE, HPARAMS_FILE, METRICS_FILE, LOGS_DIR = "history.json", "hyperparam
 BACKUP_HISTORY = "history.json"
 
 
-def resolve_hyperparameters(cfg, tuned_uri: str | None) -> tuple[dict, str]:
+def resolve_hyperparameters(cfg, tuned_uri: str | None, config_dir: str = "") -> tuple[dict, str]:
     """(values, source) for train.model: defaults <- tuned best values <- train.hyperparameters.
 
     Raises:
@@ -44,9 +47,9 @@ def resolve_hyperparameters(cfg, tuned_uri: str | None) -> tuple[dict, str]:
     """
     from kfx import models
     from kfx.components.training.tune import load_hyperparameters
-    from kfx.models.space import resolve
+    from kfx.models.space import COMMON, resolve
 
-    space = models.get(cfg.model).SPACE
+    space = models.space_of(models.get(cfg.model, config_dir)) or COMMON
     tuned, source = None, "defaults"
     if tuned_uri:
         best = load_hyperparameters(tuned_uri)
@@ -71,6 +74,7 @@ def backup_dir(ctx: Context) -> str:
     h.update(json.dumps(sorted((k, v) for k, v in ctx.inputs.items() if v)).encode())
     for name in (__name__, *SPEC.code):
         h.update(inspect.getsource(__import__(name, fromlist=["_"])).encode())
+    h.update(user_code.fingerprint(family_code(cfg, ctx.pipeline)).encode())
     key = h.hexdigest()[:24] + (f"-{task_id()}" if task_id() else "")
     # The output dir is <root>/<pipeline>/train/<tmp-or-id>/model: its grandparent is the stage dir.
     base = cfg.backup_dir or f"{os.path.dirname(os.path.dirname(ctx.outputs[MODEL]))}/.backup"
@@ -226,8 +230,8 @@ def run(ctx: Context) -> dict[str, Any]:
     spec = load_transform(ctx.inputs["transform_graph"])
     task = spec["task"]
     examples = ctx.inputs["examples"]
-    hp, hp_source = resolve_hyperparameters(cfg, ctx.inputs.get("hyperparameters"))
-    family = models.get(cfg.model)
+    hp, hp_source = resolve_hyperparameters(cfg, ctx.inputs.get("hyperparameters"), ctx.pipeline.config_dir)
+    family = models.get(cfg.model, ctx.pipeline.config_dir)
     keras.utils.set_random_seed(cfg.seed)
     strategy, strategy_name = choose_strategy(cfg.strategy)
     mixed = use_mixed_precision(cfg.mixed_precision)
@@ -239,13 +243,18 @@ def run(ctx: Context) -> dict[str, Any]:
         # Each replica gets batch_size rows: the global batch grows with the replicas.
         global_batch = cfg.batch_size * strategy.num_replicas_in_sync
         multi = strategy_name == "multi_worker"
+        targets = getattr(family, "targets", None)  # the family's hooks (models/__init__.py)
         train_ds = dataset(examples, "train", spec, pre, global_batch, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi)
-        eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi)
+                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi, targets=targets)
+        eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi,
+                          targets=targets)
         steps = steps_per_epoch(spec["train_rows"], global_batch)
         with strategy.scope():
             model = family.build(spec["outputs"], task, hp)
-            compile_model(model, task, cfg, hp["learning_rate"], steps)
+            if hasattr(family, "compile"):
+                family.compile(model, task, hp)
+            else:
+                compile_model(model, task, cfg, hp["learning_rate"], steps)
         if multi:
             _build_before_fit(model, strategy, eval_ds)
         backup = backup_dir(ctx)
@@ -256,8 +265,12 @@ def run(ctx: Context) -> dict[str, Any]:
                 history = json.load(f)
         first_epoch: list[int] = []
         logs = f"{ctx.outputs[MODEL_RUN]}/{LOGS_DIR}"
-        model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, task),
-                  callbacks=_callbacks(cfg, task, backup, logs, history, first_epoch), verbose=cfg.verbose)
+        callbacks = _callbacks(cfg, task, backup, logs, history, first_epoch)
+        if hasattr(family, "fit"):
+            family.fit(model, train_ds, eval_ds, hp, callbacks)
+        else:
+            model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, task),
+                      callbacks=callbacks, verbose=cfg.verbose)
         if tf.io.gfile.exists(f"{backup}-history"):
             tf.io.gfile.rmtree(f"{backup}-history")
     finally:
@@ -298,5 +311,6 @@ def _code() -> tuple[str, ...]:
     return (*code_modules(), "kfx.components.training.export", "kfx.components.training.tune")
 
 
-SPEC = ComponentSpec(name="train", inputs=("examples", "schema", "transform_graph", "hyperparameters"),
-                     outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters",), code=_code())
+SPEC = ComponentSpec(name="train", config=TrainConfig, inputs=("examples", "schema", "transform_graph", "hyperparameters"),
+                     outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters",), code=_code(),
+                     user_code=family_code)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from typing import Any
 
+from kfx.pipeline.config_modeling import TuneConfig
+from kfx.components.training.family import family_code, tuned_model
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 HYPERPARAMETERS = "hyperparameters"
@@ -155,11 +157,12 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.training.fit import steps_per_epoch
     from kfx.models.preprocess import load_transform, make_preprocessor
     from kfx.models import heads
-    from kfx.models.space import defaults
+    from kfx.models.space import COMMON, defaults
 
-    cfg, train_cfg = ctx.config, ctx.pipeline.train
-    family_name = train_cfg.model
-    family = models.get(family_name)
+    cfg, train_cfg = ctx.config, ctx.pipeline.stage("train")
+    family_name = tuned_model(cfg, ctx.pipeline)
+    family = models.get(family_name, ctx.pipeline.config_dir)
+    space = models.space_of(family)
     spec = load_transform(ctx.inputs["transform_graph"])
     try:
         objective = heads.objective(spec["task"], cfg.objective)
@@ -170,8 +173,10 @@ def run(ctx: Context) -> dict[str, Any]:
     best: dict[str, Any] = {"family": family_name, "objective": {"name": objective[0], "direction": objective[1]},
                             "tuner": cfg.tuner, "role": role, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID")}
     started = time.time()
-    if cfg.max_trials == 0:
-        best.update(values=defaults(family.SPACE), score=None, source="defaults")
+    if cfg.max_trials == 0 or not space:
+        # Without a SPACE there is nothing to search: the defaults pass through, and say so.
+        best.update(values=defaults(space or COMMON), score=None,
+                    source="defaults" if space else "defaults (model has no SPACE)")
         rows: list[dict] = []
     else:
         import keras
@@ -201,26 +206,27 @@ def run(ctx: Context) -> dict[str, Any]:
                                  f"(max_trials={cfg.max_trials}, max_seconds={cfg.max_seconds})")
         pick = (max if objective[1] == "max" else min)(scored, key=lambda r: r["score"])
         # Hyperband adds its bookkeeping values (tuner/epochs, ...): keep the family's names only.
-        names = {p.name for p in family.SPACE}
-        values = {**defaults(family.SPACE), **{k: v for k, v in pick["values"].items() if k in names}}
+        names = {p.name for p in space}
+        values = {**defaults(space), **{k: v for k, v in pick["values"].items() if k in names}}
         best.update(values=values, score=pick["score"], trial_id=pick["trial_id"], source="tuned")
     with tf.io.gfile.GFile(f"{out}/{BEST_FILE}", "w") as f:
         json.dump(best, f, indent=1, sort_keys=True)
     with tf.io.gfile.GFile(f"{out}/{TRIALS_FILE}", "w") as f:
         json.dump(rows, f, indent=1, sort_keys=True)
     metrics = {"trials": len(rows), "best_score": best["score"], "objective": objective[0], "role": role,
+               "source": best["source"],
                "family": family_name, "seconds": round(time.time() - started, 1), "best": best["values"]}
     ctx.log.info("tune %s", metrics)
     return metrics
 
 
 def code_modules() -> tuple[str, ...]:
-    """Modules whose source is part of tune's and train's code version (all model families)."""
-    from kfx import models
+    """kfx modules whose source is part of tune's and train's code version. The family's own
+    module (and what it imports from its folder) is added per stage (`family_code`), so adding
+    or editing another family does not invalidate a cached train or tune."""
+    return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
+            "kfx.models.preprocess", "kfx.models", "kfx.models.space")
 
-    return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.models.preprocess",
-            "models", "kfx.models.space", "kfx.models.heads", "kfx.models.tabular", *sorted(models.FAMILIES.values()))
 
-
-SPEC = ComponentSpec(name="tune", inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),
-                     run=run, code=code_modules(), config_sections=("train",))
+SPEC = ComponentSpec(name="tune", config=TuneConfig, inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),
+                     run=run, code=code_modules(), config_sections=("train",), user_code=family_code)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
+from kfx.pipeline.config_modeling import TransformConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 TRANSFORM_GRAPH = "transform_graph"
@@ -435,6 +436,32 @@ def transform_file(path: str, spec_json: str, batch_size: int):
             yield tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
 
 
+def with_user_preprocessing(spec: dict, function: str, config_dir: str, files: list[str]) -> dict:
+    """`spec` with the user's preprocessing function and the outputs it gives (run on train rows)."""
+    import tensorflow as tf
+
+    from kfx.models.preprocess import describe_outputs, raw_feature_spec
+
+    spec = {**spec, "preprocessing": {"function": function, "config_dir": config_dir}}
+    if not files:
+        raise ComponentError("transform: no train examples to run transform.preprocessing on")
+    batch = next(iter(tf.data.TFRecordDataset(files[0], compression_type="GZIP" if files[0].endswith(".gz") else "")
+                      .batch(64)))
+    try:
+        outputs = describe_outputs(spec, tf.io.parse_example(batch, raw_feature_spec(spec)))
+    except Exception as err:  # noqa: BLE001 - the user's function: say which and why
+        raise ComponentError(f"transform.preprocessing {function!r} failed on train rows: "
+                             f"{type(err).__name__}: {err}") from None
+    return {**spec, "outputs": outputs}
+
+
+def preprocessing_code(cfg, pipeline) -> list:
+    """The module of the user's preprocessing function (`ComponentSpec.user_code`)."""
+    from kfx.pipeline.user_code import load_module
+
+    return [load_module(cfg.preprocessing.rpartition(":")[0], pipeline.config_dir)] if cfg.preprocessing else []
+
+
 # ------------------------------------------------------------------ the stage
 def _files(examples: str, split: str) -> list[str]:
     import tensorflow as tf
@@ -474,6 +501,8 @@ def run(ctx: Context) -> dict[str, Any]:
         acc = pickle.loads(bytes.fromhex(f.read().strip()))
     tf.io.gfile.remove(f"{out}/.accumulators")
     spec, report = finalize(acc, raw, transforms, task)
+    if cfg.preprocessing:
+        spec = with_user_preprocessing(spec, cfg.preprocessing, ctx.pipeline.config_dir, files)
     with tf.io.gfile.GFile(f"{out}/{TRANSFORM_FILE}", "w") as f:
         json.dump(spec, f, indent=1, sort_keys=True)
     with tf.io.gfile.GFile(f"{out}/{ANALYZERS_FILE}", "w") as f:
@@ -502,5 +531,5 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
-SPEC = ComponentSpec(name="transform", inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,
-                     code=("kfx.models.preprocess",))
+SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,
+                     code=("kfx.models.preprocess",), user_code=preprocessing_code)

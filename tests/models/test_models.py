@@ -124,7 +124,7 @@ def test_bad_modeling_config_is_rejected_at_load_naming_the_key(override, key, f
 
 def test_valid_overrides_load_and_hyperparameters_follow_the_model():
     cfg = load_config(None, ["train.model=wide_deep", "train.hyperparameters={deep_units: 64, dropout: 0.2}"])
-    assert cfg.train.model == "wide_deep" and cfg.train.hyperparameters == {"deep_units": 64, "dropout": 0.2}
+    assert cfg.stage("train").model == "wide_deep" and cfg.stage("train").hyperparameters == {"deep_units": 64, "dropout": 0.2}
 
 
 def test_loading_the_config_does_not_import_tensorflow():

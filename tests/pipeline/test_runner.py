@@ -108,9 +108,9 @@ def test_config_errors_name_the_key_and_value(bad, needle):
 
 def test_config_override_and_frozen():
     cfg = load_config(None, ["statistics.top_k=5", "beam_args=[--direct_running_mode=in_memory]"])
-    assert cfg.statistics.top_k == 5 and cfg.beam_args == ("--direct_running_mode=in_memory",)
+    assert cfg.stage("statistics").top_k == 5 and cfg.beam_args == ("--direct_running_mode=in_memory",)
     with pytest.raises(Exception):
-        cfg.statistics.top_k = 7  # frozen
+        cfg.stage("statistics").top_k = 7  # frozen
 
 
 def test_broken_yaml_file(tmp_path):

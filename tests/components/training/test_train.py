@@ -98,7 +98,7 @@ def test_train_without_tune_uses_the_space_defaults(built, tmp_path):
     for uri in outputs.values():
         os.makedirs(uri)
     inputs = {name: built["outputs"][stage][out] for name, (stage, out) in INPUTS.items()}
-    ctx = Context(pipeline=cfg, config=cfg.train, inputs={**inputs, "hyperparameters": None}, outputs=outputs,
+    ctx = Context(pipeline=cfg, config=cfg.stage("train"), inputs={**inputs, "hyperparameters": None}, outputs=outputs,
                   run_id="r", execution_id=1)
     metrics = train.run(ctx)
     used = json.loads(Path(outputs["model_run"], "hyperparameters.json").read_text())

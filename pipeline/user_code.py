@@ -1,0 +1,133 @@
+"""The user's code: modules named in a pipeline YAML, how they are loaded and fingerprinted.
+
+A reference is a dotted module path (`my_models.wide`), resolved with the config file's folder
+first on the import path, or a `.py` file path, absolute or relative to the config file. A
+function reference adds `:NAME` (`features.py:preprocess`). A module's fingerprint covers its
+source and that of the modules it imports from its own folder (as TFX hashes its module files),
+so editing a user's model re-runs the stages that use it and nothing else.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+
+class UserCodeError(ValueError):
+    """A user module or function that cannot be loaded; the message names it and the cause."""
+
+
+def add_import_path(folder: str) -> None:
+    """Put `folder` first on the import path, here and in child processes (Beam workers)."""
+    if not folder:
+        return
+    folder = os.path.abspath(folder)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if folder not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([folder, *paths])
+
+
+def is_file_ref(ref: str) -> bool:
+    return ref.endswith(".py") or "/" in ref or os.sep in ref
+
+
+def load_module(ref: str, config_dir: str = "", what: str = "module") -> ModuleType:
+    """Import the module `ref` (dotted path or .py file).
+
+    Raises:
+        UserCodeError: the file is missing or the module fails to import; names `ref` and the cause.
+    """
+    add_import_path(config_dir)
+    try:
+        if not is_file_ref(ref):
+            return importlib.import_module(ref)
+        path = Path(ref) if os.path.isabs(ref) else Path(config_dir or ".") / ref
+        if not path.is_file():
+            raise UserCodeError(f"{what} {ref!r}: file {path} does not exist")
+        path = path.resolve()
+        # One stable module name per file, so pickled references (Beam, Keras) resolve again.
+        name = f"kfx_user_{path.stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            return sys.modules[name]
+        add_import_path(str(path.parent))  # its own sibling imports
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    except UserCodeError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the user's module raised, say where
+        raise UserCodeError(f"{what} {ref!r} cannot be imported: {type(err).__name__}: {err}") from None
+
+
+def load_function(ref: str, config_dir: str = "", what: str = "function") -> Callable:
+    """`module:function` or `file.py:function`."""
+    module_ref, sep, attr = ref.rpartition(":")
+    if not sep or not module_ref or not attr:
+        raise UserCodeError(f"{what} {ref!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    module = load_module(module_ref, config_dir, what)
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise UserCodeError(f"{what} {ref!r}: module {module_ref!r} has no function {attr!r}")
+    return fn
+
+
+def _imported_names(tree: ast.AST, package: str) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".") if package else []
+                parts = parts[:len(parts) - node.level + 1] if node.level > 1 else parts
+                base = ".".join([*parts, base] if base else parts)
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return {n for n in names if n}
+
+
+def source_files(module: ModuleType) -> list[Path]:
+    """The module's file and, transitively, the files of the modules it imports that live in its
+    own folder (or below it), sorted."""
+    first = Path(module.__file__).resolve()
+    folder = first.parent
+    seen: dict[Path, None] = {}
+    todo = [(first, module.__package__ or "")]
+    while todo:
+        path, package = todo.pop()
+        if path in seen:
+            continue
+        seen[path] = None
+        for name in _imported_names(ast.parse(path.read_text(), str(path)), package):
+            try:
+                spec = importlib.util.find_spec(name)
+            except (ImportError, ValueError, AttributeError):
+                continue
+            origin = Path(spec.origin).resolve() if spec and spec.origin and spec.has_location else None
+            if origin and origin.suffix == ".py" and folder in origin.parents:
+                todo.append((origin, spec.parent or ""))
+    return sorted(seen)
+
+
+def fingerprint(modules: list[ModuleType]) -> str:
+    """sha256 over the sources of `modules` and their same-folder imports."""
+    h = hashlib.sha256()
+    for path in sorted({p for m in modules for p in source_files(m)}):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

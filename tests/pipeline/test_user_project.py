@@ -1,0 +1,121 @@
+"""A user's own project outside the repository: `kfx init`, a model module, a preprocessing
+function and a custom component, in folders named like kfx's own (models/, pipeline/)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import read_json
+
+APPROVE = '''\
+"""My approval step: push only what evaluate blessed AND reached my own accuracy bar."""
+import json
+import os
+
+from pydantic import Field
+
+from kfx.pipeline.component import ComponentSpec, Context, StageConfig
+
+
+class ApproveConfig(StageConfig):
+    min_accuracy: float = Field(0.5, ge=0, le=1)
+
+
+def run(ctx: Context) -> dict:
+    with open(os.path.join(ctx.inputs["blessing"], "blessing.json")) as f:
+        upstream = json.load(f)
+    with open(os.path.join(ctx.inputs["evaluation"], "evaluation.json")) as f:
+        accuracy = json.load(f)["overall"]["accuracy"]
+    ok = accuracy >= ctx.config.min_accuracy
+    blessed = bool(upstream["blessed"]) and ok
+    out = {**upstream, "blessed": blessed,
+           "approve": {"accuracy": accuracy, "min_accuracy": ctx.config.min_accuracy, "passed": ok}}
+    with open(os.path.join(ctx.outputs["blessing"], "blessing.json"), "w") as f:
+        json.dump(out, f)
+    return {"blessed": blessed, "accuracy": accuracy}
+
+
+SPEC = ComponentSpec(name="approve", inputs=("blessing", "evaluation"), outputs=("blessing",), run=run,
+                     config=ApproveConfig)
+'''
+
+
+def _kfx(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([sys.executable, "-m", "kfx.pipeline.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _statuses(summary_path: Path) -> dict[str, str]:
+    return {k: v["status"] for k, v in read_json(summary_path)["components"].items()}
+
+
+def test_init_refuses_a_folder_that_holds_the_project_already(tmp_path):
+    assert _kfx(tmp_path, "init", "proj").returncode == 0
+    proc = _kfx(tmp_path, "init", "proj")
+    assert proc.returncode == 2 and "already has pipeline.yaml" in proc.stderr
+
+
+def test_user_project_runs_and_caches_by_its_own_code(tmp_path):
+    proj = tmp_path / "proj"
+    assert _kfx(tmp_path, "init", str(proj)).returncode == 0
+    # The user's own folders named like kfx's: models/ holds the model, pipeline/ a component.
+    (proj / "models").mkdir()
+    (proj / "models" / "__init__.py").write_text("")
+    (proj / "my_model.py").rename(proj / "models" / "churn_net.py")
+    (proj / "pipeline").mkdir()
+    (proj / "pipeline" / "__init__.py").write_text("")
+    (proj / "pipeline" / "approve.py").write_text(APPROVE)
+    cfg = yaml.safe_load((proj / "pipeline.yaml").read_text())
+    cfg["train"]["model"] = "models.churn_net"
+    cfg["train"]["epochs"] = 4
+    push = next(s for s in cfg["stages"] if s["name"] == "push")
+    push["inputs"]["blessing"] = "approve.blessing"
+    cfg["stages"].insert(-1, {"name": "approve", "component": "pipeline.approve",
+                              "inputs": {"blessing": "evaluate.blessing", "evaluation": "evaluate.evaluation"}})
+    cfg["approve"] = {"min_accuracy": 0.6}
+    (proj / "pipeline.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    summary = proj / "summary.json"
+
+    proc = _kfx(proj, "run", "-c", "pipeline.yaml", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = read_json(summary)
+    assert first["pushed"]["version"] == 1 and first["blessed"] is True
+    assert set(_statuses(summary).values()) == {"succeeded"}
+    approved = json.loads((Path(first["components"]["approve"]["outputs"]["blessing"]) / "blessing.json").read_text())
+    assert approved["approve"]["passed"] is True and approved["approve"]["min_accuracy"] == 0.6
+    # The user's preprocessing added a feature that the exported model computes itself.
+    transform = json.loads((Path(first["components"]["transform"]["outputs"]["transform_graph"])
+                            / "transform.json").read_text())
+    assert transform["outputs"]["charge_rate"] == {"kind": "dense", "width": 1}
+    assert transform["preprocessing"]["function"] == "features.py:preprocess"
+
+    # Nothing edited: nothing re-runs. An unrelated new model module changes nothing either.
+    (proj / "models" / "other_net.py").write_text("def build(features, task, hp):\n    raise NotImplementedError\n")
+    proc = _kfx(proj, "run", "-c", "pipeline.yaml", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(_statuses(summary).values()) == {"cached"}
+
+    # Editing the model module re-runs train and what follows, nothing before it.
+    with open(proj / "models" / "churn_net.py", "a") as f:
+        f.write("\n# wider next time\n")
+    proc = _kfx(proj, "run", "-c", "pipeline.yaml", "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = _statuses(summary)
+    rerun = {"train", "evaluate", "infra_validate", "approve", "push"}
+    assert {k for k, v in statuses.items() if v == "succeeded"} == rerun, statuses
+    assert {k for k, v in statuses.items() if v == "cached"} == set(statuses) - rerun
+    assert read_json(summary)["pushed"]["version"] == 2
+
+    # My approval bar can refuse a model: push then publishes nothing.
+    proc = _kfx(proj, "run", "-c", "pipeline.yaml", "--set", "approve.min_accuracy=1.0",
+                "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_json(summary)["components"]["approve"]["metrics"]["blessed"] is False
+    assert read_json(summary)["pushed"] is None
