@@ -224,6 +224,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return build_config(raw, str(path), str(path.resolve().parent))
 
 
+def config_from_dict(raw: dict, config_dir: str = "") -> PipelineConfig:
+    """A pipeline config from a mapping (as parsed from YAML), validated as load_config does."""
+    return build_config(raw, "<mapping>", config_dir)
+
+
 def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
     """Validate a raw config: the graph, each stage's component and section, and the wiring.
 

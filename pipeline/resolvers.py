@@ -37,7 +37,7 @@ def last_pushed_model(store: "MetadataStore", pipeline: str, current: dict, stag
     re-run cached (its baseline does not move), as for last_validated_statistics. A model given
     by hand (--input model=URI) is not a lineage artifact: its URI is read from pushed.json.
     """
-    from kfx.components.deploy.push import PUSHED_MODEL, load_pushed
+    from kfx.pipeline.artifacts import PUSHED_MODEL, load_pushed
 
     for stage in stages_of("push"):
         for ex in store.committed_executions(pipeline, stage):

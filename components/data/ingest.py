@@ -20,25 +20,11 @@ import math
 import struct
 from typing import Any, Iterable, Iterator
 
+from kfx.pipeline.artifacts import COLUMNS_FILE, COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
 
-EXAMPLES, REJECTED = "examples", "rejected"
-COLUMNS_FILE, COUNTS_FILE = "columns.json", "counts.json"
 _INFER_ROWS = 1000
-
-
-def split_dir(examples_uri: str, split: str) -> str:
-    """Where a split's shards live (TFX layout)."""
-    return f"{examples_uri}/Split-{split}"
-
-
-def read_columns(examples_uri: str) -> dict:
-    """The examples artifact's column types, label and split names."""
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(f"{examples_uri}/{COLUMNS_FILE}") as f:
-        return json.load(f)
 
 
 # ------------------------------------------------------------------ row typing and splitting

@@ -12,56 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from kfx.pipeline.config import SchemaConfig
+from kfx.pipeline.artifacts import (LABEL_TAG, SCHEMA, SCHEMA_FILE, SENSITIVE_TAG, label_key, load_schema,  # noqa: F401
+                                    load_statistics, parse_schema_text, sensitive_keys, string_domain, tagged,
+                                    write_schema)
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
-
-SCHEMA = "schema"
-SCHEMA_FILE = "schema.pbtxt"
-LABEL_TAG, SENSITIVE_TAG = "label", "sensitive"
-
-
-def parse_schema_text(text: str, where: str):
-    """Parse a Schema text proto; errors name the file and line."""
-    from google.protobuf import text_format
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    try:
-        return text_format.Parse(text, schema_pb2.Schema())
-    except text_format.ParseError as err:
-        raise ComponentError(f"schema {where} is not a valid Schema text proto: {err}") from None
-
-
-def load_schema(uri: str):
-    """The Schema of a schema artifact (or of a .pbtxt file path)."""
-    import tensorflow as tf
-
-    path = uri if uri.endswith(".pbtxt") else f"{uri}/{SCHEMA_FILE}"
-    with tf.io.gfile.GFile(path) as f:
-        return parse_schema_text(f.read(), path)
-
-
-def tagged(schema, tag: str) -> list[str]:
-    return [f.name for f in schema.feature if tag in f.annotation.tag]
-
-
-def label_key(schema) -> str | None:
-    labels = tagged(schema, LABEL_TAG)
-    return labels[0] if labels else None
-
-
-def sensitive_keys(schema) -> list[str]:
-    return tagged(schema, SENSITIVE_TAG)
-
-
-def string_domain(schema, feature) -> list[str] | None:
-    """The allowed values of a string feature (inline or named domain), or None."""
-    if feature.HasField("string_domain"):
-        return list(feature.string_domain.value)
-    if feature.HasField("domain"):
-        for d in schema.string_domain:
-            if d.name == feature.domain:
-                return list(d.value)
-    return None
-
 
 def infer_schema(train_stats, cfg) -> Any:
     """A Schema from one split's DatasetFeatureStatistics, TFDV-style."""
@@ -102,9 +56,7 @@ def _mark(schema, cfg) -> None:
 
 def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
-    from google.protobuf import text_format
 
-    from kfx.components.data.statistics import load_statistics
     from kfx.pipeline.config import resolve_path
 
     cfg = ctx.config
@@ -121,8 +73,7 @@ def run(ctx: Context) -> dict[str, Any]:
         schema = infer_schema(stats["train"], cfg)
         source = "inferred from train statistics"
     _mark(schema, cfg)
-    with tf.io.gfile.GFile(f"{ctx.outputs[SCHEMA]}/{SCHEMA_FILE}", "w") as f:
-        f.write(text_format.MessageToString(schema))
+    write_schema(ctx.outputs[SCHEMA], schema)
     return {"features": len(schema.feature), "label": label_key(schema),
             "sensitive": sensitive_keys(schema), "source": source}
 

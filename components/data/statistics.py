@@ -14,12 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from kfx.components.data.ingest import EXAMPLES, read_columns, split_dir
+from kfx.pipeline.artifacts import EXAMPLES, STATISTICS, load_statistics, read_columns, split_dir, write_statistics  # noqa: F401
 from kfx.pipeline.config import StatisticsConfig
 from kfx.pipeline.component import ComponentSpec, Context
 
-STATISTICS = "statistics"
-STATS_FILE = "FeatureStats.pb"
 _SKETCH_K = 4096
 _KMV_K = 4096
 
@@ -271,20 +269,6 @@ def _histograms(n, a: FeatureAcc, cfg) -> None:
         h.buckets.add(low_value=float(lo), high_value=float(hi), sample_count=a.num_values / cfg.num_quantiles)
 
 
-def load_statistics(uri: str) -> dict[str, Any]:
-    """{split: DatasetFeatureStatistics} of a statistics artifact."""
-    import tensorflow as tf
-    from tensorflow_metadata.proto.v0 import statistics_pb2 as st
-
-    out = {}
-    for d in sorted(tf.io.gfile.glob(f"{uri}/Split-*")):
-        lst = st.DatasetFeatureStatisticsList()
-        with tf.io.gfile.GFile(f"{d}/{STATS_FILE}", "rb") as f:
-            lst.ParseFromString(f.read())
-        out[d.rsplit("Split-", 1)[1]] = lst.datasets[0]
-    return out
-
-
 def summary_text(stats: dict[str, Any]) -> str:
     """A readable table of the statistics, one block per split."""
     lines = []
@@ -326,10 +310,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     def write(kv):
         split, (accs, rows) = kv
-        ds = to_proto(split, accs, rows, cfg)
-        tf.io.gfile.makedirs(f"{out}/Split-{split}")
-        with tf.io.gfile.GFile(f"{out}/Split-{split}/{STATS_FILE}", "wb") as f:
-            f.write(st.DatasetFeatureStatisticsList(datasets=[ds]).SerializeToString())
+        write_statistics(out, split, to_proto(split, accs, rows, cfg))
         return split, rows
 
     with beam.Pipeline(options=ctx.beam_options()) as p:
@@ -342,10 +323,7 @@ def run(ctx: Context) -> dict[str, Any]:
     stats = load_statistics(out)
     missing = [s for s in meta["splits"] if s not in stats]
     for split in missing:  # a split with no rows still gets (empty) statistics
-        ds = st.DatasetFeatureStatistics(name=split, num_examples=0)
-        tf.io.gfile.makedirs(f"{out}/Split-{split}")
-        with tf.io.gfile.GFile(f"{out}/Split-{split}/{STATS_FILE}", "wb") as f:
-            f.write(st.DatasetFeatureStatisticsList(datasets=[ds]).SerializeToString())
+        write_statistics(out, split, st.DatasetFeatureStatistics(name=split, num_examples=0))
     stats = load_statistics(out)
     with tf.io.gfile.GFile(f"{out}/stats.txt", "w") as f:
         f.write(summary_text(stats))
@@ -355,4 +333,4 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(name="statistics", config=StatisticsConfig, inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
-                     code=("kfx.components.data.ingest",))
+                     code=("kfx.pipeline.artifacts",))

@@ -15,12 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from kfx.components.data.schema import load_schema, string_domain
-from kfx.components.data.statistics import load_statistics
+from kfx.pipeline.artifacts import ANOMALIES, load_schema, load_statistics, string_domain
 from kfx.pipeline.config import ValidateConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
-ANOMALIES = "anomalies"
 ANOMALIES_FILE = "SchemaDiff.pb"
 
 
@@ -230,4 +228,4 @@ def run(ctx: Context) -> dict[str, Any]:
 
 SPEC = ComponentSpec(name="validate", config=ValidateConfig, inputs=("statistics", "schema", "baseline_statistics"),
                      outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics",),
-                     code=("kfx.components.data.statistics", "kfx.components.data.schema"))
+                     code=("kfx.pipeline.artifacts",))

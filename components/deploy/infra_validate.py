@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from kfx.pipeline.config_evaluation import InfraValidateConfig
+from kfx.pipeline.artifacts import INFRA_BLESSING, INFRA_BLESSING_FILE, load_infra_blessing, read_columns  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
-INFRA_BLESSING = "infra_blessing"
-INFRA_BLESSING_FILE, SERVER_LOG = "infra_blessing.json", "server.log"
+SERVER_LOG = "server.log"
 BLESSED_MARKER, NOT_BLESSED_MARKER = "INFRA_BLESSED", "INFRA_NOT_BLESSED"
 CANARY_MODEL = "canary"
 PREDICT, CLASSIFY, REGRESS = "tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress"
@@ -40,13 +40,6 @@ INTERNAL_SIGNATURES = ("__saved_model_init_op",)
 
 class InfraFailure(Exception):
     """The model failed infra validation (not a fault of the stage)."""
-
-
-def load_infra_blessing(uri: str) -> dict:
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(f"{uri}/{INFRA_BLESSING_FILE}") as f:
-        return json.load(f)
 
 
 def signature_methods(model_uri: str) -> dict[str, str]:
@@ -275,7 +268,6 @@ def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
     from kfx.components.evaluation.scoring import read_split
-    from kfx.components.data.ingest import read_columns
 
     cfg = ctx.config
     started = time.time()

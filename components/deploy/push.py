@@ -26,21 +26,12 @@ import secrets
 from typing import Any
 
 from kfx.pipeline.config_evaluation import PushConfig
+from kfx.pipeline.artifacts import PUSHED_FILE, PUSHED_MODEL, load_blessing, load_infra_blessing, load_pushed  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
-PUSHED_MODEL = "pushed_model"
-PUSHED_FILE = "pushed.json"
 MODELS_CONFIG = "models.config"
 THRESHOLDS_ASSET = "assets.extra/kfx_decision_thresholds.json"
 _RENAME_ATTEMPTS = 5
-
-
-def load_pushed(uri: str) -> dict:
-    """pushed.json of a pushed_model artifact."""
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(f"{uri}/{PUSHED_FILE}") as f:
-        return json.load(f)
 
 
 def _is_local(uri: str) -> bool:
@@ -184,8 +175,6 @@ def _refusals(cfg, model: str, blessing: dict, infra: dict | None) -> list[str]:
 def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
-    from kfx.components.evaluation.evaluate import load_blessing
-    from kfx.components.deploy.infra_validate import load_infra_blessing
 
     cfg = ctx.config
     model = ctx.inputs["model"]

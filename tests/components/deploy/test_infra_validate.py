@@ -45,13 +45,13 @@ def _write_bad_warmup(path: str) -> None:
 def infra_validate(art, model, **cfg):
     from kfx.components.deploy import infra_validate as iv
     from kfx.pipeline.component import Context
-    from kfx.pipeline.config import PipelineConfig
+    from kfx.pipeline.config import config_from_dict
     from kfx.pipeline.config_evaluation import InfraValidateConfig
 
     out = art["dir"] / f"out-{model}"
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out / iv.INFRA_BLESSING)
-    ctx = Context(pipeline=PipelineConfig.model_validate({"name": "t", "ingest": {"format": "builtin", "name": "adult"}}),
+    ctx = Context(pipeline=config_from_dict({"name": "t", "ingest": {"format": "builtin", "name": "adult"}}),
                   config=InfraValidateConfig.model_validate({"server": "kfx", "canary_examples": 8, **cfg}),
                   inputs={"model": art[model], "examples": art["examples"]},
                   outputs={iv.INFRA_BLESSING: str(out / iv.INFRA_BLESSING)}, run_id="r", execution_id=1)

@@ -47,10 +47,10 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def run_gate(art, root: Path, model: str) -> dict:
     """evaluate + infra_validate + push on `model`, through the real runner and stage graph."""
-    from kfx.pipeline.config import PipelineConfig
+    from kfx.pipeline.config import config_from_dict
     from kfx.pipeline.runner import Reporter, run_pipeline
 
-    cfg = PipelineConfig.model_validate({
+    cfg = config_from_dict({
         "name": "gate", "root": str(root), "max_parallel": 2, "ingest": {"format": "builtin", "name": "adult"},
         "evaluate": {"slices": [["sex"]], "fairness": {"bootstrap_resamples": 50}, "gate": GATE},
         "infra_validate": {"server": "kfx", "canary_examples": 4}})
@@ -118,12 +118,12 @@ def _artifacts(tmp: Path, model: str, blessed: bool = True, infra: bool = True, 
 def push(tmp: Path, inputs: dict, serving: Path) -> tuple[dict, Path]:
     from kfx.components.deploy import push as push_mod
     from kfx.pipeline.component import Context
-    from kfx.pipeline.config import PipelineConfig
+    from kfx.pipeline.config import config_from_dict
     from kfx.pipeline.config_evaluation import PushConfig
 
     out = tmp / f"out-{len(list(tmp.glob('out-*')))}"
     os.makedirs(out / push_mod.PUSHED_MODEL)
-    ctx = Context(pipeline=PipelineConfig.model_validate({"name": "t", "ingest": {"format": "builtin", "name": "adult"}}),
+    ctx = Context(pipeline=config_from_dict({"name": "t", "ingest": {"format": "builtin", "name": "adult"}}),
                   config=PushConfig(serving_base=str(serving), model_name="adult"), inputs=inputs,
                   outputs={push_mod.PUSHED_MODEL: str(out / push_mod.PUSHED_MODEL)}, run_id="r", execution_id=1,
                   root=str(tmp))

@@ -40,7 +40,7 @@ def evaluate(art, out, model, baseline=None, **cfg):
     """Run the evaluate component; returns (metrics, evaluation.json, blessing.json, out dir)."""
     from kfx.components.evaluation import evaluate as ev
     from kfx.pipeline.component import Context
-    from kfx.pipeline.config import PipelineConfig
+    from kfx.pipeline.config import config_from_dict
     from kfx.pipeline.config_evaluation import EvaluateConfig
 
     out = art["dir"] / out
@@ -49,7 +49,7 @@ def evaluate(art, out, model, baseline=None, **cfg):
     for uri in outputs.values():
         os.makedirs(uri)
     config = EvaluateConfig.model_validate({"slices": SLICES, **cfg})
-    pipeline = PipelineConfig.model_validate({"name": "t", "ingest": {"format": "builtin", "name": "adult"}})
+    pipeline = config_from_dict({"name": "t", "ingest": {"format": "builtin", "name": "adult"}})
     ctx = Context(pipeline=pipeline, config=config, outputs=outputs, run_id="r", execution_id=1,
                   inputs={"examples": art["examples"], "schema": art["schema"], "model": art[model],
                           "baseline_model": art[baseline] if baseline else None})
