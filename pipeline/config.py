@@ -122,7 +122,7 @@ class PipelineConfig(Section):
     root: str = "runs"
     metadata_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under root if unset.")
     beam_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                               "--default_sdk_harness_log_level=WARNING")
+                               "--default_sdk_harness_log_level=ERROR")
     max_parallel: int = Field(2, ge=1)
     ingest: IngestConfig
     statistics: StatisticsConfig = StatisticsConfig()
