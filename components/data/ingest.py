@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import struct
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
