@@ -39,6 +39,7 @@ run: install
 	$(BIN)/kfx run -c $(CONFIG)
 
 test: install airflow chromium
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 
 # Headless Chromium renders the evaluation report in tests/components/test_evaluate.py.

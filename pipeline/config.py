@@ -21,8 +21,6 @@ class ConfigError(ValueError):
 
 
 from kfx.pipeline.config_base import Section, StageConfig, relative_to_config  # noqa: E402
-from kfx.pipeline.config_evaluation import EvaluateConfig, InfraValidateConfig, PushConfig  # noqa: E402
-from kfx.pipeline.config_modeling import TrainConfig, TransformConfig, TuneConfig  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest
@@ -142,7 +140,7 @@ class PipelineConfig(Section):
     root: str = "runs"
     metadata_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under root if unset.")
     beam_args: tuple[str, ...] = ("--direct_running_mode=multi_processing", "--direct_num_workers=2",
-                                  "--default_sdk_harness_log_level=WARNING")
+                                  "--default_sdk_harness_log_level=ERROR")
     max_parallel: int = Field(2, ge=1)
     template: str | None = Field(None, description="Built-in graph when `stages` is not given (default tabular).")
     config_dir: str = Field("", description="Folder of the YAML: user modules and relative paths resolve there first.")

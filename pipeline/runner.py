@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import sys
 import threading
 import time

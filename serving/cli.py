@@ -60,11 +60,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def serve(args: argparse.Namespace) -> int:
     """Runs the model server until SIGINT/SIGTERM. Returns the exit code."""
     import logging
-    import os
     import signal
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from kfx.pipeline import logs
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup()  # before TensorFlow is imported
     from kfx.serving import errors
     from kfx.serving.server import ModelServer, ServerOptions
 

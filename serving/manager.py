@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import threading
-import time
 
 import tensorflow as tf
 

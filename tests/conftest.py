@@ -17,7 +17,7 @@ FAST_BEAM = ["--direct_running_mode=in_memory"]
 
 def kfx(*args: str, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `kfx ARGS` as a user would (a new process, from the repository root)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    full_env = {**os.environ, **(env or {})}  # the CLI quiets TensorFlow itself (pipeline/logs.py)
     return subprocess.run([sys.executable, "-m", "kfx.pipeline.cli", *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 

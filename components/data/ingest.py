@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import struct
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from kfx.pipeline.artifacts import COLUMNS_FILE, COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context

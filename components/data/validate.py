@@ -117,7 +117,7 @@ def check_schema(findings: Findings, schema, split: str, ds) -> None:
         if fs is None:
             if required and n > 0:
                 findings.add(split, f.name, "SCHEMA_MISSING_COLUMN", "Column dropped",
-                             f"The feature is in the schema but not in the data (expected in every example).")
+                             "The feature is in the schema but not in the data (expected in every example).")
             continue
         got = kinds[fs.type]
         if got != f.type:

@@ -153,30 +153,3 @@ def roc_auc(y_true, score) -> float:
     ranks = pd.Series(np.asarray(score, dtype=np.float64)).rank(method="average").to_numpy()
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
-
-def patch_keras_multi_worker_reduce() -> None:
-    """Work around Keras 3.15's metric reduction under a multi-worker strategy (idempotent).
-
-    Under MultiWorkerMirroredStrategy Keras reduces each step's metric values with
-    `strategy.reduce("MEAN", v, axis=0)`, which fails for the scalar metric values
-    ("Invalid reduction dimension 0 for input with 0 dimensions"). Scalars are reduced with
-    axis=None (the cross-worker mean) instead; everything else keeps Keras's behaviour.
-    """
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = tf_trainer.reduce_per_replica
-    if getattr(original, "_kfx_patched", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
-            def reduce(v):
-                rank = strategy.experimental_local_results(v)[0].shape.rank
-                return strategy.reduce("MEAN", v, axis=None if rank == 0 else 0)
-
-            return tree.map_structure(reduce, values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica._kfx_patched = True
-    tf_trainer.reduce_per_replica = reduce_per_replica

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import logging
 import os
 import time
 from typing import Any
@@ -107,48 +106,17 @@ def _history_callback(path: str, history: dict[str, list], first_epoch: list):
     return PersistHistory()
 
 
-def _backup_callback(backup: str):
-    """BackupAndRestore that survives a kill during its own write.
-
-    double_checkpoint keeps the previous state beside the latest, and Keras falls back to it when
-    the latest weights cannot be read; if nothing readable is left (killed during the very first
-    save, or mid-way through the metadata JSON), training starts over instead of failing.
-    """
-    import keras
-    import tensorflow as tf
-
-    class Backup(keras.callbacks.BackupAndRestore):
-        def on_train_begin(self, logs=None):
-            try:
-                try:
-                    super().on_train_begin(logs)
-                except ValueError:
-                    # Killed while writing the metadata JSON: Keras only falls back on OSError.
-                    if not (tf.io.gfile.exists(self._prev_weights_path)
-                            and tf.io.gfile.exists(self._prev_training_metadata_path)):
-                        raise
-                    tf.io.gfile.copy(self._prev_weights_path, self._weights_path, overwrite=True)
-                    tf.io.gfile.copy(self._prev_training_metadata_path, self._training_metadata_path, overwrite=True)
-                    super().on_train_begin(logs)
-            except (OSError, ValueError) as err:
-                logging.getLogger("kfx").warning("train: backup %s is unreadable (%s); starting over", backup, err)
-                tf.io.gfile.rmtree(backup)
-                tf.io.gfile.makedirs(backup)
-
-    return Backup(backup, double_checkpoint=True)
-
-
 def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epoch: list) -> list:
     import keras
 
-    from kfx.models import heads
+    from kfx.models import compat, heads
 
     try:
         monitor, mode = heads.objective(task, cfg.early_stopping_monitor)
     except ValueError as err:
         raise ComponentError(f"train.early_stopping_monitor: {err}") from None
     cbs = [_history_callback(f"{backup}-history/{BACKUP_HISTORY}", history, first_epoch),
-           _backup_callback(backup),
+           compat.BackupAndRestore(backup),
            keras.callbacks.TensorBoard(log_dir=logs, histogram_freq=0, write_graph=False)]
     if cfg.early_stopping_patience > 0:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=cfg.early_stopping_patience,
@@ -157,22 +125,6 @@ def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epo
         cbs.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=cfg.plateau_factor,
                                                      patience=cfg.plateau_patience))
     return cbs
-
-
-def _build_before_fit(model, strategy, local_ds) -> None:
-    """Build the model's loss, metrics and optimizer state from one local batch.
-
-    Keras 3.15's fit/evaluate first reduce the first *distributed* batch with strategy.reduce,
-    which fails for dict features under a real multi-worker MultiWorkerMirroredStrategy
-    ("Attempt to convert a value ({...PerReplica...}) ... to a Tensor"). That step only exists to
-    build this state, so it is built here and the step is skipped for this model instance.
-    """
-    from kfx.components.training.fit import patch_keras_multi_worker_reduce
-
-    patch_keras_multi_worker_reduce()
-    with strategy.scope():
-        model._symbolic_build(data_batch=next(iter(local_ds)))
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
 
 
 def score_split(functions: dict, examples: str, split: str, spec: dict, batch_size: int = 4096) -> dict[str, float]:
@@ -223,6 +175,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import (choose_strategy, class_weight, compile_model, is_chief, steps_per_epoch,
                                          use_mixed_precision)
+    from kfx.models import compat
     from kfx.models.preprocess import load_transform, make_preprocessor
 
     cfg = ctx.config
@@ -256,11 +209,11 @@ def run(ctx: Context) -> dict[str, Any]:
             else:
                 compile_model(model, task, cfg, hp["learning_rate"], steps)
         if multi:
-            _build_before_fit(model, strategy, eval_ds)
+            compat.build_before_fit(model, strategy, eval_ds)
         backup = backup_dir(ctx)
         history: dict[str, list] = {}
         saved_history = f"{backup}-history/{BACKUP_HISTORY}"
-        if tf.io.gfile.exists(f"{backup}/training_metadata.json") and tf.io.gfile.exists(saved_history):
+        if tf.io.gfile.exists(compat.backup_state_path(backup)) and tf.io.gfile.exists(saved_history):
             with tf.io.gfile.GFile(saved_history) as f:
                 history = json.load(f)
         first_epoch: list[int] = []

@@ -38,22 +38,14 @@ def load_hyperparameters(uri: str) -> dict:
         return json.load(f)
 
 
-def _role() -> str:
-    from keras_tuner.src.distribute import utils as dist
-
-    if not dist.has_chief_oracle():
-        return "local"
-    return "chief" if dist.is_chief_oracle() else "worker"
-
-
 def _deadline_oracle(base_cls, deadline: float):
     """`base_cls` whose oracle stops handing out trials after `deadline` (time.time())."""
-    from keras_tuner.src.engine import trial as trial_module
+    import keras_tuner as kt
 
     class DeadlineOracle(base_cls):
         def populate_space(self, trial_id):
             if time.time() >= deadline:
-                return {"status": trial_module.TrialStatus.STOPPED, "values": None}
+                return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
             return super().populate_space(trial_id)
 
     return DeadlineOracle
@@ -73,16 +65,15 @@ def _deadline_callback(deadline: float):
 def make_tuner(cfg, hypermodel, objective: tuple[str, str], directory: str, deadline: float):
     """A KerasTuner tuner of kind `cfg.tuner` with a deadline-aware oracle."""
     import keras_tuner as kt
-    from keras_tuner.src.tuners import bayesian, hyperband, randomsearch
 
     obj = kt.Objective(*objective)
     if cfg.tuner == "hyperband":
-        oracle = _deadline_oracle(hyperband.HyperbandOracle, deadline)(
+        oracle = _deadline_oracle(kt.oracles.HyperbandOracle, deadline)(
             objective=obj, max_epochs=cfg.epochs, factor=cfg.hyperband_factor, hyperband_iterations=1,
             seed=cfg.seed)
         tuner_cls = _RecordingHyperband()
     else:
-        base = bayesian.BayesianOptimizationOracle if cfg.tuner == "bayesian" else randomsearch.RandomSearchOracle
+        base = kt.oracles.BayesianOptimizationOracle if cfg.tuner == "bayesian" else kt.oracles.RandomSearchOracle
         oracle = _deadline_oracle(base, deadline)(objective=obj, max_trials=cfg.max_trials, seed=cfg.seed)
         tuner_cls = _Recording(kt.Tuner)
     return tuner_cls(oracle=oracle, hypermodel=hypermodel, directory=directory, project_name="search",
@@ -112,13 +103,11 @@ def _Recording(base):
 
 
 def _RecordingHyperband():
-    from keras_tuner.src.tuners.hyperband import Hyperband
+    import keras_tuner as kt
 
-    class HyperbandWithOracle(Hyperband):
+    class HyperbandWithOracle(kt.Hyperband):
         # Hyperband's constructor builds its own oracle; this one takes ours (with the deadline).
         def __init__(self, oracle, hypermodel, **kwargs):
-            import keras_tuner as kt
-
             kt.Tuner.__init__(self, oracle=oracle, hypermodel=hypermodel, **kwargs)
 
     return _Recording(HyperbandWithOracle)
@@ -155,8 +144,8 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx import models
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import steps_per_epoch
+    from kfx.models import compat, heads
     from kfx.models.preprocess import load_transform, make_preprocessor
-    from kfx.models import heads
     from kfx.models.space import COMMON, defaults
 
     cfg, train_cfg = ctx.config, ctx.pipeline.stage("train")
@@ -169,7 +158,7 @@ def run(ctx: Context) -> dict[str, Any]:
     except ValueError as err:
         raise ComponentError(f"tune.objective: {err}") from None
     out = ctx.outputs[HYPERPARAMETERS]
-    role = _role()
+    role = compat.tuner_role()
     best: dict[str, Any] = {"family": family_name, "objective": {"name": objective[0], "direction": objective[1]},
                             "tuner": cfg.tuner, "role": role, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID")}
     started = time.time()
@@ -225,7 +214,7 @@ def code_modules() -> tuple[str, ...]:
     module (and what it imports from its folder) is added per stage (`family_code`), so adding
     or editing another family does not invalidate a cached train or tune."""
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
-            "kfx.models.preprocess", "kfx.models", "kfx.models.space")
+            "kfx.models.preprocess", "kfx.models", "kfx.models.space", "kfx.models.compat")
 
 
 SPEC = ComponentSpec(name="tune", config=TuneConfig, inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),

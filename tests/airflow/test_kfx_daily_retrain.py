@@ -30,6 +30,10 @@ from kfx.pipeline.graph import STAGES, Upstream, stage_names
 from kfx.pipeline.metadata import MetadataStore
 from tests.conftest import REPO
 
+# The first test that uses `full_run` runs the whole DAG (`airflow dags test`, up to 600 s) plus
+# `airflow db migrate`; later tests run it again: well past the suite's 600 s default.
+pytestmark = pytest.mark.timeout(1800)
+
 AIRFLOW = REPO / ".venv-airflow" / "bin" / "airflow"
 AIRFLOW_PYTHON = REPO / ".venv-airflow" / "bin" / "python"
 DAGS = REPO / "airflow" / "dags"
