@@ -2,7 +2,9 @@
 
 A family is a module under models/ defining
   * `SPACE`: its hyperparameters as plain data (models/space.py), defaults included,
-  * `build(features, task, hp) -> keras.Model`: the model on the transform's output features.
+  * `build(features, task, hp) -> keras.Model`: the model on the transform's output features;
+    `task` is the transform's task description, whose head (`tasks.of(task).output(x)`,
+    models/tasks/) ends the model.
 Adding a family (cnn, resnet, rnn, transformer, autoencoder, gan, gnn) is one new module plus
 one line in `FAMILIES`; nothing else grows. Importing this package is cheap (no TensorFlow), so
 the config loader can validate model names and hyperparameters.

@@ -56,14 +56,23 @@ class TransformConfig(StageConfig):
     num_oov_buckets: int = Field(1, ge=1, le=1000)
     num_buckets: int = Field(10, ge=2, le=10000)
     hash_buckets: int = Field(1000, ge=2)
-    task: Literal["auto", "binary", "multiclass", "regression"] = Field(
-        "auto", description="auto: classification for string labels or labels with a string/int domain.")
+    task: str = Field("auto", description="A task of models/tasks (binary, multiclass, regression, ...), or auto: "
+                                          "classification for string labels or labels with a string/int domain.")
     label_vocabulary: tuple[str, ...] | None = Field(
         None, description="Class names in index order; default: the schema domain (or the train values), sorted. "
                           "For binary tasks the last one is the positive class.")
     batch_size: int = Field(8192, gt=0, description="Rows parsed at once by an analyzer worker.")
     quantile_accuracy: int = Field(20000, ge=100, description="Points kept by the quantile summary.")
     materialize: bool = Field(False, description="Also write transformed train/eval/test examples.")
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        from kfx.models import tasks
+
+        if value != tasks.AUTO and value not in tasks.TASKS:
+            raise ValueError(f"unknown task {value!r}; known: {tasks.AUTO}, {', '.join(tasks.names())}")
+        return value
 
     @field_validator("label_vocabulary")
     @classmethod
@@ -92,9 +101,15 @@ def _check_hyperparameters(model: str, values: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- tune
-# Validation metrics the stages can watch (models/heads.py names them): val_auc needs a
-# binary task, val_accuracy a classification, val_rmse a regression.
-Monitor = Literal["val_loss", "val_auc", "val_accuracy", "val_rmse"]
+def _monitors() -> tuple[str, ...]:
+    from kfx.models import tasks
+
+    return tasks.union("MONITORS")
+
+
+# Validation metrics the stages can watch: every task's (models/tasks/); whether the task of
+# the data reports the one chosen is checked when tune / train run (val_auc needs binary).
+Monitor = Literal[_monitors()]
 
 
 class TuneConfig(StageConfig):

@@ -153,8 +153,8 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx import models
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import steps_per_epoch
+    from kfx.models import tasks
     from kfx.models.preprocess import load_transform, make_preprocessor
-    from kfx.models import heads
     from kfx.models.space import defaults
 
     cfg, train_cfg = ctx.config, ctx.pipeline.train
@@ -162,7 +162,7 @@ def run(ctx: Context) -> dict[str, Any]:
     family = models.get(family_name)
     spec = load_transform(ctx.inputs["transform_graph"])
     try:
-        objective = heads.objective(spec["task"], cfg.objective)
+        objective = tasks.of(spec["task"]).objective(cfg.objective)
     except ValueError as err:
         raise ComponentError(f"tune.objective: {err}") from None
     out = ctx.outputs[HYPERPARAMETERS]
@@ -217,9 +217,11 @@ def run(ctx: Context) -> dict[str, Any]:
 def code_modules() -> tuple[str, ...]:
     """Modules whose source is part of tune's and train's code version (all model families)."""
     from kfx import models
+    from kfx.models import tasks
 
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.models.preprocess",
-            "models", "kfx.models.space", "kfx.models.heads", "kfx.models.tabular", *sorted(models.FAMILIES.values()))
+            "kfx.models", "kfx.models.space", "kfx.models.tabular", "kfx.models.tasks", "kfx.models.tasks.base",
+            *sorted(models.FAMILIES.values()), *sorted({v.split(":")[0] for v in tasks.TASKS.values()}))
 
 
 SPEC = ComponentSpec(name="tune", inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),
