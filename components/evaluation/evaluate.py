@@ -300,4 +300,5 @@ SPEC = ComponentSpec(
     outputs=(EVALUATION, BLESSING, PREDICTIONS), run=run, optional_inputs=("baseline_model",),
     code=("kfx.models.tasks", "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}),
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
-          "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report", "kfx.components.evaluation.scoring"))
+          "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
+          "kfx.components.evaluation.scoring"))
