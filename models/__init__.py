@@ -1,7 +1,9 @@
 """What is learned: model families, built-in by name or the user's own module.
 
 A family is a module defining
-  * `build(features, task, hp) -> keras.Model`: the model on the transform's output features,
+  * `build(features, task, hp) -> keras.Model`: the model on the transform's output features;
+    `task` is the transform's task description, whose head (`tasks.of(task).output(x)`,
+    models/tasks/) may end the model,
   * optionally `SPACE`: its hyperparameters as plain data (models/space.py), defaults included;
     without it, train uses the config's hyperparameters and tune has nothing to search,
   * optionally hooks for training that supervised defaults don't cover: `compile(model, task,

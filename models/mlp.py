@@ -15,15 +15,17 @@ SPACE = COMMON + (
 def build(features: dict[str, dict], task: dict, hp: dict):
     """The MLP for `features` (transform outputs) and `task`, sized by `hp` (SPACE's names).
 
+    `task` is the transform's task description (or a models.tasks Task); its head is the output.
+
     Returns:
         An uncompiled keras.Model taking a dict of transformed features.
     """
     import keras
 
-    from kfx.models import heads, tabular
+    from kfx.models import tabular, tasks
 
     inp = tabular.inputs(features)
     deep, _ = tabular.encode(inp, features, hp["embedding_dim"])
     x = tabular.concat(deep, "features")
     x = tabular.dense_block(x, hp["units"], hp["num_layers"], hp["dropout"], hp["batch_norm"], "mlp")
-    return keras.Model(inp, heads.output_layer(task)(x), name="mlp")
+    return keras.Model(inp, tasks.of(task).output(x), name="mlp")

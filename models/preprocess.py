@@ -6,7 +6,8 @@ rebuild the same `Preprocessor` from it, so training and serving run identical c
     "default": value used when an Example lacks the feature}
   * `transforms`: [{"feature", "kind", "output", "state": {...analyzer results...}}]
   * `outputs`: output name -> description for models/tabular.py
-  * `task`: {"type", "label", "label_dtype", "vocabulary", "positive", "class_counts"}
+  * `task`: the task description, {"type", "label", "label_dtype", ...} plus what the task's
+    label analysis adds (models/tasks/: vocabulary, positive, class_counts; mean, std)
   * `preprocessing` (optional): {"function": "module:function", "config_dir": ...}, the user's
     function applied to the transformed features after the analyzers' layers (TFX's
     preprocessing_fn for what analyzers don't cover: crosses, ratios, clipping); it runs inside
@@ -60,19 +61,10 @@ def _size(shape: list[int]) -> int:
 
 
 def label_lookup(spec: dict):
-    """A callable mapping raw label values to training targets (class index or float)."""
-    import keras
-    import tensorflow as tf
+    """A callable mapping raw label values to training targets (the task's: class index, float)."""
+    from kfx.models import tasks
 
-    task = spec["task"]
-    if task["type"] == "regression":
-        return lambda y: tf.cast(y, tf.float32)
-    if task["label_dtype"] == "string":
-        layer = keras.layers.StringLookup(vocabulary=task["vocabulary"], num_oov_indices=0)
-    else:
-        layer = keras.layers.IntegerLookup(vocabulary=tf.constant([int(v) for v in task["vocabulary"]], tf.int64),
-                                           num_oov_indices=0)
-    return layer
+    return tasks.of(spec["task"]).target()
 
 
 def _keras():

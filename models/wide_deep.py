@@ -20,7 +20,7 @@ def build(features: dict[str, dict], task: dict, hp: dict):
     """
     import keras
 
-    from kfx.models import heads, tabular
+    from kfx.models import tabular, tasks
 
     feats = {k: ({**v, "encoding": "embed"} if v["kind"] == "ids" else v) for k, v in features.items()}
     inp = tabular.inputs(feats)
@@ -30,4 +30,4 @@ def build(features: dict[str, dict], task: dict, hp: dict):
     x = keras.layers.Concatenate(name="wide_and_deep")([tabular.concat(wide, "wide_features"), d])
     # The head's single Dense over [wide, deep] is the sum of a linear wide model and the deep
     # tower's last layer, as in the paper's joint training.
-    return keras.Model(inp, heads.output_layer(task)(x), name="wide_deep")
+    return keras.Model(inp, tasks.of(task).output(x), name="wide_deep")

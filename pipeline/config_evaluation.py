@@ -10,16 +10,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from kfx.models import tasks
 from kfx.pipeline.config_base import Section, StageConfig
 
-# What evaluate computes; lower-is-better metrics are gated with `max`, the others with `min`.
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "auc", "pr_auc", "log_loss", "ece")
-REGRESSION_METRICS = ("mae", "rmse", "r2")
-METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
-LOWER_IS_BETTER = frozenset({"log_loss", "ece", "mae", "rmse"})
-FAIRNESS_METRICS = ("demographic_parity_difference", "demographic_parity_ratio",
-                    "equalized_odds_difference", "equal_opportunity_difference")
-GROUP_METRICS = ("selection_rate", "tpr", "fpr", "fnr", "precision")
+# What evaluate can compute, over every task (models/tasks/); each task offers its own part,
+# and evaluate rejects a threshold on a metric the model's task does not report. Lower-is-better
+# metrics are gated with `max`, the others with `min`.
+METRICS = tasks.union("METRICS")
+LOWER_IS_BETTER = frozenset(m for name in tasks.names() for m in tasks.get(name).LOWER_IS_BETTER)
+FAIRNESS_METRICS = tasks.union("FAIRNESS_METRICS")
 
 
 def _known(value: str, names: tuple[str, ...], what: str) -> str:

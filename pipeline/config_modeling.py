@@ -56,8 +56,8 @@ class TransformConfig(StageConfig):
     num_oov_buckets: int = Field(1, ge=1, le=1000)
     num_buckets: int = Field(10, ge=2, le=10000)
     hash_buckets: int = Field(1000, ge=2)
-    task: Literal["auto", "binary", "multiclass", "regression"] = Field(
-        "auto", description="auto: classification for string labels or labels with a string/int domain.")
+    task: str = Field("auto", description="A task of models/tasks (binary, multiclass, regression, ...), or auto: "
+                                          "classification for string labels or labels with a string/int domain.")
     label_vocabulary: tuple[str, ...] | None = Field(
         None, description="Class names in index order; default: the schema domain (or the train values), sorted. "
                           "For binary tasks the last one is the positive class.")
@@ -78,6 +78,15 @@ class TransformConfig(StageConfig):
                 load_function(value, (info.context or {}).get("config_dir", ""), what="transform.preprocessing")
             except UserCodeError as err:
                 raise ValueError(str(err)) from None
+        return value
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        from kfx.models import tasks
+
+        if value != tasks.AUTO and value not in tasks.TASKS:
+            raise ValueError(f"unknown task {value!r}; known: {tasks.AUTO}, {', '.join(tasks.names())}")
         return value
 
     @field_validator("label_vocabulary")
@@ -111,9 +120,15 @@ def _check_hyperparameters(family, model: str, values: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- tune
-# Validation metrics the stages can watch (models/heads.py names them): val_auc needs a
-# binary task, val_accuracy a classification, val_rmse a regression.
-Monitor = Literal["val_loss", "val_auc", "val_accuracy", "val_rmse"]
+def _monitors() -> tuple[str, ...]:
+    from kfx.models import tasks
+
+    return tasks.union("MONITORS")
+
+
+# Validation metrics the stages can watch: every task's (models/tasks/); whether the task of
+# the data reports the one chosen is checked when tune / train run (val_auc needs binary).
+Monitor = Literal[_monitors()]
 
 
 class TuneConfig(StageConfig):

@@ -1,6 +1,10 @@
 """Group fairness metrics with bootstrap confidence intervals, vectorised with numpy.
 
-Definitions are fairlearn's (fairlearn.metrics, method="between_groups"):
+Tasks (models/tasks/) choose what they report: binary classifiers the confusion-count rates
+below (`group_fairness`), other tasks per-group ratio metrics such as accuracy, per-class
+recall, MAE or the mean residual (`ratio_fairness`).
+
+Binary definitions are fairlearn's (fairlearn.metrics, method="between_groups"):
   * per group: selection rate P(yhat=1), TPR P(yhat=1|y=1), FPR P(yhat=1|y=0), FNR = 1 - TPR,
     precision P(y=1|yhat=1);
   * demographic_parity_difference = max - min selection rate over groups;
@@ -116,3 +120,59 @@ def group_fairness(groups: np.ndarray, names: list[str], y: np.ndarray, pred: np
 def _num(v) -> float | None:
     v = float(v)
     return v if np.isfinite(v) else None
+
+
+def ratio_fairness(groups: np.ndarray, names: list[str], ratios: dict[str, tuple[np.ndarray, np.ndarray]],
+                   gap_of: dict[str, tuple[str, ...]], boot: np.ndarray | None, confidence: float) -> dict:
+    """Per-group metrics that are ratios of per-row sums, their across-group gaps, bootstrap CIs.
+
+    Accuracy (correct / rows), the recall of one class (correct and of the class / of the class),
+    MAE (|error| / rows) and the mean residual (error / rows) are all such ratios, so one weighted
+    bincount per metric gives every group's value, and one more over (resample, group) cells
+    gives every resample's.
+
+    Args:
+        groups: per row the group index into `names`.
+        names: group names.
+        ratios: metric -> (numerator per row, denominator per row).
+        gap_of: gap name -> the metrics it covers; the gap is max - min over groups, and over
+            several metrics the worst of them (as equalized odds takes the worse of TPR and FPR).
+        boot: (resamples, n) indices from `bootstrap_indices`, or None for no intervals.
+        confidence: interval mass, e.g. 0.95 -> 2.5th and 97.5th percentiles.
+
+    Returns:
+        {"groups": {name: {"count", metric...}}, "gaps": {gap: {"value", "lower", "upper"}},
+         "resamples": int}
+    """
+    g = len(names)
+    groups = groups.astype(np.int64)
+
+    def per_group(cells: np.ndarray, rows: np.ndarray | slice, size: int) -> dict[str, np.ndarray]:
+        return {m: _div(np.bincount(cells, weights=num[rows].ravel(), minlength=size),
+                        np.bincount(cells, weights=den[rows].ravel(), minlength=size))
+                for m, (num, den) in ratios.items()}
+
+    def gaps_of(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {gap: np.nanmax(np.stack([_spread(values[m]) for m in metrics]), axis=0)
+                    for gap, metrics in gap_of.items()}
+
+    point = per_group(groups, slice(None), g)
+    counts = np.bincount(groups, minlength=g)
+    result = {"groups": {name: {"count": int(counts[i]), **{m: _num(v[i]) for m, v in point.items()}}
+                         for i, name in enumerate(names)},
+              "gaps": {k: {"value": _num(v), "lower": None, "upper": None} for k, v in gaps_of(point).items()},
+              "resamples": 0}
+    if boot is not None and len(boot):
+        r = boot.shape[0]
+        cells = (groups[boot] + (np.arange(r, dtype=np.int64) * g)[:, None]).ravel()
+        dist = gaps_of({m: v.reshape(r, g) for m, v in per_group(cells, boot, r * g).items()})
+        alpha = (1.0 - confidence) / 2
+        for k, v in dist.items():
+            v = v[np.isfinite(v)]
+            if v.size:
+                lo, hi = np.quantile(v, [alpha, 1 - alpha])
+                result["gaps"][k].update(lower=float(lo), upper=float(hi))
+        result["resamples"] = int(r)
+    return result

@@ -117,33 +117,58 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, pred: np.ndarray, bins: int 
     return out
 
 
-def multiclass_metrics(y_id: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict:
-    """Accuracy, macro precision/recall, log loss and top-label calibration error."""
+def multiclass_metrics(y_id: np.ndarray, probs: np.ndarray, bins: int = 10,
+                       classes: list[str] | None = None) -> dict:
+    """Accuracy, macro precision/recall, log loss, top-label calibration error and, with
+    `classes`, per-class precision/recall and the confusion matrix (true -> predicted -> count)."""
     n, c = probs.shape
     pred = probs.argmax(axis=1)
     p_true = np.clip(probs[np.arange(n), y_id], EPS, 1.0)
-    prec, rec = [], []
+    prec, rec, per_class = [], [], {}
     for k in range(c):
         tp = np.sum((pred == k) & (y_id == k))
-        if np.sum(pred == k):
-            prec.append(tp / np.sum(pred == k))
-        if np.sum(y_id == k):
-            rec.append(tp / np.sum(y_id == k))
+        predicted, actual = int(np.sum(pred == k)), int(np.sum(y_id == k))
+        if predicted:
+            prec.append(tp / predicted)
+        if actual:
+            rec.append(tp / actual)
+        if classes is not None:
+            per_class[classes[k]] = {"count": actual, "precision": float(tp / predicted) if predicted else None,
+                                     "recall": float(tp / actual) if actual else None}
     top = probs.max(axis=1)
-    return {"count": int(n), "accuracy": float(np.mean(pred == y_id)) if n else None,
-            "precision": float(np.mean(prec)) if prec else None, "recall": float(np.mean(rec)) if rec else None,
-            "log_loss": float(-np.mean(np.log(p_true))) if n else None,
-            "ece": calibration((pred == y_id).astype(np.int8), top, bins)["ece"] if n else None}
+    out = {"count": int(n), "accuracy": float(np.mean(pred == y_id)) if n else None,
+           "precision": float(np.mean(prec)) if prec else None, "recall": float(np.mean(rec)) if rec else None,
+           "log_loss": float(-np.mean(np.log(p_true))) if n else None,
+           "ece": calibration((pred == y_id).astype(np.int8), top, bins)["ece"] if n else None}
+    if classes is not None:
+        matrix = np.bincount(y_id * c + pred, minlength=c * c).reshape(c, c)
+        out["per_class"] = per_class
+        out["confusion"] = {classes[i]: {classes[j]: int(matrix[i, j]) for j in range(c)} for i in range(c)}
+    return out
 
 
-def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
-    """MAE, RMSE and R2 (None when the labels are constant)."""
+def regression_metrics(y: np.ndarray, pred: np.ndarray, reference: float | None = None) -> dict:
+    """MAE, RMSE, R2 (None when the labels are constant) and the mean predictor's RMSE.
+
+    Args:
+        y: true values.
+        pred: predicted values.
+        reference: the mean predictor's constant (the train label mean); default the mean of `y`.
+
+    `rmse_reduction` = 1 - rmse / mean_predictor_rmse: the fraction of the constant predictor's
+    error the model removes.
+    """
     y, pred = y.astype(np.float64), pred.astype(np.float64)
     err = pred - y
-    ss_tot = float(np.sum((y - y.mean()) ** 2)) if len(y) else 0.0
-    return {"count": int(len(y)), "mae": float(np.mean(np.abs(err))) if len(y) else None,
-            "rmse": float(np.sqrt(np.mean(err ** 2))) if len(y) else None,
-            "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot else None}
+    n = len(y)
+    ss_tot = float(np.sum((y - y.mean()) ** 2)) if n else 0.0
+    rmse = float(np.sqrt(np.mean(err ** 2))) if n else None
+    const = float(y.mean()) if reference is None and n else reference
+    base = float(np.sqrt(np.mean((y - const) ** 2))) if n else None
+    return {"count": int(n), "mae": float(np.mean(np.abs(err))) if n else None, "rmse": rmse,
+            "r2": 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot else None,
+            "mean_residual": float(np.mean(err)) if n else None,
+            "mean_predictor_rmse": base, "rmse_reduction": 1.0 - rmse / base if base else None}
 
 
 # ---------------------------------------------------------------------------- slices

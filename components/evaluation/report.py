@@ -126,16 +126,15 @@ tr.ungated td{color:#888}.verdict{font-size:20px;padding:8px 12px;display:inline
 h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}"""
 
 
-def render(ev: dict, blessing: dict) -> str:
-    """The report HTML from evaluation.json's content and blessing.json's content."""
+def render(ev: dict, blessing: dict, task) -> str:
+    """The report HTML from evaluation.json's and blessing.json's content; `task` (models/tasks/)
+    adds its own summary, tables and plots."""
     overall = ev["overall"]
-    classification = ev["task"] == "classification" and ev.get("binary")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kfx evaluation: {_e(ev['model'])}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Evaluation of {_e(ev['model'])}</h1>",
-             f"<p>Split <b>{_e(ev['split'])}</b>, {ev['rows']:,} rows; label <b>{_e(ev['label'])}</b>"
-             + (f", positive class <b>{_e(ev['positive_class'])}</b>, decision threshold {ev['threshold']}"
-                if classification else "") + f"; evaluated in {ev['seconds']:.1f}s.</p>",
+             f"<p>Split <b>{_e(ev['split'])}</b>, {ev['rows']:,} rows; {_e(task.NAME)} task, label "
+             f"<b>{_e(ev['label'])}</b>{task.report_summary(ev)}; evaluated in {ev['seconds']:.1f}s.</p>",
              f"<div class='verdict {'blessed' if blessing['blessed'] else 'rejected'}'>"
              f"{'BLESSED' if blessing['blessed'] else 'NOT BLESSED'}</div>"]
     if blessing["reasons"]:
@@ -155,23 +154,8 @@ def render(ev: dict, blessing: dict) -> str:
              (overall[m] - base_overall[m]) if overall.get(m) is not None and base_overall.get(m) is not None else None]
             for m in metric_names]
     parts.append(table(["metric", "candidate", "baseline", "change"], rows))
-    if classification and "confusion_at" in overall:
-        parts.append(table(["threshold", "tn", "fp", "fn", "tp"],
-                           [[t, c["tn"], c["fp"], c["fn"], c["tp"]] for t, c in overall["confusion_at"].items()]))
-
-    plots = []
-    if classification:
-        roc = {"candidate": (ev["curves"]["roc"]["fpr"], ev["curves"]["roc"]["tpr"])}
-        cal = {"candidate": ([b["mean_predicted"] for b in ev["curves"]["calibration"]],
-                             [b["fraction_positive"] for b in ev["curves"]["calibration"]])}
-        if ev["baseline"].get("curves"):
-            bc = ev["baseline"]["curves"]
-            roc["baseline"] = (bc["roc"]["fpr"], bc["roc"]["tpr"])
-            cal["baseline"] = ([b["mean_predicted"] for b in bc["calibration"]],
-                               [b["fraction_positive"] for b in bc["calibration"]])
-        plots.append(line_chart("roc", "ROC curve", roc, "false positive rate", "true positive rate"))
-        plots.append(line_chart("calibration", "Calibration (reliability)", cal, "mean predicted P(positive)",
-                                "fraction positive"))
+    tables, plots = task.report_sections(ev)
+    parts += tables
     if base_overall:
         shown = [m for m in metric_names if overall.get(m) is not None and base_overall.get(m) is not None]
         plots.append(bar_chart("baseline", "Baseline vs candidate", shown,
@@ -180,13 +164,13 @@ def render(ev: dict, blessing: dict) -> str:
 
     parts.append("<h2>Slices</h2>")
     slice_plots = []
-    main = [m for m in (("accuracy", "auc") if classification else ("mae", "rmse")) if m in metric_names] or metric_names[:2]
+    main = [m for m in task.SLICE_PLOT if m in metric_names] or metric_names[:2]
     for spec in ev["slices"]:
         vals = spec["values"]
         cats = [f"{v['value']} (n={v['count']})" for v in vals]
         slice_plots.append(bar_chart(f"slice-{spec['name']}", f"{', '.join(main)} by {spec['name']}", cats,
                                      {m: [v["metrics"].get(m) for v in vals] for m in main},
-                                     xmax=1.0 if classification else None))
+                                     xmax=task.slice_plot_max()))
         parts.append(f"<h3>{_e(spec['name'])}</h3>")
         parts.append(table(["slice", "rows", "gated", *metric_names],
                            [[v["value"], v["count"], v["gated"], *[v["metrics"].get(m) for m in metric_names]]
@@ -202,16 +186,17 @@ def render(ev: dict, blessing: dict) -> str:
                       if c["kind"] == "fairness"}
         fair_plots = []
         for feature, fr in ev["fairness"].items():
-            gap_names = [g for g in fr["gaps"] if g.endswith("difference")]
+            gap_names = [g for g in task.FAIRNESS_METRICS if g.endswith("difference")]
             th = next((thresholds[(feature, g)].get("max") for g in gap_names if (feature, g) in thresholds), None)
             fair_plots.append(bar_chart(
                 f"fairness-{feature}", f"Fairness gaps by {feature}", gap_names,
                 {"gap": [fr["gaps"][g]["value"] for g in gap_names]},
                 {"gap": [(fr["gaps"][g]["lower"], fr["gaps"][g]["upper"]) for g in gap_names]}, threshold=th))
-            parts.append(f"<h3>{_e(feature)}</h3>")
+            missing = f" ({fr['missing']} rows without a value left out)" if fr.get("missing") else ""
+            parts.append(f"<h3>{_e(feature)}{_e(missing)}</h3>")
             parts.append(table(["gap", "value", "lower", "upper"],
                                [[g, v["value"], v["lower"], v["upper"]] for g, v in fr["gaps"].items()]))
-            group_cols = ["count", "positives", "selection_rate", "tpr", "fpr", "fnr", "precision"]
+            group_cols = list(next(iter(fr["groups"].values()), {}))
             parts.append(table(["group", *group_cols],
                                [[name, *[g.get(c) for c in group_cols]] for name, g in fr["groups"].items()]))
         parts.append("<div class='plots'>" + "".join(fair_plots) + "</div>")

@@ -1,8 +1,9 @@
 """Reading a split's examples and scoring them with an exported SavedModel's signatures.
 
 Scores come from the model's `serving_default` signature on raw features (what a client of
-the model server gets), batched through tf.data; the class vocabulary comes from the model's
-`classify` signature, so a baseline trained with another transform is read correctly too.
+the model server gets), batched; which output is scored, and what it means, is the task's
+(models/tasks/), read from the task description saved inside the model, so a baseline trained
+with another transform (other classes, another label mean) is read correctly too.
 Shared by evaluate (all rows) and infra_validate (canary rows and in-process reference results).
 """
 from __future__ import annotations
@@ -13,8 +14,7 @@ import numpy as np
 
 from kfx.pipeline.component import ComponentError
 
-SERVING_DEFAULT, CLASSIFY, REGRESS = "serving_default", "classify", "regress"
-PROBABILITIES, PREDICTIONS = "probabilities", "predictions"
+SERVING_DEFAULT = "serving_default"
 _TF_TYPES = {"int": "int64", "float": "float32", "string": "string"}
 
 
@@ -86,16 +86,6 @@ def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_siz
     return Split(frame, missing, serialized)
 
 
-@dataclass
-class Scored:
-    """What a model says about a split."""
-
-    task: str  # "classification" | "regression"
-    vocabulary: list[str] | None  # class names in the order of the probability columns
-    probabilities: np.ndarray | None  # [N, C]
-    predictions: np.ndarray | None  # regression outputs [N]
-
-
 def load(model_uri: str):
     import tensorflow as tf
 
@@ -145,44 +135,30 @@ def feature_inputs(fn, data: Split, start: int = 0, stop: int | None = None, whe
     return out
 
 
-def vocabulary(model, data: Split, fallback: list[str] | None) -> list[str] | None:
-    """The class names in probability-column order, from the classify signature's `classes`."""
-    import tensorflow as tf
+def score(model_uri: str, data: Split, batch_size: int, where: str = "") -> tuple:
+    """The model's task and its scored output (the task's `SCORE_OUTPUT`) for every row.
 
-    fn = model.signatures.get(CLASSIFY)
-    if fn is None or not data.rows:
-        return fallback
-    out = fn(inputs=tf.constant(data.serialized[:1]))
-    return [c.decode() for c in out["classes"].numpy()[0].tolist()]
-
-
-def score(model_uri: str, data: Split, batch_size: int, label_fallback_vocab: list[str] | None = None,
-          where: str = "") -> Scored:
-    """Run serving_default over every row in batches.
+    Returns:
+        (Task, numpy array with one row per example).
 
     Raises:
-        ComponentError: no serving_default, or outputs that are neither `probabilities` nor
-            `predictions` (the export contract, components/modeling_export.py).
+        ComponentError: no task description, no serving_default, or no output the task scores.
     """
+    from kfx.models import tasks
+
+    try:
+        task = tasks.of(tasks.load(model_uri))
+    except (FileNotFoundError, KeyError) as err:
+        raise ComponentError(f"{where}{err}") from None
     model = load(model_uri)
     fn = model.signatures.get(SERVING_DEFAULT)
     if fn is None:
         raise ComponentError(f"{where}model {model_uri} has no {SERVING_DEFAULT!r} signature; it has "
                              f"{sorted(model.signatures)}")
-    outputs = set(fn.structured_outputs)
-    if PROBABILITIES not in outputs and PREDICTIONS not in outputs:
-        raise ComponentError(f"{where}model {model_uri}: serving_default outputs {sorted(outputs)} have neither "
-                             f"{PROBABILITIES!r} (classification) nor {PREDICTIONS!r} (regression)")
-    key = PROBABILITIES if PROBABILITIES in outputs else PREDICTIONS
-    parts = []
-    for start in range(0, data.rows, batch_size):
-        out = fn(**feature_inputs(fn, data, start, start + batch_size, where))
-        parts.append(out[key].numpy())
-    values = np.concatenate(parts) if parts else np.zeros((0,))
-    if key == PREDICTIONS:
-        return Scored("regression", None, None, values.reshape(-1).astype(np.float64))
-    vocab = vocabulary(model, data, label_fallback_vocab)
-    if vocab is not None and len(vocab) != values.shape[1]:
-        raise ComponentError(f"{where}model {model_uri}: classify has {len(vocab)} classes but serving_default "
-                             f"returns {values.shape[1]} probabilities")
-    return Scored("classification", vocab, values.astype(np.float64), None)
+    key = task.SCORE_OUTPUT
+    if key not in fn.structured_outputs:
+        raise ComponentError(f"{where}model {model_uri}: serving_default outputs {sorted(fn.structured_outputs)} "
+                             f"lack {key!r}, what a {task.NAME} model returns")
+    parts = [fn(**feature_inputs(fn, data, start, start + batch_size, where))[key].numpy()
+             for start in range(0, data.rows, batch_size)]
+    return task, (np.concatenate(parts) if parts else np.zeros((0,))).astype(np.float64)

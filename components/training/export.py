@@ -2,25 +2,24 @@
 
 Signatures (the preprocessing layer is inside, so serving cannot skew from training):
   * serving_default (method tensorflow/serving/predict): the raw features by their column names
-    and dtypes, shape [None]; outputs `probabilities` [N, C], `classes` [N] (string),
-    `class_ids` [N] for classification, `predictions` [N] for regression.
-  * classify (tensorflow/serving/classify): `inputs` = serialized tf.Example [None];
-    outputs `classes` [N, C] string and `scores` [N, C] float (what TF Serving's Classify needs).
-  * regress (tensorflow/serving/regress): `inputs` -> `outputs` [N] float (binary: P(positive);
-    regression: the prediction). Not exported for multiclass models.
+    and dtypes, shape [None]; outputs named by the task (models/tasks/): `probabilities` [N, C],
+    `classes` [N] (string) and `class_ids` [N] for classification, `predictions` [N] for
+    regression.
+  * the task's signatures on serialized tf.Example (`inputs` [None]): `classify` (classes and
+    scores [N, C], what TF Serving's Classify needs) for classification, `regress` (`outputs`
+    [N]: the prediction, or P(positive) of a binary classifier) where a single number applies.
+  * transform_features: the model's inputs for serialized examples (TFX's signature of that name).
 TF2's saver writes every signature with method name tensorflow/serving/predict; TF Serving's
 classifier.cc / regressor.cc reject that, so the method names are rewritten in saved_model.pb
 after saving (the same fix TFX applies). Warmup requests (PredictionLog of PredictRequests from
-real rows) go to assets.extra/tf_serving_warmup_requests.
+real rows) go to assets.extra/tf_serving_warmup_requests, and the task description to
+assets.extra/kfx_task.json (what evaluate scores the model by).
 """
 from __future__ import annotations
 
 from typing import Any
 
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-SERVING_DEFAULT, CLASSIFY, REGRESS = "serving_default", "classify", "regress"
+SERVING_DEFAULT = "serving_default"
 TRANSFORM_FEATURES = "transform_features"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
@@ -40,56 +39,31 @@ def make_functions(preprocessor, model, spec: dict) -> dict[str, Any]:
     """
     import tensorflow as tf
 
+    from kfx.models import tasks
     from kfx.models.preprocess import raw_feature_spec
 
-    task = spec["task"]
+    task = tasks.of(spec["task"])
     parse_spec = raw_feature_spec(spec)
     examples_signature = [tf.TensorSpec([None], tf.string, name="examples")]
 
     def infer(features):
         return model(preprocessor(features), training=False)
 
+    def serve(features):
+        return task.serving_outputs(infer(features))
+
     def transform_features(examples):
         # The model's inputs for serialized examples (TFX's transform_features signature):
         # lets anyone check that serving preprocesses exactly as training did.
         return preprocessor(tf.io.parse_example(examples, parse_spec))
 
-    if task["type"] == "regression":
-        def serve(features):
-            return {"predictions": tf.reshape(infer(features), [-1])}
-
-        def regress(inputs):
-            return {"outputs": tf.reshape(infer(tf.io.parse_example(inputs, parse_spec)), [-1])}
-
-        return {SERVING_DEFAULT: (serve, [_input_signature(spec)]),
-                REGRESS: (regress, [tf.TensorSpec([None], tf.string, name="inputs")]),
-                TRANSFORM_FEATURES: (transform_features, examples_signature)}
-
-    vocab = tf.constant(task["vocabulary"], tf.string)
-    binary = task["type"] == "binary"
-
-    def probabilities(features):
-        p = tf.cast(infer(features), tf.float32)
-        return tf.concat([1.0 - p, p], axis=1) if binary else p
-
-    def serve(features):
-        p = probabilities(features)
-        ids = tf.argmax(p, axis=1)
-        return {"probabilities": p, "classes": tf.gather(vocab, ids), "class_ids": ids}
-
-    def classify(inputs):
-        p = probabilities(tf.io.parse_example(inputs, parse_spec))
-        classes = tf.tile(tf.expand_dims(vocab, 0), [tf.shape(p)[0], 1])
-        return {"classes": classes, "scores": p}
+    def on_examples(outputs):
+        return lambda inputs: outputs(infer(tf.io.parse_example(inputs, parse_spec)))
 
     out = {SERVING_DEFAULT: (serve, [_input_signature(spec)]),
-           CLASSIFY: (classify, [tf.TensorSpec([None], tf.string, name="inputs")]),
            TRANSFORM_FEATURES: (transform_features, examples_signature)}
-    if binary:
-        def regress(inputs):
-            return {"outputs": probabilities(tf.io.parse_example(inputs, parse_spec))[:, 1]}
-
-        out[REGRESS] = (regress, [tf.TensorSpec([None], tf.string, name="inputs")])
+    for name, (_method, outputs) in task.example_signatures().items():
+        out[name] = (on_examples(outputs), [tf.TensorSpec([None], tf.string, name="inputs")])
     return out
 
 
@@ -110,6 +84,8 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
     """
     import keras
 
+    from kfx.models import tasks
+
     archive = keras.export.ExportArchive()
     archive.track(preprocessor)
     archive.track(model)
@@ -117,7 +93,9 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
     for name, (fn, signature) in functions.items():
         archive.add_endpoint(name, fn, input_signature=signature)
     archive.write_out(path, verbose=False)
-    set_method_names(path, {CLASSIFY: CLASSIFY_METHOD, REGRESS: REGRESS_METHOD})
+    task = tasks.of(spec["task"])
+    set_method_names(path, {name: method for name, (method, _) in task.example_signatures().items()})
+    tasks.save(path, task.info)
     if warmup_rows:
         write_warmup(path, warmup_rows, model_name)
     return sorted(functions)

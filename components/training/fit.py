@@ -115,41 +115,22 @@ def optimizer(cfg, base_lr: float, steps: int):
 
 def compile_model(model, task: dict, cfg, base_lr: float, steps: int) -> None:
     """Compile with the task's loss/metrics and the configured optimizer."""
-    from kfx.models import heads
+    from kfx.models import tasks
 
-    loss, metrics = heads.loss_and_metrics(task)
+    loss, metrics = tasks.of(task).compile_args()
     model.compile(optimizer=optimizer(cfg, base_lr, steps), loss=loss, metrics=metrics)
 
 
 def class_weight(cfg, task: dict) -> dict[int, float] | None:
-    """Keras class_weight by class index: none, balanced (n / (k * n_c)) or configured by name.
+    """Keras class_weight by class index for `train.class_weights`, as the task defines it.
 
     Raises:
         ComponentError: a configured class name that is not in the label vocabulary.
     """
-    if task["type"] == "regression" or cfg.class_weights == "none":
-        return None
-    vocab = task["vocabulary"]
-    if cfg.class_weights == "balanced":
-        counts = task["class_counts"]
-        total = sum(counts.values())
-        return {i: total / (len(vocab) * max(counts[c], 1)) for i, c in enumerate(vocab)}
-    unknown = sorted(set(cfg.class_weights) - set(vocab))
-    if unknown:
-        raise ComponentError(f"train.class_weights names {unknown}, not classes of the label; classes: {vocab}")
-    return {i: float(cfg.class_weights.get(c, 1.0)) for i, c in enumerate(vocab)}
+    from kfx.models import tasks
 
-
-# ------------------------------------------------------------------ evaluation
-def roc_auc(y_true, score) -> float:
-    """ROC AUC by the rank statistic (ties get average ranks); NaN when one class is absent."""
-    import numpy as np
-    import pandas as pd
-
-    y = np.asarray(y_true).astype(bool)
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    ranks = pd.Series(np.asarray(score, dtype=np.float64)).rank(method="average").to_numpy()
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
+    try:
+        return tasks.of(task).class_weight(cfg.class_weights)
+    except ValueError as err:
+        raise ComponentError(f"train.class_weights {err}") from None
 

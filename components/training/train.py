@@ -109,10 +109,10 @@ def _history_callback(path: str, history: dict[str, list], first_epoch: list):
 def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epoch: list) -> list:
     import keras
 
-    from kfx.models import compat, heads
+    from kfx.models import compat, tasks
 
     try:
-        monitor, mode = heads.objective(task, cfg.early_stopping_monitor)
+        monitor, mode = tasks.of(task).objective(cfg.early_stopping_monitor)
     except ValueError as err:
         raise ComponentError(f"train.early_stopping_monitor: {err}") from None
     cbs = [_history_callback(f"{backup}-history/{BACKUP_HISTORY}", history, first_epoch),
@@ -128,32 +128,23 @@ def _callbacks(cfg, task: dict, backup: str, logs: str, history: dict, first_epo
 
 
 def score_split(functions: dict, examples: str, split: str, spec: dict, batch_size: int = 4096) -> dict[str, float]:
-    """Accuracy and ROC AUC (classification) or RMSE (regression) of the serving function on a split.
+    """The task's headline metrics (e.g. accuracy and AUC, or RMSE) of the serving function on a split.
 
     Uses the raw-feature serving path (preprocessing inside), so the numbers are what clients get.
     """
     import numpy as np
 
     from kfx.components.training.data import raw_dataset
-    from kfx.components.training.fit import roc_auc
+    from kfx.models import tasks
 
     serve = functions["serving_default"][0]
-    task = spec["task"]
-    ys, ps = [], []
+    task = tasks.of(spec["task"])
+    ys, scores = [], []
     for features, y in raw_dataset(examples, split, spec, batch_size):
-        out = serve(features)
-        ps.append((out["predictions"] if task["type"] == "regression" else out["probabilities"]).numpy())
+        scores.append(serve(features)[task.SCORE_OUTPUT].numpy())
         ys.append(y.numpy())
-    y, p = np.concatenate(ys), np.concatenate(ps)
-    if task["type"] == "regression":
-        return {"rows": int(len(y)), "rmse": float(np.sqrt(np.mean((p - y.astype(np.float64)) ** 2)))}
-    vocab = [v.encode() if task["label_dtype"] == "string" else int(v) for v in task["vocabulary"]]
-    index = {v: i for i, v in enumerate(vocab)}
-    y_id = np.array([index.get(v, -1) for v in y.tolist()])
-    out = {"rows": int(len(y)), "accuracy": float(np.mean(p.argmax(axis=1) == y_id))}
-    if task["type"] == "binary":
-        out["auc"] = roc_auc(y_id == 1, p[:, 1])
-    return out
+    y = np.concatenate(ys)
+    return {"rows": int(len(y)), **task.headline(task.outcomes(y, np.concatenate(scores)))}
 
 
 def _warmup_rows(examples: str, spec: dict, n: int) -> dict | None:

@@ -144,7 +144,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx import models
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import steps_per_epoch
-    from kfx.models import compat, heads
+    from kfx.models import compat, tasks
     from kfx.models.preprocess import load_transform, make_preprocessor
     from kfx.models.space import COMMON, defaults
 
@@ -154,7 +154,7 @@ def run(ctx: Context) -> dict[str, Any]:
     space = models.space_of(family)
     spec = load_transform(ctx.inputs["transform_graph"])
     try:
-        objective = heads.objective(spec["task"], cfg.objective)
+        objective = tasks.of(spec["task"]).objective(cfg.objective)
     except ValueError as err:
         raise ComponentError(f"tune.objective: {err}") from None
     out = ctx.outputs[HYPERPARAMETERS]
@@ -213,8 +213,11 @@ def code_modules() -> tuple[str, ...]:
     """kfx modules whose source is part of tune's and train's code version. The family's own
     module (and what it imports from its folder) is added per stage (`family_code`), so adding
     or editing another family does not invalidate a cached train or tune."""
+    from kfx.models import tasks
+
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
-            "kfx.models.preprocess", "kfx.models", "kfx.models.space", "kfx.models.compat")
+            "kfx.models.preprocess", "kfx.models", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
+            "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}))
 
 
 SPEC = ComponentSpec(name="tune", config=TuneConfig, inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),

@@ -115,6 +115,9 @@ def _options(kind: str, override, cfg) -> dict[str, Any]:
 
 
 def _task(schema, features, label, columns, cfg, string_domain) -> dict:
+    """The task description before analysis: the configured task, or the one `auto` picks."""
+    from kfx.models import tasks
+
     if label is None:
         raise ComponentError("transform: the schema has no label (annotation tag 'label'); set schema.label")
     kind = columns.get(label)
@@ -122,20 +125,19 @@ def _task(schema, features, label, columns, cfg, string_domain) -> dict:
         raise ComponentError(f"transform: label {label!r} is not a column of the examples")
     dtype = {"int": "int64", "float": "float32", "string": "string"}[kind]
     domain = string_domain(schema, features[label]) if kind == "string" else None
-    task_type = cfg.task
-    if task_type == "auto":
-        task_type = "regression" if kind == "float" or (kind == "int" and not features[label].HasField("int_domain")) \
-            else "classification"
-    if task_type == "regression":
-        if kind == "string":
-            raise ComponentError(f"transform: task regression needs a numeric label; {label!r} is a string")
-        return {"type": "regression", "label": label, "label_dtype": dtype, "vocabulary": None, "positive": None}
     vocab = list(cfg.label_vocabulary) if cfg.label_vocabulary else (sorted(domain) if domain else None)
     if vocab is None and kind == "int" and features[label].HasField("int_domain"):
         d = features[label].int_domain
         if d.max - d.min <= 1000:
             vocab = [str(v) for v in range(d.min, d.max + 1)]
-    return {"type": task_type, "label": label, "label_dtype": dtype, "vocabulary": vocab, "positive": None}
+    auto = cfg.task == tasks.AUTO
+    name = tasks.auto(dtype, kind == "string" or features[label].HasField("int_domain")) if auto else cfg.task
+    try:
+        task = tasks.get(name).plan(label, dtype, vocab)
+    except ValueError as err:
+        raise ComponentError(f"transform: {err}") from None
+    # auto picked before the label was analyzed; finalize may narrow it (two classes: binary).
+    return {**task, tasks.AUTO: True} if auto else task
 
 
 # ------------------------------------------------------------------ analyzers (Beam workers)
@@ -247,12 +249,11 @@ def _needs(transforms: list[dict], task: dict) -> dict[str, tuple[str, str, bool
             needs[f"vocab:{f}"] = ("vocab", f, False)
         if kind == "text":
             needs[f"tokens:{f}"] = ("tokens", f, False)
-    label = task["label"]
+    from kfx.models import tasks
+
+    label, statistic = task["label"], tasks.get(task["type"]).LABEL_STATISTIC
     needs[f"missing:{label}"] = ("missing", label, False)
-    if task["type"] == "regression":
-        needs[f"moments:{label}"] = ("moments", label, False)
-    else:
-        needs[f"vocab:{label}"] = ("vocab", label, False)
+    needs[f"{statistic}:{label}"] = (statistic, label, False)
     return needs
 
 
@@ -377,33 +378,39 @@ def finalize(acc: dict, raw: dict, transforms: list[dict], task: dict) -> tuple[
             n, mean, m2, _, _ = acc[f"moments:{f}"]
             state = {"shape": opts["shape"], "mean": mean, "std": math.sqrt(m2 / n) or 1.0}
         built.append({"feature": f, "kind": kind, "output": t["output"], "state": state})
-    task = dict(task)
-    label = task["label"]
-    if acc.get(f"missing:{label}", 0):
-        raise ComponentError(f"transform: {acc[f'missing:{label}']} train rows have no label {label!r}")
-    if task["type"] == "regression":
-        n, mean, m2, lo, hi = acc[f"moments:{label}"]
-        report["label"] = {"count": n, "mean": mean, "variance": m2 / n, "min": lo, "max": hi}
-    else:
-        counts = {_decode(k): int(c) for k, c in acc[f"vocab:{label}"].items()}
-        vocab = task["vocabulary"] or sorted(counts, key=lambda v: (int(v) if task["label_dtype"] != "string" else v))
-        unknown = sorted(set(counts) - set(vocab))
-        if unknown:
-            raise ComponentError(f"transform: label {label!r} has values {unknown[:10]} outside the label "
-                                 f"vocabulary {vocab} (transform.label_vocabulary or the schema domain)")
-        if task["type"] == "classification":
-            task["type"] = "binary" if len(vocab) == 2 else "multiclass"
-        if task["type"] == "binary" and len(vocab) != 2:
-            raise ComponentError(f"transform: task binary needs 2 classes, label vocabulary is {vocab}")
-        task["vocabulary"] = vocab
-        task["positive"] = vocab[-1] if task["type"] == "binary" else None
-        task["class_counts"] = {v: counts.get(v, 0) for v in vocab}
-        report["label"] = {"class_counts": task["class_counts"]}
+    task, report["label"] = _analyze_label(task, acc)
     from kfx.models.preprocess import output_description
 
     spec = {"version": 1, "train_rows": rows, "raw_features": raw, "transforms": built,
             "outputs": {t["output"]: output_description(t) for t in built}, "task": task}
     return spec, report
+
+
+def _analyze_label(task: dict, acc: dict) -> tuple[dict, dict]:
+    """(task description completed by its label analysis, analyzers.json's label report).
+
+    Raises:
+        ComponentError: train rows without a label, or a label the task cannot use.
+    """
+    from kfx.models import tasks
+
+    label = task["label"]
+    if acc.get(f"missing:{label}", 0):
+        raise ComponentError(f"transform: {acc[f'missing:{label}']} train rows have no label {label!r}")
+    task = dict(task)
+    auto = task.pop(tasks.AUTO, False)
+    try:
+        statistic = acc[f"{tasks.get(task['type']).LABEL_STATISTIC}:{label}"]
+        info, report = tasks.of(task).analyze_label(statistic)
+        if auto:
+            # The classes are counted now: auto may pick another task (two classes: binary).
+            classes = info.get("vocabulary")
+            name = tasks.auto(task["label_dtype"], classes is not None, len(classes or ()))
+            if name != info["type"]:
+                info, report = tasks.of({**task, "type": name}).analyze_label(statistic)
+    except ValueError as err:
+        raise ComponentError(f"transform: {err}") from None
+    return info, report
 
 
 # ------------------------------------------------------------------ materialization

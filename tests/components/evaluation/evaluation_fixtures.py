@@ -6,8 +6,9 @@
 * `write_schema`: a schema artifact tagging income as the label and sex, race as sensitive.
 * `fit_weights`: a logistic regression (scikit-learn) fitted on a split: what a model trained on
   that data learns. `export_model`: a SavedModel with kfx's export contract
-  (components/modeling_export.py): serving_default on raw features -> probabilities / classes /
-  class_ids, classify and regress on serialized tf.Example, written with keras.export.ExportArchive.
+  (components/training/export.py): serving_default on raw features -> probabilities / classes /
+  class_ids, classify and regress on serialized tf.Example, written with keras.export.ExportArchive,
+  and the task description (assets.extra/kfx_task.json).
 """
 from __future__ import annotations
 
@@ -166,4 +167,9 @@ def export_model(path: str, weights: dict, broken: bool = False) -> str:
         sm.meta_graphs[0].signature_def[name].method_name = method
     with open(f"{path}/saved_model.pb", "wb") as f:
         f.write(sm.SerializeToString())
+    # The task description kfx's export saves beside the model: what evaluate scores it by.
+    from kfx.models import tasks
+
+    tasks.save(path, {"type": tasks.BINARY, "label": LABEL, "label_dtype": "string", "vocabulary": CLASSES,
+                      "positive": CLASSES[1]})
     return path
