@@ -148,7 +148,7 @@ def _example_input(fn, data) -> str | None:
     not a feature column), else None."""
     import tensorflow as tf
 
-    from kfx.components.evaluation.scoring import input_specs, wire_name
+    from kfx.pipeline.artifacts.scoring import input_specs, wire_name
 
     specs = input_specs(fn)
     if len(specs) == 1:
@@ -164,7 +164,7 @@ def check_signature(client, model, sig: str, method: str, data, cfg) -> dict:
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
 
-    from kfx.components.evaluation.scoring import feature_inputs, input_specs, wire_name
+    from kfx.pipeline.artifacts.scoring import feature_inputs, input_specs, wire_name
 
     fn = model.signatures[sig]
     examples_input = _example_input(fn, data)
@@ -213,7 +213,7 @@ def validate(model_uri: str, data, cfg, log_path: str) -> dict:
     a bad model: returns {blessed, server, checks, reasons}."""
     from kfx.serving.client import ServingClient
 
-    from kfx.components.evaluation.scoring import load
+    from kfx.pipeline.artifacts.scoring import load
 
     methods = signature_methods(model_uri)
     checks: list[dict] = []
@@ -267,7 +267,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
-    from kfx.components.evaluation.scoring import read_split
+    from kfx.pipeline.artifacts.scoring import read_split
 
     cfg = ctx.config
     started = time.time()
@@ -302,4 +302,4 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(name="infra_validate", config=InfraValidateConfig, inputs=("model", "examples"), outputs=(INFRA_BLESSING,),
-                     run=run, code=("kfx.components.evaluation.scoring",))
+                     run=run, code=("kfx.pipeline.artifacts.scoring",))

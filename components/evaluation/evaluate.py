@@ -52,7 +52,7 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 def _scored(model: str, data, label: str, cfg, where: str):
     """(task, outcomes) of `model` on `data`."""
-    from kfx.components.evaluation.scoring import score
+    from kfx.pipeline.artifacts.scoring import score
 
     task, scores = score(model, data, cfg.batch_size, where=where)
     try:
@@ -153,7 +153,7 @@ def _mitigate(cfg, task, o, data, examples: str, columns: dict, label: str, mode
               feature: str, numeric: set[str]) -> dict:
     """Per-group thresholds chosen on cfg.mitigation.split, applied to the evaluated rows."""
     from kfx.components.evaluation.mitigation import apply_group_thresholds, choose_group_thresholds
-    from kfx.components.evaluation.scoring import read_split
+    from kfx.pipeline.artifacts.scoring import read_split
 
     mit = cfg.mitigation
     fit_data = read_split(examples, mit.split, columns, cfg.batch_size)
@@ -203,9 +203,9 @@ def run(ctx: Context) -> dict[str, Any]:
 
     from kfx.components.evaluation.gate import bless
     from kfx.components.evaluation.report import render
-    from kfx.components.evaluation.scoring import read_split
-    from kfx.components.data.ingest import read_columns
-    from kfx.components.data.schema import label_key, load_schema, sensitive_keys
+    from kfx.pipeline.artifacts.scoring import read_split
+    from kfx.pipeline.artifacts import read_columns
+    from kfx.pipeline.artifacts import label_key, load_schema, sensitive_keys
 
     cfg = ctx.config
     started = time.time()
@@ -302,4 +302,4 @@ SPEC = ComponentSpec(
     code=("kfx.models.tasks", "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}),
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
-          "kfx.components.evaluation.scoring"))
+          "kfx.pipeline.artifacts.scoring"))

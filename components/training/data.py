@@ -18,7 +18,7 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     """
     import tensorflow as tf
 
-    from kfx.components.data.ingest import split_dir
+    from kfx.pipeline.artifacts import split_dir
     from kfx.pipeline.component import ComponentError
 
     files = sorted(tf.io.gfile.glob(f"{split_dir(examples_uri, split)}/*.gz"))

@@ -244,7 +244,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _splits(examples: str) -> list[str]:
-    from kfx.components.data.ingest import read_columns
+    from kfx.pipeline.artifacts import read_columns
 
     return read_columns(examples)["splits"]
 

@@ -44,7 +44,7 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
         ComponentError: a configured feature that does not exist or a kind that does not fit
             its type, or a task the label cannot support.
     """
-    from kfx.components.data.schema import label_key, string_domain
+    from kfx.pipeline.artifacts import label_key, string_domain
 
     label = label_key(schema)
     features = {f.name: f for f in schema.feature}
@@ -473,7 +473,7 @@ def preprocessing_code(cfg, pipeline) -> list:
 def _files(examples: str, split: str) -> list[str]:
     import tensorflow as tf
 
-    from kfx.components.data.ingest import split_dir
+    from kfx.pipeline.artifacts import split_dir
 
     files = sorted(tf.io.gfile.glob(f"{split_dir(examples, split)}/*"))
     if not files:
@@ -485,9 +485,9 @@ def run(ctx: Context) -> dict[str, Any]:
     import apache_beam as beam
     import tensorflow as tf
 
-    from kfx.components.data.ingest import read_columns
+    from kfx.pipeline.artifacts import read_columns
     from kfx.models.preprocess import ANALYZERS_FILE, TRANSFORM_FILE, TRANSFORMED_DIR
-    from kfx.components.data.schema import load_schema
+    from kfx.pipeline.artifacts import load_schema
 
     cfg = ctx.config
     examples, out = ctx.inputs["examples"], ctx.outputs[TRANSFORM_GRAPH]
@@ -517,7 +517,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     materialized = 0
     if cfg.materialize:
-        from kfx.components.data.ingest import split_dir
+        from kfx.pipeline.artifacts import split_dir
 
         spec_json = json.dumps(spec)
         with beam.Pipeline(options=ctx.beam_options()) as p:

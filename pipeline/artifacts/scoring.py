@@ -40,7 +40,7 @@ def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_siz
     """
     import tensorflow as tf
 
-    from kfx.components.data.ingest import split_dir
+    from kfx.pipeline.artifacts import split_dir
 
     files = sorted(tf.io.gfile.glob(f"{split_dir(examples_uri, split)}/*.gz"))
     if not files:
