@@ -96,9 +96,19 @@ def _imported_names(tree: ast.AST, package: str) -> set[str]:
                 parts = package.split(".") if package else []
                 parts = parts[:len(parts) - node.level + 1] if node.level > 1 else parts
                 base = ".".join([*parts, base] if base else parts)
-            names.add(base)
-            names.update(f"{base}.{a.name}" for a in node.names)
+            # `from pkg import sub` needs pkg/sub.py, not pkg/__init__.py (a registry that grows
+            # with every sibling); `from mod import name` needs mod itself.
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                names.add(full if _is_module(full) else base)
     return {n for n in names if n}
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError, AttributeError):
+        return False
 
 
 def source_files(module: ModuleType) -> list[Path]:

@@ -216,7 +216,7 @@ def code_modules() -> tuple[str, ...]:
     from kfx.models import tasks
 
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
-            "kfx.models.preprocess", "kfx.models", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
+            "kfx.models.preprocess", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
             "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}))
 
 

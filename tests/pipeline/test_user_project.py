@@ -119,3 +119,26 @@ def test_user_project_runs_and_caches_by_its_own_code(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_json(summary)["components"]["approve"]["metrics"]["blessed"] is False
     assert read_json(summary)["pushed"] is None
+
+
+def test_tune_passes_defaults_through_for_a_model_without_space(tmp_path):
+    from tests.conftest import kfx, tiny_config, write_tiny_csv
+
+    write_tiny_csv(tmp_path / "data" / "part.csv", rows=300)
+    (tmp_path / "plain_net.py").write_text(
+        "import keras\n\n"
+        "def build(features, task, hp):\n"
+        "    inputs = {n: keras.Input(shape=(s['width'],) if s['kind'] == 'dense' else (), name=n,\n"
+        "                             dtype='float32' if s['kind'] == 'dense' else 'int64') for n, s in features.items()}\n"
+        "    parts = [v if features[n]['kind'] == 'dense' else\n"
+        "             keras.layers.CategoryEncoding(features[n]['cardinality'], output_mode='one_hot')(v)\n"
+        "             for n, v in sorted(inputs.items())]\n"
+        "    x = keras.layers.Dense(hp['units'], activation='relu')(keras.layers.Concatenate()(parts))\n"
+        "    return keras.Model(inputs, keras.layers.Dense(1, activation='sigmoid')(x))\n")
+    path = tiny_config(tmp_path, str(tmp_path / "data" / "*.csv"),
+                       train={"model": str(tmp_path / "plain_net.py"), "hyperparameters": {"units": 7}})
+    proc = kfx("run", "-c", str(path), "--to", "tune", "--summary-json", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tune = read_json(tmp_path / "s.json")["components"]["tune"]["metrics"]
+    assert tune["trials"] == 0 and tune["source"] == "defaults (model has no SPACE)"
+    assert tune["family"] == str(tmp_path / "plain_net.py")

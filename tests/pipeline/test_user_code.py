@@ -1,0 +1,40 @@
+"""Loading the user's modules, and the fingerprint that makes them part of a stage's cache key."""
+from __future__ import annotations
+
+import pytest
+
+from kfx.pipeline import user_code
+
+
+def test_builtin_family_fingerprint_covers_its_imports_not_its_siblings():
+    import kfx.models.mlp as mlp
+
+    names = {p.relative_to(p.parents[1]).as_posix() if p.parent.name == "tasks" else p.name
+             for p in user_code.source_files(mlp)}
+    assert {"mlp.py", "tabular.py", "space.py", "tasks/__init__.py"} <= names
+    # Another family, and the registry that lists every family, are not mlp's code.
+    assert "wide_deep.py" not in names and "__init__.py" not in names
+
+
+def test_user_module_fingerprint_follows_same_folder_imports_only(tmp_path):
+    (tmp_path / "fp_net.py").write_text("import numpy\nfrom fp_layers import block\n\ndef build(f, t, hp):\n    return block\n")
+    (tmp_path / "fp_layers.py").write_text("block = 1\n")
+    (tmp_path / "fp_other.py").write_text("x = 1\n")
+    module = user_code.load_module("fp_net.py", str(tmp_path))
+    files = {p.name for p in user_code.source_files(module)}
+    assert files == {"fp_net.py", "fp_layers.py"}  # numpy lives elsewhere; fp_other is not imported
+    before = user_code.fingerprint([module])
+    (tmp_path / "fp_other.py").write_text("x = 2\n")
+    assert user_code.fingerprint([module]) == before
+    (tmp_path / "fp_layers.py").write_text("block = 2\n")
+    assert user_code.fingerprint([module]) != before
+
+
+def test_load_errors_name_the_reference_and_the_cause(tmp_path):
+    (tmp_path / "fp_boom.py").write_text("1 / 0\n")
+    with pytest.raises(user_code.UserCodeError, match=r"model 'fp_boom.py' cannot be imported: ZeroDivisionError"):
+        user_code.load_module("fp_boom.py", str(tmp_path), what="model")
+    with pytest.raises(user_code.UserCodeError, match="expected MODULE:FUNCTION"):
+        user_code.load_function("fp_boom.py", str(tmp_path))
+    with pytest.raises(user_code.UserCodeError, match="does not exist"):
+        user_code.load_module("missing.py", str(tmp_path))
