@@ -197,6 +197,27 @@ def test_task_graph_is_the_stage_graph(parsed):
         {s: "KfxStageOperator" for s in STAGE_NAMES}
 
 
+BUILD_FROM_CONFIG = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("kfx_dag", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+dag = module.build_dag("penguins_daily", "pipeline/configs/penguins.yaml")
+print(json.dumps({t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}))
+"""
+
+
+def test_a_pipeline_with_its_own_graph_gets_its_own_tasks(airflow):
+    """penguins.yaml lists its stages without tune: the DAG built from it has no tune task."""
+    proc = subprocess.run([str(AIRFLOW_PYTHON), "-c", BUILD_FROM_CONFIG, str(DAGS / "kfx_daily_retrain.py")],
+                          env=airflow.env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    upstream = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "tune" not in upstream and "tune" in STAGE_NAMES
+    assert upstream["train"] == ["ingest", "schema", "transform"]
+    assert upstream["push"] == ["evaluate", "infra_validate", "train"]
+
+
 def test_schedule_retries_timeouts_params_and_asset(parsed):
     assert parsed["schedule"] == "@daily" and parsed["catchup"] is False and parsed["max_active_runs"] == 1
     for stage in STAGE_NAMES:

@@ -163,7 +163,7 @@ def test_gate_fails_a_mean_predictor_regression_model_naming_the_check(regressio
     from kfx.models import get, space
     from kfx.models.preprocess import load_transform, make_preprocessor
     from kfx.pipeline.component import Context
-    from kfx.pipeline.config import PipelineConfig
+    from kfx.pipeline.config import config_from_dict
     from kfx.pipeline.config_evaluation import EvaluateConfig
 
     spec = load_transform(regression["transform"]["transform_graph"])
@@ -179,7 +179,7 @@ def test_gate_fails_a_mean_predictor_regression_model_naming_the_check(regressio
     for uri in outputs.values():
         os.makedirs(uri)
     config = EvaluateConfig.model_validate({"gate": {"value": [{"metric": "rmse_reduction", "min": 0.4}]}})
-    pipeline = PipelineConfig.model_validate({"name": "t", "ingest": {"format": "builtin", "name": "adult"}})
+    pipeline = config_from_dict({"name": "t", "ingest": {"format": "builtin", "name": "adult"}})
     ctx = Context(pipeline=pipeline, config=config, outputs=outputs, run_id="r", execution_id=1,
                   inputs={"examples": regression["ingest"]["examples"], "schema": regression["schema"]["schema"],
                           "model": bad, "baseline_model": regression["train"]["model"]})
