@@ -51,6 +51,26 @@ def test_registry_names_match_classes_and_dtypes():
         kinds.get("normalize")(STRING, {})
 
 
+@pytest.mark.parametrize("features, key, fragment", [
+    ({"age": {"kinds": ["normalize", "scale"]}}, "transform.features.age.kinds.1", "unknown kind 'scale'"),
+    ({"city": {"kinds": ["one_hot_encode"]}}, "transform.features.city.kinds.0", "unknown kind 'one_hot_encode'"),
+])
+def test_unknown_kind_is_rejected_at_load_naming_the_feature_and_the_kind(features, key, fragment):
+    from kfx.pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"transform.features={features}"])
+    assert f"key {key!r}" in str(err.value) and fragment in str(err.value)
+    assert "known kinds: bucketize, embed, hash, image, normalize, one_hot, passthrough, text" in str(err.value)
+
+
+def test_numeric_default_must_take_numbers():
+    from kfx.pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="transform.numeric_default.*kind 'text' does not take numbers"):
+        load_config(None, ["transform.numeric_default=text"])
+
+
 # ------------------------------------------------------------------ numeric
 @pytest.mark.parametrize("log", [False, True])
 def test_normalize_state_is_numpy_moments_and_merge_is_associative(log):
