@@ -3,13 +3,15 @@
 What each feature becomes comes from the schema (types, label, domains, natural-language
 features) plus `transform.features` overrides, with defaults by type: numbers are normalized,
 strings one-hot encoded (embedded above `one_hot_max` values), natural-language strings
-tokenized. The analyzers (moments, quantile boundaries, top-k vocabularies, token vocabularies,
-pixel scaling, label classes) run in Beam over batches of parsed Examples: a worker parses a
-whole batch with tf.io.parse_example and emits one partial accumulator per batch, and a
-CombineFn merges them (per-element Beam would be ~10x slower).
+tokenized. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
+vocabularies, pixel scaling) supplies its options, analyzer and Keras layer; this stage adds the
+feature-level analyses (missing values, the train mean that fills missing numbers) and the
+task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
+parses a whole batch with tf.io.parse_example and emits one partial accumulator per batch, and
+a CombineFn merges them (per-element Beam would be ~10x slower).
 
 Outputs:
-    transform_graph: transform.json (what components/modeling_preprocess.py rebuilds the Keras
+    transform_graph: transform.json (what models/preprocess.py rebuilds the Keras
         preprocessing layer from), analyzers.json (every analyzer result, for people), and with
         `materialize: true` transformed_examples/Split-<name>/ (gzip TFRecord of transformed
         features).

@@ -240,3 +240,22 @@ def test_image_scaling_is_numpy_pixel_moments():
     assert out.reshape(2, -1) == pytest.approx((pixels[:2] - state["mean"]) / state["std"], rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="image_shape"):
         make("image", FLOAT)
+
+
+def test_text_preprocessor_survives_savedmodel_export(tmp_path):
+    """The standardize/split callables are traced into the SavedModel: the loaded model tokenizes
+    as the Python layer does (serving needs no kfx code)."""
+    import tensorflow as tf
+
+    from kfx.models.preprocess import make_preprocessor
+
+    spec = {"raw_features": {"review": {"dtype": STRING, "shape": [], "default": ""}},
+            "transforms": [{"feature": "review", "kind": "text", "output": "review",
+                            "state": {"vocabulary": ["good", "café"], "num_oov_buckets": 1, "sequence_length": 4}}]}
+    pre = make_preprocessor(spec)
+    module = tf.Module()
+    module.pre = pre
+    module.f = tf.function(lambda x: pre({"review": x})["review"], input_signature=[tf.TensorSpec([None], tf.string)])
+    tf.saved_model.save(module, str(tmp_path))
+    texts = tf.constant(["Good, CAFÉ!", "bad\u00a0good"])
+    assert tf.saved_model.load(str(tmp_path)).f(texts).numpy().tolist() == [[2, 3, 0, 0], [1, 2, 0, 0]]
