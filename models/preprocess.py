@@ -12,12 +12,13 @@ rebuild the same `Preprocessor` from it, so training and serving run identical c
     function applied to the transformed features after the analyzers' layers (TFX's
     preprocessing_fn for what analyzers don't cover: crosses, ratios, clipping); it runs inside
     the exported model, so serving gets it too.
-No layer is `adapt`ed: every vocabulary, mean and boundary comes from the Beam analyzers.
+No layer is `adapt`ed: every vocabulary, mean and boundary comes from the Beam analyzers. Each
+transform's kind (models/kinds/) owns its analyzer, its Keras layer and its output description;
+this module only assembles them.
 """
 from __future__ import annotations
 
 import json
-from typing import Any
 
 TRANSFORM_FILE = "transform.json"
 ANALYZERS_FILE = "analyzers.json"
@@ -76,7 +77,8 @@ def _keras():
 def make_preprocessor(spec: dict):
     """A `Preprocessor` layer (a keras.layers.Layer) for transform.json contents `spec`."""
     keras = _keras()
-    import tensorflow as tf
+
+    from kfx.models import kinds
 
     class Preprocessor(keras.layers.Layer):
         """Raw feature dict -> transformed feature dict, with fixed analyzer state."""
@@ -87,35 +89,16 @@ def make_preprocessor(spec: dict):
                 raise ValueError("transform spec has no transforms: no feature would reach the model")
             self.spec = spec
             self.user_fn = user_function(spec)
-            self.steps = []  # (feature, kind, output, layer-or-None, state)
+            self.steps = []  # (feature, Kind class, output, layer-or-None, state)
             for t in spec["transforms"]:
-                layer = _layer(t, spec["raw_features"][t["feature"]])
-                if layer is not None and not layer.built:
-                    # Build now, eagerly: built lazily inside a tf.data map or a symbolic call,
-                    # Normalization's constants would live in a graph that is gone later.
-                    layer.build((None, 1) if t["kind"] == "normalize" else (None,))
-                self.steps.append((t["feature"], t["kind"], t["output"], layer, t["state"]))
+                kind = kinds.get(t["kind"])
+                layer = kind.layer(t["state"], spec["raw_features"][t["feature"]]["dtype"])
+                self.steps.append((t["feature"], kind, t["output"], layer, t["state"]))
             self.built = True
 
         def call(self, features: dict) -> dict:
-            out = {}
-            for feature, kind, output, layer, state in self.steps:
-                x = features[feature]
-                if kind in ("normalize", "passthrough"):
-                    x = tf.cast(x, tf.float32)
-                    if state.get("log"):
-                        # Skewed non-negative counts: log1p first; clip so a bad value cannot give NaN.
-                        x = tf.math.log1p(tf.maximum(x, 0.0))
-                    x = tf.reshape(x, [-1, 1])
-                    out[output] = layer(x) if layer is not None else x
-                elif kind == "bucketize":
-                    out[output] = tf.cast(layer(tf.cast(x, tf.float32)), tf.int64)
-                elif kind in ("one_hot", "embed", "hash", "text"):
-                    out[output] = tf.cast(layer(x), tf.int64)
-                elif kind == "image":
-                    shape = state["shape"]
-                    x = tf.reshape(tf.cast(x, tf.float32), [-1, *shape])
-                    out[output] = (x - state["mean"]) / state["std"]
+            out = {output: kind.apply(layer, features[feature], state)
+                   for feature, kind, output, layer, state in self.steps}
             return apply_user_function(self.user_fn, out) if self.user_fn is not None else out
 
         def get_config(self):
@@ -157,61 +140,18 @@ def describe_outputs(spec: dict, sample: dict) -> dict[str, dict]:
     Raises:
         ValueError: a new output that is not float, naming it and its dtype.
     """
+    from kfx.models.kinds import DENSE
+
     out = make_preprocessor(spec)(sample)
     described = {}
     for name, value in out.items():
         known = spec["outputs"].get(name)
         width = int(value.shape[-1]) if value.shape.rank == 2 else None
-        if known is not None and (known["kind"] != "dense" or known["width"] == width):
+        if known is not None and (known["kind"] != DENSE or known["width"] == width):
             described[name] = known
         elif value.dtype.is_floating and value.shape.rank == 2:
-            described[name] = {"kind": "dense", "width": width}
+            described[name] = {"kind": DENSE, "width": width}
         else:
             raise ValueError(f"transform.preprocessing: output {name!r} is {value.dtype.name} of shape "
                              f"{value.shape}; new features must be float [N] or [N, width]")
     return described
-
-
-def _layer(t: dict, raw: dict):
-    """The Keras preprocessing layer of one transform, built from its analyzer state."""
-    keras = _keras()
-    import numpy as np
-
-    kind, state = t["kind"], t["state"]
-    if kind == "normalize":
-        return keras.layers.Normalization(mean=[state["mean"]], variance=[max(state["variance"], 1e-12)])
-    if kind == "bucketize":
-        return keras.layers.Discretization(bin_boundaries=list(state["boundaries"]))
-    if kind in ("one_hot", "embed"):
-        if raw["dtype"] == "string":
-            return keras.layers.StringLookup(vocabulary=list(state["vocabulary"]) or ["\0"],
-                                             num_oov_indices=state["num_oov_buckets"], mask_token=None)
-        return keras.layers.IntegerLookup(vocabulary=np.asarray(state["vocabulary"] or [np.iinfo(np.int64).min],
-                                                                dtype=np.int64),
-                                          num_oov_indices=state["num_oov_buckets"], mask_token=None)
-    if kind == "hash":
-        return keras.layers.Hashing(num_bins=state["num_bins"])
-    if kind == "text":
-        return keras.layers.TextVectorization(vocabulary=list(state["vocabulary"]) or ["\0"],
-                                              output_sequence_length=state["sequence_length"],
-                                              standardize="lower_and_strip_punctuation", split="whitespace")
-    return None  # passthrough, image: plain arithmetic
-
-
-def output_description(t: dict) -> dict[str, Any]:
-    """What the model sees of one transform output (models/tabular.py)."""
-    kind, state = t["kind"], t["state"]
-    if kind in ("normalize", "passthrough"):
-        return {"kind": "dense", "width": 1}
-    if kind == "bucketize":
-        return {"kind": "ids", "cardinality": len(state["boundaries"]) + 1, "encoding": "one_hot"}
-    if kind in ("one_hot", "embed"):
-        return {"kind": "ids", "cardinality": max(len(state["vocabulary"]), 1) + state["num_oov_buckets"],
-                "encoding": kind}
-    if kind == "hash":
-        return {"kind": "ids", "cardinality": state["num_bins"], "encoding": "embed"}
-    if kind == "text":
-        # TextVectorization: 0 = padding, 1 = OOV, then the vocabulary.
-        return {"kind": "sequence", "cardinality": max(len(state["vocabulary"]), 1) + 2,
-                "length": state["sequence_length"]}
-    return {"kind": "image", "shape": list(state["shape"])}

@@ -7,14 +7,26 @@ TensorFlow, so loading a config stays cheap).
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
+from kfx.models.kinds.text import SEQUENCE_LENGTH
 from kfx.pipeline.config_base import Section, StageConfig
 
 # ---------------------------------------------------------------- transform
-TransformKind = Literal["normalize", "bucketize", "one_hot", "embed", "hash", "passthrough", "text", "image"]
+def _known_kind(value: str) -> str:
+    """A kind of the models/kinds registry (cheap: no TensorFlow is imported)."""
+    from kfx.models import kinds
+
+    try:
+        kinds.get(value)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+    return value
+
+
+TransformKind = Annotated[str, AfterValidator(_known_kind)]
 
 
 class FeatureTransform(Section):
@@ -31,7 +43,7 @@ class FeatureTransform(Section):
     min_frequency: int | None = Field(None, ge=1, description="one_hot/embed/text: drop rarer values.")
     num_oov_buckets: int | None = Field(None, ge=1, le=1000)
     hash_buckets: int | None = Field(None, ge=2, description="hash: number of bins.")
-    sequence_length: int = Field(64, ge=1, le=100000, description="text: tokens kept per value.")
+    sequence_length: int = Field(SEQUENCE_LENGTH, ge=1, le=100000, description="text: tokens kept per value.")
     image_shape: tuple[int, ...] | None = Field(None, description="image: [height, width, channels].")
 
     @field_validator("image_shape")
@@ -67,6 +79,15 @@ class TransformConfig(StageConfig):
     preprocessing: str | None = Field(
         None, description="module:function (or file.py:function) applied to the transformed features inside "
                           "the model, after the analyzers' layers: dict of tensors in, dict of tensors out.")
+
+    @field_validator("numeric_default")
+    @classmethod
+    def _numeric_default(cls, value: str) -> str:
+        from kfx.models import kinds
+
+        if value not in kinds.accepting(kinds.FLOAT):
+            raise ValueError(f"kind {value!r} does not take numbers; choose one of {kinds.accepting(kinds.FLOAT)}")
+        return value
 
     @field_validator("preprocessing")
     @classmethod

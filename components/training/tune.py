@@ -213,11 +213,11 @@ def code_modules() -> tuple[str, ...]:
     """kfx modules whose source is part of tune's and train's code version. The family's own
     module (and what it imports from its folder) is added per stage (`family_code`), so adding
     or editing another family does not invalidate a cached train or tune."""
-    from kfx.models import tasks
+    from kfx.models import kinds, tasks
 
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
             "kfx.models.preprocess", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
-            "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}))
+            "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}), *kinds.modules())
 
 
 SPEC = ComponentSpec(name="tune", config=TuneConfig, inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),

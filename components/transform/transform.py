@@ -3,13 +3,15 @@
 What each feature becomes comes from the schema (types, label, domains, natural-language
 features) plus `transform.features` overrides, with defaults by type: numbers are normalized,
 strings one-hot encoded (embedded above `one_hot_max` values), natural-language strings
-tokenized. The analyzers (moments, quantile boundaries, top-k vocabularies, token vocabularies,
-pixel scaling, label classes) run in Beam over batches of parsed Examples: a worker parses a
-whole batch with tf.io.parse_example and emits one partial accumulator per batch, and a
-CombineFn merges them (per-element Beam would be ~10x slower).
+tokenized. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
+vocabularies, pixel scaling) supplies its options, analyzer and Keras layer; this stage adds the
+feature-level analyses (missing values, the train mean that fills missing numbers) and the
+task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
+parses a whole batch with tf.io.parse_example and emits one partial accumulator per batch, and
+a CombineFn merges them (per-element Beam would be ~10x slower).
 
 Outputs:
-    transform_graph: transform.json (what components/modeling_preprocess.py rebuilds the Keras
+    transform_graph: transform.json (what models/preprocess.py rebuilds the Keras
         preprocessing layer from), analyzers.json (every analyzer result, for people), and with
         `materialize: true` transformed_examples/Split-<name>/ (gzip TFRecord of transformed
         features).
@@ -17,14 +19,16 @@ Outputs:
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from kfx.pipeline.config_modeling import TransformConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 TRANSFORM_GRAPH = "transform_graph"
-NUMERIC_KINDS = ("normalize", "bucketize", "passthrough", "one_hot", "embed", "hash")
-STRING_KINDS = ("one_hot", "embed", "hash", "text")
+DTYPES = {"int": "int64", "float": "float32", "string": "string"}  # ingest's column types -> raw dtypes
+# Accumulator keys: feature-level analyses (missing values, the moments that fill missing
+# numbers), the label's statistic and each transform's own analyzer (models/kinds).
+ROWS, MISSING, MOMENTS, LABEL, KIND = "rows", "missing", "moments", "label", "kind"
 
 
 # ------------------------------------------------------------------ the plan (driver side)
@@ -37,14 +41,16 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
         cfg: TransformConfig.
 
     Returns:
-        (raw_features, transforms, task): raw serving inputs, transforms without state yet,
-        and the task description without class counts.
+        (raw_features, transforms, task): raw serving inputs, transforms without state yet
+        (with their kind's `options`), and the task description without class counts.
 
     Raises:
         ComponentError: a configured feature that does not exist or a kind that does not fit
             its type, or a task the label cannot support.
     """
     from kfx.pipeline.artifacts import label_key, string_domain
+    from kfx.models import kinds
+    from kfx.models.kinds.base import describe_dtypes
 
     label = label_key(schema)
     features = {f.name: f for f in schema.feature}
@@ -58,60 +64,34 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
     for name, f in features.items():
         if name == label or name in cfg.exclude:
             continue
-        dtype = {"int": "int64", "float": "float32", "string": "string"}.get(columns.get(name, ""))
+        dtype = DTYPES.get(columns.get(name, ""))
         if dtype is None:
             raise ComponentError(f"transform: schema feature {name!r} is not a column of the examples "
                                  f"(columns: {sorted(columns)})")
         override = cfg.features.get(name)
         if override is not None:
-            kinds = override.kinds
-        elif dtype == "string":
-            kinds = ("text",) if f.HasField("natural_language_domain") else (cfg.string_default,)
+            names = override.kinds
+        elif dtype == kinds.STRING:
+            names = (kinds.TEXT,) if f.HasField("natural_language_domain") else (cfg.string_default,)
         else:
-            kinds = (cfg.numeric_default,)
+            names = (cfg.numeric_default,)
         shape: list[int] = []
-        for kind in kinds:
-            allowed = STRING_KINDS if dtype == "string" else NUMERIC_KINDS + ("image",)
-            if kind not in allowed:
-                raise ComponentError(f"transform: feature {name!r} is {dtype}; kind {kind!r} needs "
-                                     f"{'a number' if dtype == 'string' else 'a string'} (allowed: {list(allowed)})")
-            opts = _options(kind, override, cfg)
-            if kind == "image":
-                if override is None or override.image_shape is None:
-                    raise ComponentError(f"transform: image feature {name!r} needs transform.features.{name}.image_shape")
-                shape = [_prod(override.image_shape)]
-                opts["shape"] = list(override.image_shape)
-            if kind == "one_hot" and override is None and dtype == "string":
-                opts["auto_embed_above"] = cfg.one_hot_max
-            transforms.append({"feature": name, "kind": kind,
-                               "output": name if len(kinds) == 1 else f"{name}__{kind}", "options": opts})
-        raw[name] = {"dtype": dtype, "shape": shape, "default": "" if dtype == "string" else 0}
+        for kind_name in names:
+            kind = kinds.get(kind_name)
+            if dtype not in kind.DTYPES:
+                raise ComponentError(f"transform: feature {name!r} is {dtype}; kind {kind_name!r} needs "
+                                     f"{describe_dtypes(kind.DTYPES)} (allowed: {kinds.accepting(dtype)})")
+            try:
+                opts = kind.configure(dtype, override, cfg)
+            except ValueError as err:
+                raise ComponentError(f"transform: feature {name!r}, kind {kind_name!r}: {err}") from None
+            shape = kind(dtype, opts).raw_shape() or shape
+            transforms.append({"feature": name, "kind": kind_name,
+                               "output": name if len(names) == 1 else f"{name}__{kind_name}", "options": opts})
+        raw[name] = {"dtype": dtype, "shape": shape, "default": "" if dtype == kinds.STRING else 0}
     if not transforms:
         raise ComponentError("transform: no feature left for the model (all excluded?)")
     return raw, transforms, _task(schema, features, label, columns, cfg, string_domain)
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _options(kind: str, override, cfg) -> dict[str, Any]:
-    get = (lambda key, default: default if override is None or getattr(override, key) is None
-           else getattr(override, key))
-    if kind == "normalize":
-        return {"log": bool(override.log) if override is not None else False}
-    if kind == "bucketize":
-        return {"num_buckets": get("num_buckets", cfg.num_buckets)}
-    if kind in ("one_hot", "embed", "text"):
-        return {"top_k": get("top_k", cfg.top_k), "min_frequency": get("min_frequency", cfg.min_frequency),
-                "num_oov_buckets": get("num_oov_buckets", cfg.num_oov_buckets),
-                **({"sequence_length": override.sequence_length if override else 64} if kind == "text" else {})}
-    if kind == "hash":
-        return {"num_bins": get("hash_buckets", cfg.hash_buckets)}
-    return {}
 
 
 def _task(schema, features, label, columns, cfg, string_domain) -> dict:
@@ -123,7 +103,7 @@ def _task(schema, features, label, columns, cfg, string_domain) -> dict:
     kind = columns.get(label)
     if kind is None:
         raise ComponentError(f"transform: label {label!r} is not a column of the examples")
-    dtype = {"int": "int64", "float": "float32", "string": "string"}[kind]
+    dtype = DTYPES[kind]
     domain = string_domain(schema, features[label]) if kind == "string" else None
     vocab = list(cfg.label_vocabulary) if cfg.label_vocabulary else (sorted(domain) if domain else None)
     if vocab is None and kind == "int" and features[label].HasField("int_domain"):
@@ -161,138 +141,95 @@ def _batches(path: str, raw: dict, label: str, label_dtype: str, batch_size: int
         yield n, {k: (v.values.numpy(), v.indices.numpy()[:, 0]) for k, v in parsed.items()}
 
 
-def _moments(x) -> list:
+class Analyzer(NamedTuple):
+    """One accumulator of the analysis: on which column, how a batch and two partials combine."""
+
+    column: str
+    accumulate: Callable  # (values, row ids, rows in batch) -> partial
+    merge: Callable  # (partial, partial) -> partial
+
+
+def analyzers(raw: dict, transforms: list[dict], task: dict) -> dict[str, Analyzer]:
+    """Accumulator key -> Analyzer for the plan (built on each worker: nothing here is pickled).
+
+    Every feature counts its missing rows; a numeric feature with a kind that fills missing
+    numbers with the train mean gets its moments; each transform runs its kind's analyzer;
+    the label gets its task's statistic.
+    """
+    import operator
+
     import numpy as np
 
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return [0, 0.0, 0.0, float("inf"), float("-inf")]
-    mean = float(x.mean())
-    return [int(x.size), mean, float(((x - mean) ** 2).sum()), float(x.min()), float(x.max())]
+    from kfx.models import kinds, tasks
+    from kfx.models.kinds import base
+    from kfx.models.tasks import base as task_base
+
+    def missing(values, rows, n):
+        return n - len(np.unique(rows))
+
+    def column_moments(values, rows, n):
+        return base.moments(values)
+
+    out: dict[str, Analyzer] = {}
+    for t in transforms:
+        f = t["feature"]
+        kind = kinds.get(t["kind"])(raw[f]["dtype"], t["options"])
+        out[f"{MISSING}:{f}"] = Analyzer(f, missing, operator.add)
+        if kind.FILL_MEAN:
+            out[f"{MOMENTS}:{f}"] = Analyzer(f, column_moments, base.merge_moments)
+        out[f"{KIND}:{t['output']}"] = Analyzer(f, lambda values, rows, n, k=kind: k.accumulate(values), kind.merge)
+    label, statistic = task["label"], tasks.get(task["type"]).LABEL_STATISTIC
+    label_analyzers = {task_base.COUNTS: (lambda values, rows, n: base.counts(values), base.merge_counts),
+                       task_base.MOMENTS: (column_moments, base.merge_moments)}
+    out[f"{MISSING}:{label}"] = Analyzer(label, missing, operator.add)
+    out[f"{LABEL}:{label}"] = Analyzer(label, *label_analyzers[statistic])
+    return out
 
 
-def _merge_moments(a: list, b: list) -> list:
-    """Chan et al.'s parallel update of (count, mean, M2, min, max)."""
-    na, ma, m2a, lo_a, hi_a = a
-    nb, mb, m2b, lo_b, hi_b = b
-    n = na + nb
-    if n == 0:
-        return a
-    delta = mb - ma
-    return [n, ma + delta * nb / n, m2a + m2b + delta * delta * na * nb / n, min(lo_a, lo_b), max(hi_a, hi_b)]
-
-
-def _counts(values) -> dict:
-    import numpy as np
-
-    if len(values) == 0:
-        return {}
-    uniq, cnt = np.unique(values, return_counts=True)
-    return dict(zip(uniq.tolist(), cnt.tolist()))
-
-
-def _quantile_summary(values, weights, cap: int):
-    """Weighted points summarising a distribution: exact up to `cap` distinct values, then compacted."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=np.float64)
-    weights = np.asarray(weights, dtype=np.float64)
-    uniq, inv = np.unique(values, return_inverse=True)
-    w = np.bincount(inv, weights=weights, minlength=len(uniq)) if len(uniq) else np.zeros(0)
-    if len(uniq) <= cap:
-        return uniq, w
-    cum = np.cumsum(w)
-    targets = (np.arange(cap) + 0.5) * cum[-1] / cap
-    idx = np.minimum(np.searchsorted(cum, targets), len(uniq) - 1)
-    return uniq[idx], np.full(cap, cum[-1] / cap)
-
-
-def analyze_file(path: str, raw: dict, transforms: list[dict], task: dict, batch_size: int, cap: int):
+def analyze_file(path: str, raw: dict, transforms: list[dict], task: dict, batch_size: int):
     """Partial accumulators, one per batch of a TFRecord file (runs on a Beam worker)."""
-    import numpy as np
-    import tensorflow as tf
-
-    needs = _needs(transforms, task)
+    plan_ = analyzers(raw, transforms, task)
     for n, cols in _batches(path, raw, task["label"], task["label_dtype"], batch_size):
-        acc: dict[str, Any] = {"rows": n}
-        for key, (what, feature, log) in needs.items():
-            values, rows = cols[feature]
-            if what == "missing":
-                acc[key] = n - len(np.unique(rows))
-            elif what == "moments":
-                x = values.astype(np.float64)
-                acc[key] = _moments(np.log1p(np.maximum(x, 0.0)) if log else x)
-            elif what == "quantiles":
-                v = values.astype(np.float64)
-                acc[key] = _quantile_summary(v, np.ones_like(v), cap)
-            elif what == "vocab":
-                acc[key] = _counts(values)
-            elif what == "tokens":
-                text = tf.strings.regex_replace(tf.strings.lower(values), r"[!\"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~']", "")
-                acc[key] = _counts(tf.strings.split(text).flat_values.numpy())
+        acc: dict[str, Any] = {ROWS: n}
+        for key, a in plan_.items():
+            acc[key] = a.accumulate(*cols[a.column], n)
         yield acc
 
 
-def _needs(transforms: list[dict], task: dict) -> dict[str, tuple[str, str, bool]]:
-    """Accumulator key -> (analyzer, feature, log) for the plan."""
-    needs: dict[str, tuple[str, str, bool]] = {}
-    for t in transforms:
-        f, kind = t["feature"], t["kind"]
-        needs[f"missing:{f}"] = ("missing", f, False)
-        if kind in ("normalize", "passthrough", "image", "bucketize"):
-            needs[f"moments:{f}"] = ("moments", f, False)
-        if kind == "normalize" and t["options"].get("log"):
-            needs[f"logmoments:{f}"] = ("moments", f, True)
-        if kind == "bucketize":
-            needs[f"quantiles:{f}"] = ("quantiles", f, False)
-        if kind in ("one_hot", "embed"):
-            needs[f"vocab:{f}"] = ("vocab", f, False)
-        if kind == "text":
-            needs[f"tokens:{f}"] = ("tokens", f, False)
-    from kfx.models import tasks
-
-    label, statistic = task["label"], tasks.get(task["type"]).LABEL_STATISTIC
-    needs[f"missing:{label}"] = ("missing", label, False)
-    needs[f"{statistic}:{label}"] = (statistic, label, False)
-    return needs
-
-
-def merge_accumulators(accs, cap: int) -> dict:
+def merge_accumulators(accs, plan_: dict[str, Analyzer]) -> dict:
     """Merge partial accumulators (the CombineFn's merge; associative and commutative)."""
-    import numpy as np
-
     out: dict[str, Any] = {}
     for acc in accs:
         for key, value in acc.items():
             if key not in out:
                 out[key] = value
-            elif key == "rows" or key.startswith("missing:"):
+            elif key == ROWS:
                 out[key] += value
-            elif key.startswith(("moments:", "logmoments:")):
-                out[key] = _merge_moments(out[key], value)
-            elif key.startswith("quantiles:"):
-                out[key] = _quantile_summary(np.concatenate([out[key][0], value[0]]),
-                                             np.concatenate([out[key][1], value[1]]), cap)
             else:
-                merged = dict(out[key])
-                for k, c in value.items():
-                    merged[k] = merged.get(k, 0) + c
-                out[key] = merged
+                out[key] = plan_[key].merge(out[key], value)
     return out
 
 
-def _combine_fn(cap: int):
+def _combine_fn(raw: dict, transforms: list[dict], task: dict):
     import apache_beam as beam
 
     class MergeAccumulators(beam.CombineFn):
+        plan: dict[str, Analyzer] | None = None
+
+        def analyzers(self) -> dict[str, Analyzer]:
+            # Built where it runs (closures do not pickle), once per worker.
+            if self.plan is None:
+                self.plan = analyzers(raw, transforms, task)
+            return self.plan
+
         def create_accumulator(self):
             return {}
 
         def add_input(self, acc, element):
-            return merge_accumulators([acc, element], cap)
+            return merge_accumulators([acc, element], self.analyzers())
 
         def merge_accumulators(self, accs):
-            return merge_accumulators(list(accs), cap)
+            return merge_accumulators(list(accs), self.analyzers())
 
         def extract_output(self, acc):
             return acc
@@ -301,32 +238,6 @@ def _combine_fn(cap: int):
 
 
 # ------------------------------------------------------------------ analyzer results -> state
-def _decode(v) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def _vocabulary(counts: dict, top_k: int, min_frequency: int, is_string: bool) -> tuple[list, list]:
-    """Most frequent first, ties by value (deterministic); returns (values, counts)."""
-    items = [(k, c) for k, c in counts.items() if c >= min_frequency and (not is_string or k != b"")]
-    items.sort(key=lambda kc: (-kc[1], kc[0]))
-    items = items[:top_k]
-    return [(_decode(k) if is_string else int(k)) for k, _ in items], [int(c) for _, c in items]
-
-
-def _boundaries(summary, num_buckets: int) -> list[float]:
-    import numpy as np
-
-    values, weights = summary
-    if len(values) == 0:
-        return [0.0]
-    cum = np.cumsum(weights)
-    qs = np.arange(1, num_buckets) / num_buckets * cum[-1]
-    idx = np.minimum(np.searchsorted(cum, qs, side="right"), len(values) - 1)
-    bounds = sorted(set(float(values[i]) for i in idx))
-    # A boundary at the minimum would leave bucket 0 empty.
-    return [b for b in bounds if b > float(values[0])] or [float(values[-1])]
-
-
 def finalize(acc: dict, raw: dict, transforms: list[dict], task: dict) -> tuple[dict, dict]:
     """Analyzer results -> (transform.json spec, analyzers.json report).
 
@@ -334,55 +245,33 @@ def finalize(acc: dict, raw: dict, transforms: list[dict], task: dict) -> tuple[
         ComponentError: empty train split, a numeric feature with no value at all, or label
             values outside the configured vocabulary.
     """
-    import math
+    from kfx.models import kinds
 
-    rows = acc.get("rows", 0)
+    rows = acc.get(ROWS, 0)
     if rows == 0:
         raise ComponentError("transform: the train split has no rows")
     report: dict[str, Any] = {"rows": rows, "features": {}}
     built = []
     for t in transforms:
-        f, kind, opts = t["feature"], t["kind"], t["options"]
-        is_string = raw[f]["dtype"] == "string"
-        rep = report["features"].setdefault(f, {"dtype": raw[f]["dtype"], "missing": acc.get(f"missing:{f}", 0)})
-        state: dict[str, Any] = {}
-        if f"moments:{f}" in acc:
-            n, mean, m2, lo, hi = acc[f"moments:{f}"]
+        f = t["feature"]
+        kind = kinds.get(t["kind"])(raw[f]["dtype"], t["options"])
+        rep = report["features"].setdefault(f, {"dtype": raw[f]["dtype"], "missing": acc.get(f"{MISSING}:{f}", 0)})
+        if f"{MOMENTS}:{f}" in acc:
+            n, mean, m2, lo, hi = acc[f"{MOMENTS}:{f}"]
             if n == 0:
                 raise ComponentError(f"transform: numeric feature {f!r} has no value in the train split")
             rep.update(count=n, mean=mean, variance=m2 / n, min=lo, max=hi)
             # Missing numbers are parsed as the train mean (normalized: 0), for ints rounded.
-            raw[f]["default"] = float(mean) if raw[f]["dtype"] == "float32" else int(round(mean))
-        if kind == "normalize":
-            key = f"logmoments:{f}" if opts.get("log") else f"moments:{f}"
-            n, mean, m2, _, _ = acc[key]
-            state = {"mean": mean, "variance": m2 / n, "log": bool(opts.get("log"))}
-            if opts.get("log"):
-                rep.update(log_mean=mean, log_variance=m2 / n)
-        elif kind == "bucketize":
-            state = {"boundaries": _boundaries(acc[f"quantiles:{f}"], opts["num_buckets"])}
-            rep["boundaries"] = state["boundaries"]
-        elif kind in ("one_hot", "embed", "text"):
-            counts = acc[f"tokens:{f}" if kind == "text" else f"vocab:{f}"]
-            vocab, freq = _vocabulary(counts, opts["top_k"], opts["min_frequency"], is_string or kind == "text")
-            if opts.get("auto_embed_above") is not None and len(vocab) > opts["auto_embed_above"]:
-                kind = "embed"
-            state = {"vocabulary": vocab, "num_oov_buckets": opts["num_oov_buckets"]}
-            if kind == "text":
-                state["sequence_length"] = opts["sequence_length"]
-            rep.update({"distinct": len(counts), "vocabulary_size": len(vocab),
-                        "top": [[v, c] for v, c in zip(vocab[:20], freq[:20])]})
-        elif kind == "hash":
-            state = {"num_bins": opts["num_bins"]}
-        elif kind == "image":
-            n, mean, m2, _, _ = acc[f"moments:{f}"]
-            state = {"shape": opts["shape"], "mean": mean, "std": math.sqrt(m2 / n) or 1.0}
-        built.append({"feature": f, "kind": kind, "output": t["output"], "state": state})
+            raw[f]["default"] = float(mean) if raw[f]["dtype"] == kinds.FLOAT else int(round(mean))
+        try:
+            state, lines = kind.finalize(acc[f"{KIND}:{t['output']}"])
+        except ValueError as err:
+            raise ComponentError(f"transform: feature {f!r}, kind {t['kind']!r}: {err}") from None
+        rep.update(lines)
+        built.append({"feature": f, "kind": kind.recorded_kind(state), "output": t["output"], "state": state})
     task, report["label"] = _analyze_label(task, acc)
-    from kfx.models.preprocess import output_description
-
     spec = {"version": 1, "train_rows": rows, "raw_features": raw, "transforms": built,
-            "outputs": {t["output"]: output_description(t) for t in built}, "task": task}
+            "outputs": {t["output"]: kinds.get(t["kind"]).describe(t["state"]) for t in built}, "task": task}
     return spec, report
 
 
@@ -395,12 +284,12 @@ def _analyze_label(task: dict, acc: dict) -> tuple[dict, dict]:
     from kfx.models import tasks
 
     label = task["label"]
-    if acc.get(f"missing:{label}", 0):
-        raise ComponentError(f"transform: {acc[f'missing:{label}']} train rows have no label {label!r}")
+    if acc.get(f"{MISSING}:{label}", 0):
+        raise ComponentError(f"transform: {acc[f'{MISSING}:{label}']} train rows have no label {label!r}")
     task = dict(task)
     auto = task.pop(tasks.AUTO, False)
     try:
-        statistic = acc[f"{tasks.get(task['type']).LABEL_STATISTIC}:{label}"]
+        statistic = acc[f"{LABEL}:{label}"]
         info, report = tasks.of(task).analyze_label(statistic)
         if auto:
             # The classes are counted now: auto may pick another task (two classes: binary).
@@ -494,12 +383,11 @@ def run(ctx: Context) -> dict[str, Any]:
     columns = read_columns(examples)
     raw, transforms, task = plan(load_schema(ctx.inputs["schema"]), columns["columns"], cfg)
     files = _files(examples, "train")
-    cap = cfg.quantile_accuracy
     with beam.Pipeline(options=ctx.beam_options()) as p:
         _ = (p | "Files" >> beam.Create(files)
              | "Spread" >> beam.Reshuffle()
-             | "Analyze" >> beam.FlatMap(analyze_file, raw, transforms, task, cfg.batch_size, cap)
-             | "Merge" >> beam.CombineGlobally(_combine_fn(cap))
+             | "Analyze" >> beam.FlatMap(analyze_file, raw, transforms, task, cfg.batch_size)
+             | "Merge" >> beam.CombineGlobally(_combine_fn(raw, transforms, task))
              | "Pickle" >> beam.Map(lambda acc: __import__("pickle").dumps(acc).hex())
              | "Write" >> beam.io.WriteToText(f"{out}/.accumulators", shard_name_template="", num_shards=1))
     import pickle
@@ -538,5 +426,11 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
+def _code() -> tuple[str, ...]:
+    from kfx.models import kinds
+
+    return ("kfx.models.preprocess", *kinds.modules())
+
+
 SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,
-                     code=("kfx.models.preprocess",), user_code=preprocessing_code)
+                     code=_code(), user_code=preprocessing_code)

@@ -97,22 +97,26 @@ def test_preprocessor_maps_unknown_and_missing_values_predictably(built):
 
 
 def test_accumulator_merge_is_order_independent():
-    from kfx.components.transform.transform import _moments, _quantile_summary, merge_accumulators
+    from kfx.components.transform.transform import analyzers, merge_accumulators
 
     rng = np.random.default_rng(0)
     x = rng.normal(3, 2, 5000)
-    parts = np.array_split(x, 7)
-    accs = [{"rows": len(p), "moments:x": _moments(p), "quantiles:x": _quantile_summary(p, np.ones_like(p), 300),
-             "vocab:c": {b"a": 1, b"b": i}} for i, p in enumerate(parts)]
-    a = merge_accumulators(accs, 300)
-    b = merge_accumulators([merge_accumulators(accs[4:], 300), merge_accumulators(accs[:4], 300)], 300)
+    c = np.array([b"a", b"b"] * 2500, dtype=object)
+    raw = {"x": {"dtype": "float32"}, "c": {"dtype": "string"}}
+    transforms = [{"feature": "x", "kind": "bucketize", "output": "x", "options": {"num_buckets": 4, "accuracy": 300}},
+                  {"feature": "c", "kind": "one_hot", "output": "c", "options": {}}]
+    plan = analyzers(raw, transforms, {"label": "x", "type": "regression"})
+    accs = [{"rows": len(i), **{k: a.accumulate(x[i] if a.column == "x" else c[i], i, len(i)) for k, a in plan.items()}}
+            for i in np.array_split(np.arange(5000), 7)]
+    a = merge_accumulators(accs, plan)
+    b = merge_accumulators([merge_accumulators(accs[4:], plan), merge_accumulators(accs[:4], plan)], plan)
     n, mean, m2, lo, hi = a["moments:x"]
-    assert a["rows"] == b["rows"] == 5000 and n == 5000
+    assert a["rows"] == b["rows"] == 5000 and n == 5000 and a["missing:x"] == 0
     assert mean == pytest.approx(x.mean()) and m2 / n == pytest.approx(x.var()) and (lo, hi) == (x.min(), x.max())
-    assert b["moments:x"] == pytest.approx(a["moments:x"])
-    assert a["vocab:c"] == b["vocab:c"] == {b"a": 7, b"b": 21}
+    assert b["moments:x"] == pytest.approx(a["moments:x"]) and b["label:x"] == pytest.approx(a["moments:x"])
+    assert a["kind:c"] == b["kind:c"] == {b"a": 2500, b"b": 2500}
     # Compacted quantile summary: the median within 2% of rank of the exact one.
-    values, weights = a["quantiles:x"]
+    values, weights = a["kind:x"]
     median = values[np.searchsorted(np.cumsum(weights), weights.sum() / 2)]
     assert abs((x < median).mean() - 0.5) < 0.02
 
