@@ -22,7 +22,7 @@ import tempfile
 import time
 from typing import Any
 
-from kfx.pipeline.config_modeling import TuneConfig
+from kfx.pipeline.config_modeling import TrainConfig, TuneConfig
 from kfx.components.training.family import family_code, tuned_model
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
@@ -120,11 +120,22 @@ def _hypermodel(family, spec: dict, train_cfg, steps: int):
     from kfx.models.space import declare
 
     class FamilyHyperModel(kt.HyperModel):
+        """The family's model per trial, compiled and fitted as train does (its hooks included)."""
+
         def build(self, hp):
             values = declare(family.SPACE, hp)
             model = family.build(spec["outputs"], spec["task"], values)
-            compile_model(model, spec["task"], train_cfg, values["learning_rate"], steps)
+            if hasattr(family, "compile"):
+                family.compile(model, spec["task"], values)
+            else:
+                compile_model(model, spec["task"], train_cfg, values["learning_rate"], steps)
             return model
+
+        def fit(self, hp, model, train_ds, *args, **kwargs):
+            if hasattr(family, "fit"):  # the hook returns the keras History the tuner scores
+                return family.fit(model, train_ds, kwargs.get("validation_data"), dict(hp.values),
+                                  kwargs.get("callbacks", []))
+            return model.fit(train_ds, *args, **kwargs)
 
     return FamilyHyperModel()
 
@@ -149,6 +160,8 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.models.space import COMMON, defaults
 
     cfg, train_cfg = ctx.config, ctx.pipeline.stage("train")
+    if not isinstance(train_cfg, TrainConfig):  # no stage named train: its settings' defaults
+        train_cfg = TrainConfig()
     family_name = tuned_model(cfg, ctx.pipeline)
     family = models.get(family_name, ctx.pipeline.config_dir)
     space = models.space_of(family)
@@ -182,8 +195,9 @@ def run(ctx: Context) -> dict[str, Any]:
             else:
                 pre = make_preprocessor(spec)
                 train_ds = dataset(ctx.inputs["examples"], "train", spec, pre, cfg.batch_size, shuffle=True,
-                                   seed=cfg.seed, rows=cfg.train_rows)
-                eval_ds = dataset(ctx.inputs["examples"], "eval", spec, pre, cfg.batch_size)
+                                   seed=cfg.seed, rows=cfg.train_rows, targets=getattr(family, "targets", None))
+                eval_ds = dataset(ctx.inputs["examples"], "eval", spec, pre, cfg.batch_size,
+                                  targets=getattr(family, "targets", None))
                 tuner.search(train_ds, validation_data=eval_ds, epochs=cfg.epochs, verbose=0,
                              callbacks=[_deadline_callback(deadline)])
                 rows = _trial_rows(tuner.oracle) if role == "local" else tuner.records

@@ -142,3 +142,65 @@ def test_tune_passes_defaults_through_for_a_model_without_space(tmp_path):
     tune = read_json(tmp_path / "s.json")["components"]["tune"]["metrics"]
     assert tune["trials"] == 0 and tune["source"] == "defaults (model has no SPACE)"
     assert tune["family"] == str(tmp_path / "plain_net.py")
+
+
+HOOKED = '''\
+"""A family with every hook: each call is logged beside this file."""
+import pathlib
+
+import keras
+
+from kfx.models import space
+
+SPACE = space.COMMON + (space.Choice("units", (4, 8), default=4),)
+LOG = pathlib.Path(__file__).with_name("calls.log")
+
+
+def _log(name):
+    with open(LOG, "a") as f:
+        f.write(name + "\\n")
+
+
+def build(features, task, hp):
+    inputs = {n: keras.Input(shape=(s["width"],) if s["kind"] == "dense" else (), name=n,
+                             dtype="float32" if s["kind"] == "dense" else "int64") for n, s in features.items()}
+    parts = [v if features[n]["kind"] == "dense" else
+             keras.layers.CategoryEncoding(features[n]["cardinality"], output_mode="one_hot")(v)
+             for n, v in sorted(inputs.items())]
+    x = keras.layers.Dense(hp["units"], activation="relu")(keras.layers.Concatenate()(parts))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def compile(model, task, hp):
+    _log("compile")
+    model.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), loss="binary_crossentropy",
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")])
+
+
+def fit(model, train_ds, eval_ds, hp, callbacks):
+    _log("fit")
+    return model.fit(train_ds, validation_data=eval_ds, epochs=1, callbacks=callbacks, verbose=0)
+
+
+def targets(features, label):
+    _log("targets")  # traced once per dataset
+    return features, label
+'''
+
+
+def test_family_hooks_are_used_by_tune_and_train(tmp_path):
+    from tests.conftest import kfx, tiny_config, write_tiny_csv
+
+    write_tiny_csv(tmp_path / "data" / "part.csv", rows=300)
+    (tmp_path / "hooked_net.py").write_text(HOOKED)
+    path = tiny_config(tmp_path, str(tmp_path / "data" / "*.csv"),
+                       tune={"max_trials": 1, "epochs": 1, "objective": "val_accuracy"},
+                       train={"model": str(tmp_path / "hooked_net.py"), "epochs": 1, "warmup_requests": 0})
+    proc = kfx("run", "-c", str(path), "--to", "train", "--summary-json", str(tmp_path / "s.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    comps = read_json(tmp_path / "s.json")["components"]
+    assert comps["tune"]["metrics"]["trials"] == 1 and comps["tune"]["metrics"]["source"] == "tuned"
+    calls = (tmp_path / "calls.log").read_text().split()
+    # tune: KerasTuner builds once to register the space, then one trial (compile, fit, targets
+    # for train and eval); train: the same once more.
+    assert calls.count("compile") == 3 and calls.count("fit") == 2 and calls.count("targets") == 4, calls
