@@ -21,6 +21,14 @@ from types import ModuleType
 FAMILIES: dict[str, str] = {
     "mlp": "kfx.models.mlp",
     "wide_deep": "kfx.models.wide_deep",
+    "cnn": "kfx.models.cnn",
+    "resnet": "kfx.models.resnet",
+    "rnn": "kfx.models.rnn",
+    "lstm": "kfx.models.lstm",
+    "gru": "kfx.models.gru",
+    "bilstm": "kfx.models.bilstm",
+    "cnn1d": "kfx.models.cnn1d",
+    "transformer": "kfx.models.transformer",
 }
 BUILD_PARAMS = ("features", "task", "hp")
 HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),

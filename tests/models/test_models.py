@@ -19,13 +19,15 @@ FEATURES = {
     "words": {"kind": "sequence", "cardinality": 20, "length": 4},
 }
 BINARY = {"type": "binary", "vocabulary": ["no", "yes"]}
+TABULAR = ["mlp", "wide_deep"]  # the families FEATURES suits (image and sequence ones: test_families.py)
+KNOWN = "bilstm, cnn, cnn1d, gru, lstm, mlp, resnet, rnn, transformer, wide_deep"
 
 
 def test_registry_lists_families_and_rejects_unknown_names():
-    assert models.names() == ["mlp", "wide_deep"]
+    assert models.names() == KNOWN.split(", ")
     assert models.get("mlp").SPACE
-    with pytest.raises(KeyError, match="unknown model 'cnn'; known models: mlp, wide_deep"):
-        models.get("cnn")
+    with pytest.raises(KeyError, match=f"unknown model 'cnn3d'; known models: {KNOWN}"):
+        models.get("cnn3d")
 
 
 @pytest.mark.parametrize("name", models.names())
@@ -67,7 +69,7 @@ def test_resolve_order_is_defaults_then_tuned_then_overrides():
     assert got["dropout"] == space.defaults(sp)["dropout"]
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", TABULAR)
 def test_builders_make_models_of_the_right_output_and_layers(name):
     import keras
 
@@ -101,7 +103,7 @@ def test_mlp_depth_and_width_follow_the_hyperparameters():
 
 # ------------------------------------------------------------------ config load
 @pytest.mark.parametrize("override, key, fragment", [
-    ("train.model=transformerx", "train.model", "unknown model 'transformerx'; known models: mlp, wide_deep"),
+    ("train.model=transformerx", "train.model", f"unknown model 'transformerx'; known models: {KNOWN}"),
     ("train.hyperparameters={units: 7}", "train.hyperparameters", "'units' must be one of"),
     ("train.hyperparameters={learning_rate: -0.1}", "train.hyperparameters", "'learning_rate' must be in"),
     ("train.hyperparameters={deep_units: 64}", "train.hyperparameters", "'deep_units' is not a hyperparameter"),
