@@ -78,6 +78,11 @@ class IngestConfig(StageConfig):
     csv: CsvOptions = CsvOptions()
     column_types: dict[str, ColumnType] = Field(default_factory=dict)
     label: str | None = Field(None, description="Rows without a label are rejected.")
+    label_values: tuple[str, ...] = Field(
+        (), description="Classes of the task: rows with another label are dropped and counted per "
+                        "value (ingest metrics `dropped`, `dropped_labels`), not rejected; all kept when empty.")
+    text_columns: tuple[str, ...] = Field(
+        (), description="Free-text columns: a row whose text is missing or blank is rejected ('empty text').")
     hash_key: tuple[str, ...] = Field((), description="Columns hashed for the split; default all.")
     max_rejected_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_shards: int = Field(0, ge=0, description="Output shards per split; 0 lets the runner choose.")
@@ -89,6 +94,8 @@ class IngestConfig(StageConfig):
             raise ValueError(f"format {self.format!r} needs ingest.name")
         if self.format not in ("builtin", "tfds") and not self.inputs:
             raise ValueError(f"format {self.format!r} needs at least one entry in ingest.inputs")
+        if self.label_values and not self.label:
+            raise ValueError(f"label_values {list(self.label_values)} needs ingest.label")
         return self
 
 

@@ -1,10 +1,12 @@
 """ingest: read a source into split, typed tf.Example shards; quarantine malformed rows.
 
-Sources: CSV files/globs, TFRecord of tf.Example, Parquet, any TFDS dataset by name, and the
+Sources: CSV files/globs (plain or .bz2; quoted fields may span lines), TFRecord of tf.Example, Parquet, any TFDS dataset by name, and the
 offline built-ins (components/datasets.py). Rows are read in chunks (one Beam element per
 chunk of rows, not per row: Beam's per-element cost dominates otherwise) and parsed in
 parallel by Beam workers. Each row goes to exactly one split by a deterministic hash, or to
-`rejected` with its file, line and reason; read = accepted + rejected, always.
+`rejected` with its file, line and reason, or is *dropped* when its label is outside
+`label_values` (counted per label value: well-formed rows that are not this task's data, such as
+the plot summaries among the Rotten Tomatoes reviews); read = accepted + rejected + dropped, always.
 
 Outputs:
     examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example), columns.json
@@ -27,6 +29,10 @@ from kfx.pipeline.config import IngestConfig
 _INFER_ROWS = 1000
 
 
+class Dropped(Exception):
+    """A well-formed row outside the task (its label is not in `label_values`): counted, not rejected."""
+
+
 # ------------------------------------------------------------------ row typing and splitting
 class RowParser:
     """Turns raw rows into (split, serialized tf.Example) or a rejection reason.
@@ -40,6 +46,8 @@ class RowParser:
         self.na = set(cfg.csv.na_values)
         self.replace = {k: dict(v) for k, v in cfg.csv.replace.items()}
         self.label = cfg.label
+        self.label_values = set(cfg.label_values)
+        self.text_columns = tuple(cfg.text_columns)
         self.hash_idx = [self.names.index(k) for k in cfg.hash_key] if cfg.hash_key else None
         self.split_tables = split_tables  # per input: cumulative (split, upper bound in [0, 1))
 
@@ -84,6 +92,11 @@ class RowParser:
             out[name] = conv
         if self.label and self.label not in out:
             raise ValueError(f"missing label {self.label!r}")
+        if self.label_values and out[self.label][0].decode() not in self.label_values:
+            raise Dropped(out[self.label][0].decode())
+        for name in self.text_columns:
+            if name not in out or not any(v.strip() for v in out[name]):
+                raise ValueError(f"empty text in column {name!r}")
         return out
 
     def example(self, feats: dict[str, list]) -> bytes:
@@ -157,6 +170,40 @@ def _to_int(v: Any) -> int:
 
 # ------------------------------------------------------------------ readers (run on Beam workers)
 _RANGE_BYTES = 32 << 20
+_BZ2 = ".bz2"  # tf.io.gfile does not decompress; CSV files ending so are decompressed here
+
+
+def _read_bytes(path: str, start: int = 0, end: int | None = None) -> bytes:
+    """Bytes [start, end) of a file, the whole decompressed file for .bz2."""
+    import bz2
+
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        if path.endswith(_BZ2):
+            return bz2.decompress(f.read())
+        f.seek(start)
+        return f.read() if end is None else f.read(end - start)
+
+
+def _records(lines: Iterable[tuple[int, str]]) -> Iterable[tuple[int, str]]:
+    """Physical (line number, text) lines -> CSV records (first line number, text).
+
+    A quoted field may hold newlines (review texts do): lines are joined while the record has
+    an odd number of quote characters (an escaped quote is two, so the parity is exact). A byte
+    range boundary inside such a field is not handled: ranges split files above 32 MB only.
+    """
+    pending: list[str] = []
+    first = 0
+    for lineno, line in lines:
+        if not pending:
+            first = lineno
+        pending.append(line)
+        if sum(p.count('"') for p in pending) % 2 == 0:
+            yield first, "\n".join(pending)
+            pending = []
+    if pending:
+        yield first, "\n".join(pending)
 
 
 def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, int, int]]:
@@ -169,7 +216,7 @@ def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, i
     import tensorflow as tf
 
     size = tf.io.gfile.stat(path).length
-    if size <= target:
+    if size <= target or path.endswith(_BZ2):  # a bz2 stream is read whole: no byte offsets into it
         return [(path, 0, size, 1)]
     ranges, start, line, pos = [], 0, 1, 0
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -193,16 +240,13 @@ def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, i
 
 def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: bool,
                       skip_prefixes: tuple[str, ...], chunk_rows: int):
-    """Lines of one file range in chunks of (line number, text); comments and blanks dropped."""
-    import tensorflow as tf
-
+    """CSV records of one file range in chunks of (line number, text); comments and blanks dropped."""
     input_idx, (path, start, end, first_line) = item
     chunk: list[tuple[int, str]] = []
-    with tf.io.gfile.GFile(path, "rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    for lineno, raw in enumerate(data.split(b"\n"), start=first_line):
-        line = raw.decode("utf-8", "replace").rstrip("\r")
+    data = _read_bytes(path, start, end)
+    lines = ((n, raw.decode("utf-8", "replace").rstrip("\r"))
+             for n, raw in enumerate(data.split(b"\n"), start=first_line))
+    for lineno, line in _records(lines):
         if (lineno == 1 and skip_header) or not line.strip() or line.startswith(skip_prefixes):
             continue
         chunk.append((lineno, line))
@@ -219,12 +263,16 @@ def _route(input_idx: int, path: str, rows, parser: RowParser):
     import apache_beam as beam
 
     counts: dict[str, int] = {}
+    dropped: dict[str, int] = {}
     read = rejected = 0
     for rowno, values, raw, reason in rows:
         read += 1
         if reason is None:
             try:
                 feats = parser.typed(values)
+            except Dropped as label:
+                dropped[str(label)] = dropped.get(str(label), 0) + 1
+                continue
             except ValueError as err:
                 reason = str(err)
             else:
@@ -235,7 +283,8 @@ def _route(input_idx: int, path: str, rows, parser: RowParser):
         rejected += 1
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
             {"input": path, "line": rowno, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
-    yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts})
+    yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts,
+                                              "dropped": dropped})
 
 
 def _parse_csv_chunk(chunk, parser: RowParser, delimiter: str, skip_space: bool):
@@ -351,15 +400,18 @@ def _csv_columns(cfg: IngestConfig, files: list[str]) -> dict[str, str]:
     sample: list[list[str]] = []
     header = None
     for path in files:
-        with tf.io.gfile.GFile(path) as f:
-            lines = []
-            for n, line in enumerate(f):
-                line = line.rstrip("\r\n")
-                if not line.strip() or line.startswith(cfg.csv.skip_lines_starting_with):
-                    continue
-                lines.append(line)
-                if len(lines) > _INFER_ROWS or (cfg.csv.header and len(lines) > 1 and sample):
-                    break
+        if path.endswith(_BZ2):
+            text = _read_bytes(path).decode("utf-8", "replace").split("\n")
+        else:
+            with tf.io.gfile.GFile(path) as f:
+                text = [line for _, line in zip(range(4 * _INFER_ROWS), f)]
+        lines = []
+        for _, line in _records(enumerate((t.rstrip("\r\n") for t in text), 1)):
+            if not line.strip() or line.startswith(cfg.csv.skip_lines_starting_with):
+                continue
+            lines.append(line)
+            if len(lines) > _INFER_ROWS or (cfg.csv.header and len(lines) > 1 and sample):
+                break
         rows = list(csv.reader(lines, delimiter=cfg.csv.delimiter, skipinitialspace=cfg.csv.skip_initial_space))
         if cfg.csv.header:
             if not rows:
@@ -384,6 +436,10 @@ def _typed_columns(cfg: IngestConfig, names: list[str], samples: dict[str, list]
     unknown = set(cfg.column_types) - set(names)
     if unknown:
         raise ComponentError(f"ingest: column_types names columns not in the data: {sorted(unknown)}; "
+                             f"columns are {names}")
+    unknown_text = set(cfg.text_columns) - set(names)
+    if unknown_text:
+        raise ComponentError(f"ingest: text_columns names columns not in the data: {sorted(unknown_text)}; "
                              f"columns are {names}")
     if cfg.label and cfg.label not in names:
         raise ComponentError(f"ingest: label column {cfg.label!r} not in the data; columns are {names}")
@@ -554,10 +610,14 @@ def run(ctx: Context) -> dict[str, Any]:
     with tf.io.gfile.GFile(f"{examples}/{COLUMNS_FILE}", "w") as f:
         json.dump({"columns": columns, "label": cfg.label, "splits": split_names}, f, indent=2)
     accepted = sum(counts["splits"].values())
-    read, rej = counts["read"], counts["rejected"]
-    assert read == accepted + rej, f"row counts do not reconcile: read {read} != {accepted} + {rej}"
+    read, rej, dropped = counts["read"], counts["rejected"], sum(counts["dropped"].values())
+    assert read == accepted + rej + dropped, \
+        f"row counts do not reconcile: read {read} != {accepted} + {rej} + {dropped}"
     metrics = {"rows": accepted, "read": read, "rejected": rej,
                "splits": {s: counts["splits"].get(s, 0) for s in split_names}}
+    if cfg.label_values:
+        metrics["dropped"] = dropped
+        metrics["dropped_labels"] = dict(sorted(counts["dropped"].items()))
     ctx.log.info("ingest %s", metrics)
     if read == 0:
         raise ComponentError("ingest: the source has no rows")
@@ -581,10 +641,12 @@ def _first_rejection(rejected_uri: str) -> str:
 
 
 def _sum_counts(parts: Iterable[dict]) -> dict:
-    total = {"read": 0, "rejected": 0, "splits": {}}
+    total = {"read": 0, "rejected": 0, "splits": {}, "dropped": {}}
     for c in parts:
         total["read"] += c["read"]
         total["rejected"] += c["rejected"]
+        for k, v in c["dropped"].items():
+            total["dropped"][k] = total["dropped"].get(k, 0) + v
         for k, v in c["splits"].items():
             total["splits"][k] = total["splits"].get(k, 0) + v
     return total
