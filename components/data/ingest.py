@@ -330,12 +330,18 @@ def _read_image_builtin_chunks(item, name: str, chunk_rows: int):
     """Rows (line number, [PNG bytes, label]) of an image built-in's pixel file, encoded in chunks."""
     from kfx.components.data.datasets import encode_png, read_pixels
 
+    import numpy as np
+
     input_idx, path = item
     images, labels = read_pixels(name, path)
+    # The files are sorted by class (mnist: 500 zeros, then ones, ...) and the split files keep
+    # the reading order, which training's block-wise shuffle would turn into batches of one or two
+    # classes: rows go out in a fixed permutation, each keeping its line number.
+    order = np.random.default_rng(0).permutation(len(labels))
     for start in range(0, len(labels), chunk_rows):
-        pngs = encode_png(images[start:start + chunk_rows])
-        yield input_idx, path, [(start + i + 1, [png, int(label)])
-                                for i, (png, label) in enumerate(zip(pngs, labels[start:start + chunk_rows]))]
+        rows = order[start:start + chunk_rows]
+        pngs = encode_png(images[rows])
+        yield input_idx, path, [(int(r) + 1, [png, int(labels[r])]) for r, png in zip(rows, pngs)]
 
 
 def _read_tfds_chunks(item, name: str, data_dir: str | None, names: list[str], chunk_rows: int):

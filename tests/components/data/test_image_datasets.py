@@ -3,7 +3,6 @@ PNG bytes that decode back to the package's pixels; image_columns must be byte c
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import yaml
 
