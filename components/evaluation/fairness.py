@@ -107,14 +107,19 @@ def group_fairness(groups: np.ndarray, names: list[str], y: np.ndarray, pred: np
         offs = (np.arange(r, dtype=np.int64) * 4 * g)[:, None]
         rc = np.bincount((cells[boot] + offs).ravel(), minlength=r * 4 * g).reshape(r, g, 4)
         dist = gaps(rates(rc))
-        alpha = (1.0 - confidence) / 2
-        for k, v in dist.items():
-            v = v[np.isfinite(v)]
-            if v.size:
-                lo, hi = np.quantile(v, [alpha, 1 - alpha])
-                result["gaps"][k].update(lower=float(lo), upper=float(hi))
+        _add_intervals(result, dist, confidence)
         result["resamples"] = int(r)
     return result
+
+
+def _add_intervals(result: dict, dist: dict, confidence: float) -> None:
+    """Percentile bootstrap interval of each gap from its resampled values (non-finite ones dropped)."""
+    alpha = (1.0 - confidence) / 2
+    for k, v in dist.items():
+        v = v[np.isfinite(v)]
+        if v.size:
+            lo, hi = np.quantile(v, [alpha, 1 - alpha])
+            result["gaps"][k].update(lower=float(lo), upper=float(hi))
 
 
 def _num(v) -> float | None:
@@ -168,11 +173,6 @@ def ratio_fairness(groups: np.ndarray, names: list[str], ratios: dict[str, tuple
         r = boot.shape[0]
         cells = (groups[boot] + (np.arange(r, dtype=np.int64) * g)[:, None]).ravel()
         dist = gaps_of({m: v.reshape(r, g) for m, v in per_group(cells, boot, r * g).items()})
-        alpha = (1.0 - confidence) / 2
-        for k, v in dist.items():
-            v = v[np.isfinite(v)]
-            if v.size:
-                lo, hi = np.quantile(v, [alpha, 1 - alpha])
-                result["gaps"][k].update(lower=float(lo), upper=float(hi))
+        _add_intervals(result, dist, confidence)
         result["resamples"] = int(r)
     return result
