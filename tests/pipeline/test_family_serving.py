@@ -106,12 +106,17 @@ def _jpeg(image) -> bytes:
     return tf.io.encode_jpeg(image, quality=100).numpy()
 
 
-def _exported(family: dict) -> dict[str, np.ndarray]:
-    """serving_default of the reloaded export on the family's raw inputs."""
+@pytest.fixture(scope="module")
+def exported(trained) -> dict[str, tuple]:
+    """family -> (its export loaded in this process, serving_default's outputs on the family's raw inputs)."""
     import tensorflow as tf
 
-    serve = tf.saved_model.load(family["model"]).signatures["serving_default"]
-    return {k: v.numpy() for k, v in serve(**{k: tf.constant(v) for k, v in family["inputs"].items()}).items()}
+    out = {}
+    for name, family in trained.items():
+        loaded = tf.saved_model.load(family["model"])
+        outputs = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in family["inputs"].items()})
+        out[name] = loaded, {k: v.numpy() for k, v in outputs.items()}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +154,7 @@ def test_each_family_trained_one_epoch_from_its_space_defaults(trained, name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_reloaded_export_gives_the_keras_model_outputs_from_raw_inputs(trained, name):
+def test_reloaded_export_gives_the_keras_model_outputs_from_raw_inputs(trained, exported, name):
     import tensorflow as tf
 
     from kfx import models
@@ -159,15 +164,14 @@ def test_reloaded_export_gives_the_keras_model_outputs_from_raw_inputs(trained, 
 
     family = trained[name]
     spec = load_transform(family["transform_graph"])
-    loaded = tf.saved_model.load(family["model"])
+    loaded, outputs = exported[name]
     serve = loaded.signatures["serving_default"]
     assert {k: (v.dtype, v.shape.as_list()) for k, v in serve.structured_input_signature[1].items()} == \
         {k: (tf.string, [None]) for k in family["inputs"]}
-    exported = _exported(family)
     classes = CLASSES if name in IMAGE_FAMILIES else TEXT_CLASSES
-    p = exported["probabilities"]
+    p = outputs["probabilities"]
     assert p.shape == (4, 2) and np.all(np.isfinite(p)) and np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
-    assert [c.decode() for c in exported["classes"]] == [classes[i] for i in p.argmax(axis=1)]
+    assert [c.decode() for c in outputs["classes"]] == [classes[i] for i in p.argmax(axis=1)]
 
     # The Keras model: the family built from the trained hyperparameters, holding the exported
     # weights (the archive tracks the preprocessing layer's variables, then the model's).
@@ -179,7 +183,7 @@ def test_reloaded_export_gives_the_keras_model_outputs_from_raw_inputs(trained, 
         variable.assign(value)
     raw = {k: tf.constant(v) for k, v in family["inputs"].items()}
     keras_out = tasks.of(spec["task"]).serving_outputs(model(make_preprocessor(spec)(raw), training=False))
-    np.testing.assert_allclose(exported["probabilities"], keras_out["probabilities"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(p, keras_out["probabilities"].numpy(), atol=1e-5)
 
     # train scored eval with the model it had just trained: the reloaded export scores the same.
     again = score_split({"serving_default": (lambda features: serve(**features), None)},
@@ -189,12 +193,12 @@ def test_reloaded_export_gives_the_keras_model_outputs_from_raw_inputs(trained, 
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_served_family_answers_grpc_and_rest_with_the_in_process_outputs(trained, server, name):
+def test_served_family_answers_grpc_and_rest_with_the_in_process_outputs(trained, exported, server, name):
     from tensorflow.core.framework import types_pb2
 
     process, client = server
     family = trained[name]
-    want = _exported(family)
+    want = exported[name][1]
 
     signature = client.metadata(name)["serving_default"]
     assert {k: (v.dtype, [d.size for d in v.tensor_shape.dim]) for k, v in signature.inputs.items()} == \
@@ -211,12 +215,13 @@ def test_served_family_answers_grpc_and_rest_with_the_in_process_outputs(trained
 
 
 @pytest.mark.parametrize("name", IMAGE_FAMILIES)
-def test_undecodable_image_bytes_get_invalid_argument_and_the_server_keeps_serving(trained, server, name):
+def test_undecodable_image_bytes_get_invalid_argument_and_the_server_keeps_serving(trained, exported, server,
+                                                                                    name):
     import grpc
 
     process, client = server
     family = trained[name]
-    want = _exported(family)["probabilities"]
+    want = exported[name][1]["probabilities"]
     with pytest.raises(grpc.RpcError) as err:
         client.predict(name, {IMAGE: np.array([family["inputs"][IMAGE][0], GARBAGE], dtype=object)})
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
