@@ -11,62 +11,18 @@ import json
 import os
 import shutil
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from tests.pipeline.raw_data import (CLASSES, DATA_STAGES, GARBAGE, IMAGE, LABEL, SIZE, pngs, rest_predict,
+                                     train_stage, write_images)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-IMAGE, LABEL = "image", "label"
-CLASSES = ["h", "v"]  # horizontal or vertical stripes
-SIZE = 8
-GARBAGE = b"\x89PNG\r\n\x1a\n but not really an image"
-
-
-def stripes(kind: str, rng) -> np.ndarray:
-    """A uint8 [SIZE, SIZE, 1] image: bright stripes on every other row (h) or column (v), noisy."""
-    base = np.zeros((SIZE, SIZE), np.float64)
-    if kind == "h":
-        base[::2, :] = 200
-    else:
-        base[:, ::2] = 200
-    noisy = base + rng.normal(0, 20, base.shape)
-    return np.clip(noisy, 0, 255).astype(np.uint8)[..., None]
-
-
-def write_images(path: Path, n: int = 60) -> list[np.ndarray]:
-    """n labelled images (every 6th as JPEG, the rest PNG) plus one undecodable blob as the last record."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    images = []
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for i in range(n + 1):
-            kind = CLASSES[i % 2]
-            if i < n:
-                image = stripes(kind, rng)
-                images.append(image)
-                data = (tf.io.encode_jpeg(image, quality=100) if i % 6 == 5 else tf.io.encode_png(image)).numpy()
-            else:
-                data = GARBAGE
-            ex = tf.train.Example(features=tf.train.Features(feature={
-                IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
-                LABEL: tf.train.Feature(bytes_list=tf.train.BytesList(value=[kind.encode()]))}))
-            writer.write(ex.SerializeToString())
-    return images
-
-
-STAGES = [
-    {"name": "ingest", "component": "ingest"},
-    {"name": "statistics", "component": "statistics", "inputs": {"examples": "ingest.examples"}},
-    {"name": "schema", "component": "schema", "inputs": {"statistics": "statistics.statistics"}},
-    {"name": "transform", "component": "transform", "inputs": {"examples": "ingest.examples", "schema": "schema.schema"}},
-    {"name": "train", "component": "train", "inputs": {"examples": "ingest.examples", "schema": "schema.schema",
-                                                       "transform_graph": "transform.transform_graph"}},
-]
+STAGES = [*DATA_STAGES, train_stage("train")]
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +53,6 @@ def trained(tmp_path_factory):
     return {"summary": summary, "outputs": outputs, "images": images, "tmp": tmp}
 
 
-def _pngs(images) -> list[bytes]:
-    import tensorflow as tf
-
-    return [tf.io.encode_png(image).numpy() for image in images]
-
-
 def test_undecodable_image_is_quarantined_with_its_record_and_reason(trained):
     metrics = trained["summary"]["components"]["ingest"]["metrics"]
     assert (metrics["read"], metrics["rows"], metrics["rejected"]) == (61, 60, 1)
@@ -124,7 +74,7 @@ def test_transform_scales_decoded_pixels_by_train_mean_and_std(trained):
     state = spec["transforms"][0]["state"]
     assert 40 < state["mean"] < 160 and 40 < state["std"] < 160  # stripes of 200 on 0: mean ~100
     images = trained["images"][:4]
-    got = make_preprocessor(spec)({IMAGE: tf.constant(_pngs(images))})[IMAGE].numpy()
+    got = make_preprocessor(spec)({IMAGE: tf.constant(pngs(images))})[IMAGE].numpy()
     want = (np.stack(images).astype(np.float32) - state["mean"]) / state["std"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
@@ -139,15 +89,15 @@ def test_export_takes_encoded_images_and_matches_the_in_process_model(trained):
     serve = loaded.signatures["serving_default"]
     assert serve.structured_input_signature[1][IMAGE].dtype == tf.string
     images = trained["images"][:6]
-    pngs = tf.constant(_pngs(images[:4]) + [tf.io.encode_jpeg(i, quality=100).numpy() for i in images[4:]])
-    exported = serve(image=pngs)["probabilities"].numpy()
+    encoded = tf.constant(pngs(images[:4]) + [tf.io.encode_jpeg(i, quality=100).numpy() for i in images[4:]])
+    exported = serve(image=encoded)["probabilities"].numpy()
     assert exported.shape == (6, 2) and np.allclose(exported.sum(axis=1), 1.0, atol=1e-5)
     # In process: the transform's preprocessing layer rebuilt from transform.json gives the
     # model inputs the export computes, and the Classify path (tf.Example) the same probabilities.
     spec = load_transform(trained["outputs"]["transform"]["transform_graph"])
-    features = make_preprocessor(spec)({IMAGE: pngs})[IMAGE].numpy()
+    features = make_preprocessor(spec)({IMAGE: encoded})[IMAGE].numpy()
     examples = tf.constant([tf.train.Example(features=tf.train.Features(feature={IMAGE: tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[p]))})).SerializeToString() for p in pngs.numpy()])
+        bytes_list=tf.train.BytesList(value=[p]))})).SerializeToString() for p in encoded.numpy()])
     exported_features = loaded.signatures["transform_features"](examples=examples)[IMAGE].numpy()
     np.testing.assert_allclose(exported_features, features, rtol=1e-5, atol=1e-5)
     scores = loaded.signatures["classify"](inputs=examples)["scores"].numpy()
@@ -165,31 +115,27 @@ def test_served_model_predicts_from_png_bytes_over_grpc_and_rest(trained, tmp_pa
 
     base = tmp_path / "models" / "images"
     shutil.copytree(trained["outputs"]["train"]["model"], base / "1")
-    pngs = _pngs(trained["images"][:3])
+    encoded = pngs(trained["images"][:3])
     want = tf.saved_model.load(str(base / "1")).signatures["serving_default"](
-        image=tf.constant(pngs))["probabilities"].numpy()
+        image=tf.constant(encoded))["probabilities"].numpy()
 
     server = ServerProcess(tmp_path, "--model_name=images", f"--model_base_path={base}", rest=True)
     try:
         server.wait_serving()
         with ServingClient(server.target, timeout=30, retries=0) as client:
-            out = client.predict("images", {IMAGE: np.array(pngs, dtype=object)})
+            out = client.predict("images", {IMAGE: np.array(encoded, dtype=object)})
             np.testing.assert_allclose(out["probabilities"], want, atol=1e-5)
             assert [c.decode() for c in out["classes"]] == [CLASSES[i] for i in want.argmax(axis=1)]
             with pytest.raises(grpc.RpcError) as err:
                 client.predict("images", {IMAGE: np.array([GARBAGE], dtype=object)})
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            again = client.predict("images", {IMAGE: np.array(pngs[:1], dtype=object)})
+            again = client.predict("images", {IMAGE: np.array(encoded[:1], dtype=object)})
             np.testing.assert_allclose(again["probabilities"], want[:1], atol=1e-5)
 
-        url = f"http://127.0.0.1:{server.rest_port}/v1/models/images:predict"
-
         def post(body: dict):
-            request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
+            return rest_predict(server.rest_port, "images", body)
 
-        status, body = post({"instances": [{IMAGE: {"b64": base64.b64encode(p).decode()}} for p in pngs]})
+        status, body = post({"instances": [{IMAGE: {"b64": base64.b64encode(p).decode()}} for p in encoded]})
         assert status == 200
         got = np.array([row["probabilities"] for row in body["predictions"]])
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -197,7 +143,7 @@ def test_served_model_predicts_from_png_bytes_over_grpc_and_rest(trained, tmp_pa
             post({"instances": [{IMAGE: {"b64": base64.b64encode(GARBAGE).decode()}}]})
         assert http_err.value.code == 400
         assert "error" in json.loads(http_err.value.read())
-        status, body = post({"instances": [{IMAGE: {"b64": base64.b64encode(pngs[0]).decode()}}]})
+        status, body = post({"instances": [{IMAGE: {"b64": base64.b64encode(encoded[0]).decode()}}]})
         assert status == 200 and np.allclose(body["predictions"][0]["probabilities"], want[0], atol=1e-5)
     finally:
         server.stop()

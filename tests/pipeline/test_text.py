@@ -5,7 +5,6 @@ probabilities, in-process and through a real `python -m kfx.serving` (Predict an
 """
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 from pathlib import Path
@@ -14,30 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.pipeline.raw_data import BAD, GOOD, write_reviews
+from tests.pipeline.raw_data import TEXT_CLASSES as CLASSES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[2]
-GOOD = ("wonderful", "moving", "brilliant", "delightful", "superb")
-BAD = ("dull", "tedious", "awful", "clumsy", "boring")
-FILLER = ("the", "film", "cast", "story", "is", "a", "and", "plot", "really", "quite")
-CLASSES = ["fresh", "rotten"]  # the schema's domain, sorted: the second is the positive class
-
-
-def _sentence(rng, words) -> str:
-    chosen = list(rng.choice(FILLER, 5)) + [rng.choice(words)]
-    rng.shuffle(chosen)
-    return " ".join(chosen).capitalize() + "."
-
-
-def _write(path: Path, rows: int = 400, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
-        for i in range(rows):
-            fresh = i % 2 == 0
-            w.writerow(["fresh" if fresh else "rotten", _sentence(rng, GOOD if fresh else BAD), f"m{i % 7}", "False"])
-        w.writerow(["plot", "A plot summary that is not a review.", "m0", "True"])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +29,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("text")
     data = tmp / "reviews.csv"
-    _write(data)
+    write_reviews(data)
     cfg = yaml.safe_load((REPO / "pipeline" / "configs" / "reviews_lstm.yaml").read_text())
     cfg["root"] = str(tmp / "runs")
     cfg["max_parallel"] = 1
