@@ -23,6 +23,7 @@ from kfx.pipeline.component import ComponentSpec, Context
 
 _SKETCH_K = 4096
 _KMV_K = 4096
+_STRING_HASH_SPACE = 2.0**62  # string values hash into [0, 2**62) (tf.strings.to_hash_bucket_fast)
 
 
 class QuantileSketch:
@@ -147,7 +148,8 @@ class FeatureAcc:
     def unique(self) -> int:
         if len(self.kmv) < _KMV_K:
             return len(self.kmv)
-        return int(round((_KMV_K - 1) * 2.0**64 / float(self.kmv[-1])))
+        space = _STRING_HASH_SPACE if self.kind == "string" else 2.0**64  # the hashes' range
+        return int(round((_KMV_K - 1) * space / float(self.kmv[-1])))
 
 
 def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset()):
@@ -177,7 +179,7 @@ def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset()):
             if columns[name] == "string":
                 uniq, _, counts = tf.unique_with_counts(vals, out_idx=tf.int64)
                 r.update(unique=uniq, counts=counts, bytes=tf.reduce_sum(tf.strings.length(vals, "BYTE")),
-                         hashes=tf.strings.to_hash_bucket_fast(uniq, 2**62))
+                         hashes=tf.strings.to_hash_bucket_fast(uniq, int(_STRING_HASH_SPACE)))
                 if name in text:
                     r.update(text_stats.reduce_batch(rt))
             else:
