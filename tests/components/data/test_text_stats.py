@@ -194,3 +194,20 @@ def test_text_features_must_be_string_columns():
     assert text_features(meta, StatisticsConfig()) == {"text"}
     with pytest.raises(ComponentError, match=r"text_features \['n'\] must be string columns .* 'n': 'int'"):
         text_features(meta, StatisticsConfig(text_features=("n",)))
+
+
+def test_a_natural_language_feature_without_token_statistics_is_noted_not_checked():
+    from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
+
+    from kfx.components.data.text_stats import check
+    from kfx.components.data.validate import Findings
+    from kfx.pipeline.config import ValidateConfig
+
+    schema = schema_pb2.Schema()
+    schema.feature.add(name="text", type=schema_pb2.BYTES).natural_language_domain.SetInParent()
+    ds = statistics_pb2.DatasetFeatureStatistics(name="train", num_examples=3)
+    ds.features.add(type=statistics_pb2.FeatureNameStatistics.STRING).path.step.append("text")
+    findings = Findings(schema)
+    assert check(findings, schema, {"train": ds}, None, ValidateConfig()) == {"text": {
+        "note": "no token statistics (not checked): name the feature in ingest.text_columns or statistics.text_features"}}
+    assert findings.lines == []
