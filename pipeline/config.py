@@ -108,6 +108,9 @@ class StatisticsConfig(StageConfig):
     top_k: int = Field(20, ge=1)
     max_rank_values: int = Field(1000, ge=1, description="Distinct values kept per string feature.")
     batch_size: int = Field(32768, gt=0)
+    text_features: tuple[str, ...] = Field((), description="String features with token statistics besides "
+                                                             "ingest.text_columns (components/data/text_stats.py).")
+    text_max_tokens: int = Field(20000, ge=1, description="Most frequent tokens kept per text feature and split.")
 
 
 # ---------------------------------------------------------------- schema
@@ -130,6 +133,9 @@ class ValidateConfig(StageConfig):
     categorical_drift_threshold: float = Field(0.1, gt=0, le=1, description="L-infinity default.")
     numeric_drift_threshold: float = Field(0.1, gt=0, le=1, description="Jensen-Shannon default.")
     feature_thresholds: dict[str, float] = Field(default_factory=dict)
+    max_empty_text_fraction: float = Field(0.0, ge=0, lt=1, description="Texts without a token, per split.")
+    oov_drift_threshold: float = Field(0.1, gt=0, le=1, description="Rise of a text feature's out-of-vocabulary "
+                                                                    "rate over train's or the baseline's.")
 
 
 # Keys of a pipeline YAML that are not stage sections.

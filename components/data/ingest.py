@@ -654,7 +654,8 @@ def run(ctx: Context) -> dict[str, Any]:
     with tf.io.gfile.GFile(f"{examples}/{COUNTS_FILE}") as f:
         counts = json.loads(f.read())
     with tf.io.gfile.GFile(f"{examples}/{COLUMNS_FILE}", "w") as f:
-        json.dump({"columns": columns, "label": cfg.label, "splits": split_names}, f, indent=2)
+        json.dump({"columns": columns, "label": cfg.label, "splits": split_names,
+                   "text_columns": list(cfg.text_columns)}, f, indent=2)
     accepted = sum(counts["splits"].values())
     read, rej, dropped = counts["read"], counts["rejected"], sum(counts["dropped"].values())
     assert read == accepted + rej + dropped, \

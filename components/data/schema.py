@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kfx.components.data.text_stats import is_text
 from kfx.pipeline.config import SchemaConfig
 from kfx.pipeline.artifacts import (LABEL_TAG, SCHEMA, SCHEMA_FILE, SENSITIVE_TAG, label_key, load_schema,  # noqa: F401
                                     load_statistics, parse_schema_text, sensitive_keys, string_domain, tagged,
@@ -32,7 +33,9 @@ def infer_schema(train_stats, cfg) -> Any:
         if common.max_num_values <= 1:
             f.value_count.min = 1
             f.value_count.max = 1
-        if fs.HasField("string_stats") and 0 < fs.string_stats.unique <= cfg.max_domain_values:
+        if is_text(fs):  # TFDV's domain_info hint from statistics: transform gives it the text kind
+            f.natural_language_domain.SetInParent()
+        elif fs.HasField("string_stats") and 0 < fs.string_stats.unique <= cfg.max_domain_values:
             dom = schema.string_domain.add(name=f.name)
             dom.value.extend(sorted(b.label for b in fs.string_stats.rank_histogram.buckets))
             f.domain = f.name
@@ -93,4 +96,4 @@ def source_fingerprint(cfg) -> str:
 
 
 SPEC = ComponentSpec(name="schema", config=SchemaConfig, inputs=("statistics",), outputs=(SCHEMA,), run=run,
-                     source_fingerprint=source_fingerprint)
+                     source_fingerprint=source_fingerprint, code=("kfx.components.data.text_stats",))

@@ -5,6 +5,8 @@ not per-row Python), folds each batch into mergeable accumulators (moments, a co
 quantile sketch, a K-minimum-values distinct counter, bounded value counts), and the
 accumulators are merged per split. Memory is bounded by the sketch sizes, not by the rows.
 
+String features marked as text also get token and length distributions (text_stats.py).
+
 Output `statistics`: Split-<name>/FeatureStats.pb (binary DatasetFeatureStatisticsList, as TFX
 writes it: TFDV and Facets read it) and stats.txt, a readable table.
 """
@@ -14,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from kfx.components.data import text_stats
 from kfx.pipeline.artifacts import EXAMPLES, STATISTICS, load_statistics, read_columns, split_dir, write_statistics  # noqa: F401
 from kfx.pipeline.config import StatisticsConfig
 from kfx.pipeline.component import ComponentSpec, Context
 
 _SKETCH_K = 4096
 _KMV_K = 4096
+_STRING_HASH_SPACE = 2.0**62  # string values hash into [0, 2**62) (tf.strings.to_hash_bucket_fast)
 
 
 class QuantileSketch:
@@ -70,8 +74,9 @@ def _hash(values: np.ndarray) -> np.ndarray:
 class FeatureAcc:
     """Mergeable statistics of one feature."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, text: "text_stats.TextAcc | None" = None):
         self.kind = kind
+        self.text = text  # a natural-language feature's token statistics
         self.present = self.missing = self.num_values = 0
         self.min_nv, self.max_nv = np.inf, 0
         self.total = self.total_sq = 0.0
@@ -99,6 +104,8 @@ class FeatureAcc:
                 self.counts[v] = self.counts.get(v, 0) + c
             self.bytes_len += int(r["bytes"])
             self._prune(max_counts)
+            if self.text is not None:
+                self.text.add(r)
         else:
             v = r["values"]
             self.total += float(r["sum"])
@@ -134,15 +141,18 @@ class FeatureAcc:
         self.bytes_len += o.bytes_len
         self.truncated |= o.truncated
         self._prune(max_counts)
+        if self.text is not None:
+            self.text.merge(o.text)
         return self
 
     def unique(self) -> int:
         if len(self.kmv) < _KMV_K:
             return len(self.kmv)
-        return int(round((_KMV_K - 1) * 2.0**64 / float(self.kmv[-1])))
+        space = _STRING_HASH_SPACE if self.kind == "string" else 2.0**64  # the hashes' range
+        return int(round((_KMV_K - 1) * space / float(self.kmv[-1])))
 
 
-def _batch_reducer(columns: dict[str, str]):
+def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset()):
     """A tf.function: serialized examples -> per feature reductions, all in TensorFlow ops.
 
     Counting, moments and distinct values happen in C++ (and in parallel across batches via
@@ -169,7 +179,9 @@ def _batch_reducer(columns: dict[str, str]):
             if columns[name] == "string":
                 uniq, _, counts = tf.unique_with_counts(vals, out_idx=tf.int64)
                 r.update(unique=uniq, counts=counts, bytes=tf.reduce_sum(tf.strings.length(vals, "BYTE")),
-                         hashes=tf.strings.to_hash_bucket_fast(uniq, 2**62))
+                         hashes=tf.strings.to_hash_bucket_fast(uniq, int(_STRING_HASH_SPACE)))
+                if name in text:
+                    r.update(text_stats.reduce_batch(rt))
             else:
                 v = tf.cast(vals, tf.float64)
                 r.update(values=v, sum=tf.reduce_sum(v), sum_sq=tf.reduce_sum(v * v),
@@ -182,15 +194,16 @@ def _batch_reducer(columns: dict[str, str]):
     return reduce
 
 
-def _file_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int, max_counts: int):
+def _file_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int, max_counts: int,
+                text: frozenset = frozenset(), max_text_tokens: int = 0):
     """Statistics of one shard: (split, ({feature: FeatureAcc}, rows))."""
     import tensorflow as tf
 
     split, path = item
-    accs = {k: FeatureAcc(t) for k, t in columns.items()}
+    accs = {k: FeatureAcc(t, text_stats.TextAcc(max_text_tokens) if k in text else None) for k, t in columns.items()}
     rows = 0
     ds = (tf.data.TFRecordDataset(path, compression_type="GZIP", num_parallel_reads=1).batch(batch_size)
-          .map(_batch_reducer(columns), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+          .map(_batch_reducer(columns, text), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
     for batch in ds.as_numpy_iterator():
         for name, r in batch.items():
             accs[name].add(r, max_counts)
@@ -247,6 +260,8 @@ def to_proto(split: str, accs: dict[str, FeatureAcc], rows: int, cfg) -> Any:
                 n.median = float(a.sketch.quantiles(np.array([0.5]))[0])
                 _histograms(n, a, cfg)
             f.custom_stats.add(name="unique", num=a.unique())
+        if a.text is not None:
+            text_stats.to_proto(f, a.text, cfg)
     return ds
 
 
@@ -290,6 +305,7 @@ def summary_text(stats: dict[str, Any]) -> str:
                 lines.append(f"{name:<22}{('INT' if f.type == f.INT else 'FLOAT'):<7}"
                              f"{n.common_stats.num_non_missing:>9}{n.common_stats.num_missing:>9}"
                              f"{n.mean:>12.4g}{n.std_dev:>12.4g}{n.min:>10.4g}{n.median:>10.4g}{n.max:>12.4g}{uniq:>8}")
+        lines.extend(text_stats.summary_lines(ds))
         lines.append("")
     return "\n".join(lines)
 
@@ -316,7 +332,8 @@ def run(ctx: Context) -> dict[str, Any]:
     with beam.Pipeline(options=ctx.beam_options()) as p:
         _ = (p | "Shards" >> beam.Create(items)
              | "Spread" >> beam.Reshuffle()
-             | "FileStats" >> beam.FlatMap(_file_stats, columns, cfg.batch_size, max_counts)
+             | "FileStats" >> beam.FlatMap(_file_stats, columns, cfg.batch_size, max_counts,
+                                           frozenset(text_stats.text_features(meta, cfg)), cfg.text_max_tokens)
              | "MergeSplit" >> beam.CombinePerKey(lambda parts: _merge(parts, max_counts))
              | "Write" >> beam.Map(write))
 
@@ -333,4 +350,4 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(name="statistics", config=StatisticsConfig, inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
-                     code=("kfx.pipeline.artifacts",))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats", "kfx.models.kinds.text"))

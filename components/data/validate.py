@@ -4,7 +4,8 @@ Schema checks per split: missing or unexpected feature, type, presence, string v
 the domain, numbers outside int/float domains, values per example. Drift on `drift_splits`:
 L-infinity distance of category frequencies and Jensen-Shannon divergence (base 2, in [0, 1])
 of numeric distributions, each with a per-feature threshold (the schema's drift_comparator,
-else `validate.feature_thresholds`, else the defaults).
+else `validate.feature_thresholds`, else the defaults). Text features: empty texts and
+out-of-vocabulary rate drift (components/data/text_stats.py).
 
 Output `anomalies`: Split-<name>/SchemaDiff.pb (tensorflow_metadata Anomalies, as TFX writes
 it) and anomalies.txt. Any anomaly blocks the run when `validate.block` is true.
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from kfx.components.data import text_stats
 from kfx.pipeline.artifacts import ANOMALIES, load_schema, load_statistics, string_domain
 from kfx.pipeline.config import ValidateConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
@@ -207,6 +209,8 @@ def run(ctx: Context) -> dict[str, Any]:
             if split in stats and split in baseline:
                 drift[split] = check_drift(findings, schema, split, stats[split], baseline[split], cfg)
 
+    text = text_stats.check(findings, schema, stats, baseline, cfg)  # empty texts, OOV-rate drift
+
     out = ctx.outputs[ANOMALIES]
     from tensorflow_metadata.proto.v0 import anomalies_pb2
 
@@ -219,7 +223,7 @@ def run(ctx: Context) -> dict[str, Any]:
               else "baseline statistics: none (first validated data; drift not checked)")
     with tf.io.gfile.GFile(f"{out}/anomalies.txt", "w") as f:
         f.write("\n".join([header, *(findings.lines or ["no anomalies"])]) + "\n")
-    metrics = {"anomalies": len(findings.lines), "baseline": base_uri, "drift": drift}
+    metrics = {"anomalies": len(findings.lines), "baseline": base_uri, "drift": drift, "text": text}
     if findings.lines and cfg.block:
         raise ComponentError(f"validate: {len(findings.lines)} blocking anomal"
                              f"{'y' if len(findings.lines) == 1 else 'ies'}: " + "; ".join(findings.lines))
@@ -228,4 +232,4 @@ def run(ctx: Context) -> dict[str, Any]:
 
 SPEC = ComponentSpec(name="validate", config=ValidateConfig, inputs=("statistics", "schema", "baseline_statistics"),
                      outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics",),
-                     code=("kfx.pipeline.artifacts",))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats"))

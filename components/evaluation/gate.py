@@ -41,7 +41,7 @@ def change_checks(gate, overall: dict, baseline: dict | None) -> list[dict]:
     """Candidate vs baseline; with no baseline every change check passes and says why."""
     out = []
     for t in gate.change:
-        worse = "lower" if t.metric in LOWER_IS_BETTER else "higher"
+        worse = "higher" if t.metric in LOWER_IS_BETTER else "lower"
         text = f"worsening <= {t.max_worsening}{' (relative)' if t.relative else ''}"
         name = f"{t.metric} no worse than baseline ({text})"
         cand = overall.get(t.metric)

@@ -102,3 +102,30 @@ def test_served_model_answers_predict_and_classify_with_raw_text(trained, tmp_pa
             assert np.allclose(scores, want["probabilities"].numpy(), atol=1e-5)
     finally:
         server.stop()
+
+
+def test_tune_searches_the_lstm_space_on_text(trained):
+    """KerasTuner over the text pipeline's token ids: two lstm trials, best values in the family's space."""
+    import json
+
+    from kfx import models
+    from kfx.components.training.tune import TRIALS_FILE, load_hyperparameters
+    from kfx.models.space import check
+    from kfx.pipeline.config import load_config
+    from kfx.pipeline.runner import run_pipeline
+
+    tmp = Path(trained[0]["root"]).parent
+    cfg = yaml.safe_load((tmp / "reviews_tiny.yaml").read_text())
+    cfg["stages"].append({"name": "tune", "component": "tune", "inputs": {
+        "examples": "ingest.examples", "schema": "schema.schema", "transform_graph": "transform.transform_graph"}})
+    cfg["tune"] = {"max_trials": 2, "epochs": 1, "batch_size": 32, "max_seconds": 300}
+    (tmp / "reviews_tune.yaml").write_text(yaml.safe_dump(cfg))
+    res = run_pipeline(load_config(tmp / "reviews_tune.yaml"), only=["tune"])["components"]["tune"]
+    assert res["status"] == "succeeded", res.get("error")
+    best = load_hyperparameters(res["outputs"]["hyperparameters"])
+    trials = json.loads(Path(res["outputs"]["hyperparameters"], TRIALS_FILE).read_text())
+    space = models.get("lstm").SPACE
+    assert (best["family"], best["source"], best["objective"]["name"]) == ("lstm", "tuned", "val_loss")
+    assert set(best["values"]) == {p.name for p in space} and check(space, best["values"]) == []
+    scores = [t["score"] for t in trials]
+    assert len(trials) == 2 and all(np.isfinite(scores)) and best["score"] == min(scores)

@@ -64,3 +64,17 @@ def test_quantile_sketch_is_accurate_and_bounded():
     est = merged.quantiles(qs)
     ranks = np.searchsorted(np.sort(data), est) / len(data)
     assert np.max(np.abs(ranks - qs)) < 0.01
+
+
+def test_distinct_count_of_many_strings_is_not_overestimated():
+    """Above the KMV sketch's size the count is estimated from the hashes' range (strings: 2**62)."""
+    import tensorflow as tf
+
+    from kfx.components.data.statistics import FeatureAcc, _batch_reducer
+
+    n = 10_000
+    examples = [tf.train.Example(features=tf.train.Features(feature={"s": tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[f"value {i}".encode()]))})).SerializeToString() for i in range(n)]
+    acc = FeatureAcc("string")
+    acc.add({k: v.numpy() for k, v in _batch_reducer({"s": "string"})(tf.constant(examples))["s"].items()}, 1000)
+    assert abs(acc.unique() - n) / n < 0.05

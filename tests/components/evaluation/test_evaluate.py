@@ -192,6 +192,8 @@ def test_change_thresholds_against_a_baseline(art):
     assert ev["baseline"]["comparison"]["auc"]["change"] < 0
     assert not blessing["blessed"]
     assert {c["metric"] for c in blessing["checks"] if not c["passed"]} == {"auc", "log_loss"}
+    notes = {c["metric"]: c["note"] for c in blessing["checks"]}
+    assert notes["auc"].endswith("(lower is worse)") and notes["log_loss"].endswith("(higher is worse)")
     _, ev, first, _ = evaluate(art, "no_baseline", "biased", gate=gate)
     assert first["blessed"] and "no baseline" in first["checks"][0]["note"]
 
