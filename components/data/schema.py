@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kfx.components.data import images
 from kfx.pipeline.config import SchemaConfig
 from kfx.pipeline.artifacts import (LABEL_TAG, SCHEMA, SCHEMA_FILE, SENSITIVE_TAG, label_key, load_schema,  # noqa: F401
                                     load_statistics, parse_schema_text, sensitive_keys, string_domain, tagged,
@@ -32,6 +33,8 @@ def infer_schema(train_stats, cfg) -> Any:
         if common.max_num_values <= 1:
             f.value_count.min = 1
             f.value_count.max = 1
+        if images.infer_domain(f, fs):  # an image: no string domain of its bytes
+            continue
         if fs.HasField("string_stats") and 0 < fs.string_stats.unique <= cfg.max_domain_values:
             dom = schema.string_domain.add(name=f.name)
             dom.value.extend(sorted(b.label for b in fs.string_stats.rank_histogram.buckets))
