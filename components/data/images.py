@@ -81,6 +81,9 @@ def check_columns(cfg, columns: dict[str, str]) -> None:
     bad = [c for c in cfg.image_columns if columns.get(c) != "string"]
     if bad:
         raise ValueError(f"image_columns {bad} must be string (bytes) columns; columns are {columns}")
+    if cfg.image_shape is not None and not isinstance(cfg.image_shape, dict) and not cfg.image_columns:
+        raise ValueError(f"image_shape {shape_text(cfg.image_shape)} needs ingest.image_columns (which columns "
+                         f"are images); columns are {columns}")
     bad = [c for c in cfg.base64_columns if columns.get(c) != "string"]
     if bad:
         raise ValueError(f"base64_columns {bad} must be string columns; columns are {columns}")

@@ -15,7 +15,7 @@ the plot summaries among the Rotten Tomatoes reviews); read = accepted + rejecte
 
 Outputs:
     examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example), columns.json
-        (column types, label, splits) and counts.json.
+        (column types, label, splits, image columns with their expected shape) and counts.json.
     rejected: rejected.jsonl, one {"input", "line", "reason", "row"} per malformed row.
 """
 from __future__ import annotations
@@ -583,7 +583,7 @@ def source_fingerprint(cfg: IngestConfig) -> str:
     h = hashlib.sha256()
     for files in _match(cfg):
         for path in files:
-            h.update(path.rsplit("/", 2 if cfg.format == "image_folder" else 1)[-1].encode())  # class/file
+            h.update("/".join(path.rsplit("/", 2)[-2 if cfg.format == "image_folder" else -1:]).encode())  # class/file
             with tf.io.gfile.GFile(path, "rb") as f:
                 while block := f.read(1 << 22):
                     h.update(block)

@@ -240,5 +240,22 @@ def test_image_settings_that_do_not_fit_fail_clearly(tmp_path):
     summary = _run(tmp_path, "empty", {"ingest": {"format": "image_folder",
                                                   "inputs": [{"pattern": str(tmp_path / "empty")}]}}, stages=STAGES[:1])
     assert summary["status"] == "failed" and "matches no image in class subfolders" in summary["error"]
+    (tmp_path / "d.csv").write_text("x,label\n1,a\n")
+    summary = _run(tmp_path, "shape", {"ingest": {"image_shape": [2, 2, 1], "label": "label",
+                                                  "inputs": [{"pattern": str(tmp_path / "d.csv")}]}}, stages=STAGES[:1])
+    assert summary["status"] == "failed" and "image_shape 2x2x1 needs ingest.image_columns" in summary["error"]
     with pytest.raises(ValueError, match="invalid base64"):
         images.decode_base64("c", "abc")
+
+
+def test_moving_an_image_to_another_class_changes_the_source_fingerprint(tmp_path):
+    from kfx.components.data.ingest import source_fingerprint
+    from kfx.pipeline.config import IngestConfig
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(_png(_image(np.random.default_rng(4))))
+    cfg = IngestConfig(format="image_folder", inputs=[{"pattern": str(tmp_path)}])
+    before = source_fingerprint(cfg)
+    (tmp_path / "a" / "x.png").rename(tmp_path / "b" / "x.png")
+    assert source_fingerprint(cfg) != before
