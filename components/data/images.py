@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from typing import Any, Iterable
 
 import numpy as np
@@ -112,7 +113,9 @@ def check_image(column: str, data: bytes, expected: Shape | None = None) -> tupl
     try:
         shape = tuple(int(d) for d in tf.io.decode_image(data, expand_animations=False).shape)
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
-        reason = err.message.splitlines()[0] if err.message else type(err).__name__
+        # TensorFlow prefixes the reason with its graph node ("{{function_node ...}} Invalid PNG ...").
+        reason = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", err.message.splitlines()[0]) if err.message \
+            else type(err).__name__
         raise ValueError(f"column {column!r}: undecodable image ({len(data)} bytes): {reason}") from None
     if not matches(shape, expected):
         raise ValueError(f"column {column!r}: image shape {shape_text(shape)}, expected {shape_text(expected)}")
