@@ -28,7 +28,6 @@ import struct
 from typing import Any, Iterable
 
 from kfx.components.data import images
-from kfx.components.data.images import check_image  # noqa: F401 (ingest's image check)
 from kfx.pipeline.artifacts import COLUMNS_FILE, COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
@@ -303,7 +302,8 @@ def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = Fal
                 continue
         rejected += 1
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
-            {"input": f"{path}/{raw}" if files else path, "line": rowno, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
+            {"input": f"{path}/{raw}" if files else path, "line": rowno, "reason": reason,
+             "row": raw if raw is not None else repr(values)[:2000]}))
     yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts,
                                               "dropped": dropped})
 
@@ -659,16 +659,16 @@ def run(ctx: Context) -> dict[str, Any]:
             chunks = src | "Read" >> beam.FlatMap(_read_text_chunks, cfg.csv.header,
                                                   tuple(cfg.csv.skip_lines_starting_with), cfg.chunk_rows)
             parse = beam.FlatMap(_parse_csv_chunk, parser, cfg.csv.delimiter, cfg.csv.skip_initial_space)
-        elif cfg.format != "image_folder":
+        elif cfg.format == "image_folder":
+            chunks = src | "Read" >> beam.FlatMap(images.read_folder_chunk)
+            parse = beam.FlatMap(_parse_file_chunk, parser)
+        else:
             reader = {"parquet": lambda it: _read_parquet_chunks(it, names, cfg.chunk_rows),
                       "tfrecord": lambda it: _read_tfrecord_chunks(it, names, cfg.chunk_rows),
                       "tfds": lambda it: _read_tfds_chunks(it, cfg.name, cfg.data_dir, names, cfg.chunk_rows),
                       "builtin": lambda it: _read_image_builtin_chunks(it, cfg.name, cfg.chunk_rows)}[cfg.format]
             chunks = src | "Read" >> beam.FlatMap(reader)
             parse = beam.FlatMap(_parse_record_chunk, parser)
-        if cfg.format == "image_folder":
-            chunks = src | "Read" >> beam.FlatMap(images.read_folder_chunk)
-            parse = beam.FlatMap(_parse_file_chunk, parser)
         tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", *split_names))
         for split in split_names:
             _ = tagged[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
