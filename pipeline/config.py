@@ -7,10 +7,10 @@ applied to the raw YAML before validation, so they get the same checks.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "pipeline" / "configs" / "adult.yaml"
@@ -68,10 +68,19 @@ class CsvOptions(Section):
     replace: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
+def _positive_dims(shape: tuple) -> tuple:
+    if any(d is not None and d <= 0 for d in shape):
+        raise ValueError(f"image shape dimensions must be > 0 or null, got {list(shape)}")
+    return shape
+
+
+ImageShape = Annotated[tuple[int | None, int | None, int | None], AfterValidator(_positive_dims)]
+
+
 class IngestConfig(StageConfig):
     """Where examples come from and how they are split."""
 
-    format: Literal["builtin", "csv", "tfrecord", "parquet", "tfds"] = "csv"
+    format: Literal["builtin", "csv", "tfrecord", "parquet", "tfds", "image_folder"] = "csv"
     name: str | None = Field(None, description="builtin or TFDS dataset name.")
     data_dir: str | None = Field(None, description="TFDS data_dir.")
     inputs: tuple[InputSpec, ...] = ()
@@ -89,6 +98,12 @@ class IngestConfig(StageConfig):
     chunk_rows: int = Field(20000, gt=0, description="Rows per batch handed to a Beam worker.")
     image_columns: tuple[str, ...] = Field(
         (), description="Columns of encoded images (PNG, JPEG, ...); rows whose image does not decode are rejected.")
+    image_shape: ImageShape | dict[str, ImageShape] | None = Field(
+        None, description="Expected [height, width, channels] of every image column (null: any), or per "
+                          "column; a numeric column named here is a pixel array of that many values. "
+                          "Other images are rejected.")
+    base64_columns: tuple[str, ...] = Field(
+        (), description="Text columns holding base64 bytes (CSV images), decoded at ingest; bad base64 is rejected.")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "IngestConfig":

@@ -1,9 +1,11 @@
 """ingest: read a source into split, typed tf.Example shards; quarantine malformed rows.
 
 Sources: CSV files/globs (plain or .bz2; quoted fields may span lines), TFRecord of tf.Example,
-Parquet, any TFDS dataset by name, and the offline built-ins (components/datasets.py; image
-built-ins are pixel files encoded here to PNG bytes). Columns named in `image_columns` must hold
-decodable images (PNG, JPEG, GIF, BMP), else the row is rejected with the decoder's reason.
+Parquet, any TFDS dataset by name, folders of image files with one subfolder per class
+(`image_folder`, components/data/images.py), and the offline built-ins (components/datasets.py;
+image built-ins are pixel files encoded here to PNG bytes). Columns named in `image_columns` must
+hold decodable images (PNG, JPEG, GIF, BMP) of the `image_shape` given, else the row is rejected
+with the reason; `base64_columns` are decoded from base64 text (images in CSV).
 Rows are read in chunks (one Beam element per
 chunk of rows, not per row: Beam's per-element cost dominates otherwise) and parsed in
 parallel by Beam workers. Each row goes to exactly one split by a deterministic hash, or to
@@ -13,7 +15,7 @@ the plot summaries among the Rotten Tomatoes reviews); read = accepted + rejecte
 
 Outputs:
     examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example), columns.json
-        (column types, label, splits) and counts.json.
+        (column types, label, splits, image columns with their expected shape) and counts.json.
     rejected: rejected.jsonl, one {"input", "line", "reason", "row"} per malformed row.
 """
 from __future__ import annotations
@@ -25,11 +27,13 @@ import math
 import struct
 from typing import Any, Iterable
 
+from kfx.components.data import images
 from kfx.pipeline.artifacts import COLUMNS_FILE, COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
 
 _INFER_ROWS = 1000
+csv.field_size_limit(1 << 30)  # a base64 image or a long text exceeds csv's default 128 KiB field
 
 
 class Dropped(Exception):
@@ -53,7 +57,9 @@ class RowParser:
         self.text_columns = tuple(cfg.text_columns)
         self.hash_idx = [self.names.index(k) for k in cfg.hash_key] if cfg.hash_key else None
         self.split_tables = split_tables  # per input: cumulative (split, upper bound in [0, 1))
-        self.images = set(cfg.image_columns)
+        self.images = images.expected_shapes(cfg)  # image column -> expected shape or None
+        self.pixels = images.pixel_shapes(cfg)
+        self.base64 = set(cfg.base64_columns)
 
     def split_of(self, input_idx: int, key: str) -> str:
         h = int.from_bytes(hashlib.md5(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
@@ -89,13 +95,17 @@ class RowParser:
                     conv = [float(v) for v in seq]
                     if any(math.isnan(v) or math.isinf(v) for v in conv):
                         raise ValueError
-                else:
+                elif name not in self.base64:
                     conv = [v if isinstance(v, bytes) else str(v).encode() for v in seq]
             except (TypeError, ValueError):
                 raise ValueError(f"column {name!r}: cannot read {value!r} as {kind}") from None
+            if name in self.base64:  # raises naming the column and the decoder's reason
+                conv = [images.decode_base64(name, v) for v in seq]
             if name in self.images:
                 for v in conv:
-                    check_image(name, v)
+                    images.check_image(name, v, self.images[name])
+            if name in self.pixels:
+                images.check_pixels(name, conv, self.pixels[name])
             out[name] = conv
         if self.label and self.label not in out:
             raise ValueError(f"missing label {self.label!r}")
@@ -161,18 +171,6 @@ def encode_example(features: Iterable[tuple[bytes, str, list]]) -> bytes:
     """Serialized tf.train.Example from (key field, kind, values) triples."""
     return _field(1, b"".join([_field(1, key + _field(2, encode_feature(kind, vals)))
                                for key, kind, vals in features]))
-
-
-def check_image(column: str, data: bytes) -> None:
-    """Raise ValueError naming `column` and the decoder's reason when `data` is not a whole image
-    (the same decoder the encoded_image kind runs in the model)."""
-    import tensorflow as tf
-
-    try:
-        tf.io.decode_image(data, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
-        reason = err.message.splitlines()[0] if err.message else type(err).__name__
-        raise ValueError(f"column {column!r}: undecodable image ({len(data)} bytes): {reason}") from None
 
 
 def _to_int(v: Any) -> int:
@@ -276,9 +274,12 @@ def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: 
         yield input_idx, path, chunk
 
 
-def _route(input_idx: int, path: str, rows, parser: RowParser):
+def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = False):
     """(row number, values, raw text or None, early rejection or None) rows -> tagged outputs:
-    one serialized example per accepted row under its split, rejected rows, and the counts."""
+    one serialized example per accepted row under its split, rejected rows, and the counts.
+
+    With `files`, each row is a file of the folder `path` and raw is its relative path: a
+    rejected row's input is that file (no line)."""
     import apache_beam as beam
 
     counts: dict[str, int] = {}
@@ -301,7 +302,8 @@ def _route(input_idx: int, path: str, rows, parser: RowParser):
                 continue
         rejected += 1
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
-            {"input": path, "line": rowno, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
+            {"input": f"{path}/{raw}" if files else path, "line": rowno, "reason": reason,
+             "row": raw if raw is not None else repr(values)[:2000]}))
     yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts,
                                               "dropped": dropped})
 
@@ -326,6 +328,12 @@ def _parse_record_chunk(chunk, parser: RowParser):
     """One chunk of (row number, values) from Parquet/TFDS/TFRecord -> tagged outputs (see `_route`)."""
     input_idx, path, records = chunk
     return _route(input_idx, path, ((n, values, None, None) for n, values in records), parser)
+
+
+def _parse_file_chunk(chunk, parser: RowParser):
+    """One chunk of (relative path, values) from a folder source -> tagged outputs (see `_route`)."""
+    input_idx, root, files = chunk
+    return _route(input_idx, root, ((None, values, rel, None) for rel, values in files), parser, files=True)
 
 
 def _parquet_file(path: str):
@@ -480,7 +488,9 @@ def _typed_columns(cfg: IngestConfig, names: list[str], samples: dict[str, list]
                              f"columns are {names}")
     if cfg.label and cfg.label not in names:
         raise ComponentError(f"ingest: label column {cfg.label!r} not in the data; columns are {names}")
-    return {n: cfg.column_types.get(n) or _infer_type(samples.get(n, [])) for n in names}
+    return {n: cfg.column_types.get(n) or ("string" if n in cfg.base64_columns  # base64 may look numeric
+                                           else _infer_type(samples.get(n, [])))
+            for n in names}
 
 
 def _arrow_kind(t) -> str:
@@ -536,6 +546,10 @@ def _resolved(cfg: IngestConfig) -> IngestConfig:
         return resolve_builtin(cfg)
     if cfg.format == "tfds" and not cfg.inputs:
         return cfg.model_copy(update={"inputs": ()})
+    if cfg.format == "image_folder":  # columns image (bytes) and label (the class subfolder)
+        from kfx.components.data.datasets import IMAGE, LABEL
+
+        return cfg.model_copy(update={"label": cfg.label or LABEL, "image_columns": cfg.image_columns or (IMAGE,)})
     return cfg
 
 
@@ -548,9 +562,13 @@ def _match(cfg: IngestConfig) -> list[list[str]]:
     out = []
     for spec in cfg.inputs:
         files = sorted(tf.io.gfile.glob(resolve_path(spec.pattern)))
+        if cfg.format == "image_folder":  # the folders' image files, for the fingerprint
+            files = [f"{root}/{rel}" for root in files if tf.io.gfile.isdir(root)
+                     for rel, _ in images.folder_files(root)]
         files = [f for f in files if not tf.io.gfile.isdir(f)]
         if not files:
-            raise ComponentError(f"ingest: input pattern {spec.pattern!r} matches no file")
+            raise ComponentError(f"ingest: input pattern {spec.pattern!r} matches no "
+                                 f"{'image in class subfolders' if cfg.format == 'image_folder' else 'file'}")
         out.append(files)
     return out
 
@@ -565,7 +583,7 @@ def source_fingerprint(cfg: IngestConfig) -> str:
     h = hashlib.sha256()
     for files in _match(cfg):
         for path in files:
-            h.update(path.rsplit("/", 1)[-1].encode())
+            h.update("/".join(path.rsplit("/", 2)[-2 if cfg.format == "image_folder" else -1:]).encode())  # class/file
             with tf.io.gfile.GFile(path, "rb") as f:
                 while block := f.read(1 << 22):
                     h.update(block)
@@ -608,6 +626,14 @@ def run(ctx: Context) -> dict[str, Any]:
 
         items = [(i, f) for i, fs in enumerate(_match(cfg)) for f in fs]
         columns = {IMAGE: "string", LABEL: "int"}
+    elif cfg.format == "image_folder":
+        from kfx.pipeline.config import resolve_path
+
+        _match(cfg)  # every input has images
+        items = [it for i, spec in enumerate(cfg.inputs)
+                 for root in sorted(tf.io.gfile.glob(resolve_path(spec.pattern))) if tf.io.gfile.isdir(root)
+                 for it in images.folder_items(i, root.rstrip("/"))]
+        columns = {cfg.image_columns[0]: "string", cfg.label: "string"}
     else:
         files = _match(cfg)
         items = [(i, f) for i, fs in enumerate(files) for f in fs]
@@ -615,9 +641,10 @@ def run(ctx: Context) -> dict[str, Any]:
             items = [(i, r) for i, f in items for r in text_ranges(f)]
         columns = {"csv": _csv_columns, "parquet": _parquet_columns,
                    "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for fs in files for f in fs])
-    bad_images = [c for c in cfg.image_columns if columns.get(c) != "string"]
-    if bad_images:
-        raise ComponentError(f"ingest: image_columns {bad_images} must be string (bytes) columns; columns are {columns}")
+    try:
+        images.check_columns(cfg, columns)
+    except ValueError as err:
+        raise ComponentError(f"ingest: {err}") from None
     split_names = list(dict.fromkeys(s for spec in cfg.inputs for s in spec.splits))
     parser = RowParser(columns, cfg, _split_tables(cfg))
     names = list(columns)
@@ -632,6 +659,9 @@ def run(ctx: Context) -> dict[str, Any]:
             chunks = src | "Read" >> beam.FlatMap(_read_text_chunks, cfg.csv.header,
                                                   tuple(cfg.csv.skip_lines_starting_with), cfg.chunk_rows)
             parse = beam.FlatMap(_parse_csv_chunk, parser, cfg.csv.delimiter, cfg.csv.skip_initial_space)
+        elif cfg.format == "image_folder":
+            chunks = src | "Read" >> beam.FlatMap(images.read_folder_chunk)
+            parse = beam.FlatMap(_parse_file_chunk, parser)
         else:
             reader = {"parquet": lambda it: _read_parquet_chunks(it, names, cfg.chunk_rows),
                       "tfrecord": lambda it: _read_tfrecord_chunks(it, names, cfg.chunk_rows),
@@ -655,7 +685,8 @@ def run(ctx: Context) -> dict[str, Any]:
         counts = json.loads(f.read())
     with tf.io.gfile.GFile(f"{examples}/{COLUMNS_FILE}", "w") as f:
         json.dump({"columns": columns, "label": cfg.label, "splits": split_names,
-                   "text_columns": list(cfg.text_columns)}, f, indent=2)
+                   "text_columns": list(cfg.text_columns),
+                   "images": {c: list(s) if s else None for c, s in images.expected_shapes(cfg).items()}}, f, indent=2)
     accepted = sum(counts["splits"].values())
     read, rej, dropped = counts["read"], counts["rejected"], sum(counts["dropped"].values())
     assert read == accepted + rej + dropped, \

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kfx.components.data import images
 from kfx.components.data.text_stats import is_text
 from kfx.pipeline.config import SchemaConfig
 from kfx.pipeline.artifacts import (LABEL_TAG, SCHEMA, SCHEMA_FILE, SENSITIVE_TAG, label_key, load_schema,  # noqa: F401
@@ -33,6 +34,8 @@ def infer_schema(train_stats, cfg) -> Any:
         if common.max_num_values <= 1:
             f.value_count.min = 1
             f.value_count.max = 1
+        if images.infer_domain(f, fs):  # an image: no string domain of its bytes
+            continue
         if is_text(fs):  # TFDV's domain_info hint from statistics: transform gives it the text kind
             f.natural_language_domain.SetInParent()
         elif fs.HasField("string_stats") and 0 < fs.string_stats.unique <= cfg.max_domain_values:

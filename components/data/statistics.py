@@ -6,6 +6,8 @@ quantile sketch, a K-minimum-values distinct counter, bounded value counts), and
 accumulators are merged per split. Memory is bounded by the sketch sizes, not by the rows.
 
 String features marked as text also get token and length distributions (text_stats.py).
+Image features (ingest's `images` in columns.json) also get their decoded shapes, channel
+mean/std and undecodable count as custom_stats (components/data/images.py).
 
 Output `statistics`: Split-<name>/FeatureStats.pb (binary DatasetFeatureStatisticsList, as TFX
 writes it: TFDV and Facets read it) and stats.txt, a readable table.
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kfx.components.data import text_stats
+from kfx.components.data import images, text_stats
 from kfx.pipeline.artifacts import EXAMPLES, STATISTICS, load_statistics, read_columns, split_dir, write_statistics  # noqa: F401
 from kfx.pipeline.config import StatisticsConfig
 from kfx.pipeline.component import ComponentSpec, Context
@@ -87,6 +89,7 @@ class FeatureAcc:
         self.counts: dict[bytes, int] = {}
         self.bytes_len = 0
         self.truncated = False
+        self.image: images.ImageAcc | None = None  # an image feature: its bytes are not counted as values
 
     def add(self, r: dict, max_counts: int) -> None:
         """Fold one batch's reductions (see `_batch_reducer`) into the accumulator."""
@@ -100,7 +103,7 @@ class FeatureAcc:
             return
         if self.kind == "string":
             hashes = r["hashes"].astype(np.uint64)
-            for v, c in zip(r["unique"].tolist(), r["counts"].tolist()):
+            for v, c in zip(r["unique"].tolist(), r["counts"].tolist()) if self.image is None else ():
                 self.counts[v] = self.counts.get(v, 0) + c
             self.bytes_len += int(r["bytes"])
             self._prune(max_counts)
@@ -140,6 +143,8 @@ class FeatureAcc:
             self.counts[v] = self.counts.get(v, 0) + c
         self.bytes_len += o.bytes_len
         self.truncated |= o.truncated
+        if self.image is not None:
+            self.image.merge(o.image)
         self._prune(max_counts)
         if self.text is not None:
             self.text.merge(o.text)
@@ -195,12 +200,15 @@ def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset()):
 
 
 def _file_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int, max_counts: int,
-                text: frozenset = frozenset(), max_text_tokens: int = 0):
+                text: frozenset = frozenset(), max_text_tokens: int = 0,
+                image_columns: tuple[str, ...] = ()):
     """Statistics of one shard: (split, ({feature: FeatureAcc}, rows))."""
     import tensorflow as tf
 
     split, path = item
     accs = {k: FeatureAcc(t, text_stats.TextAcc(max_text_tokens) if k in text else None) for k, t in columns.items()}
+    for name, acc in images.file_stats(path, image_columns, batch_size).items():
+        accs[name].image = acc
     rows = 0
     ds = (tf.data.TFRecordDataset(path, compression_type="GZIP", num_parallel_reads=1).batch(batch_size)
           .map(_batch_reducer(columns, text), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
@@ -249,6 +257,8 @@ def to_proto(split: str, accs: dict[str, FeatureAcc], rows: int, cfg) -> Any:
             for i, (v, c) in enumerate(ranked[: cfg.max_rank_values]):
                 s.rank_histogram.buckets.add(low_rank=i, high_rank=i, label=v.decode("utf-8", "replace"),
                                              sample_count=c)
+            if a.image is not None:
+                images.add_custom_stats(f, a.image, a.num_values)
         else:
             n = f.num_stats
             n.common_stats.CopyFrom(common)
@@ -299,6 +309,7 @@ def summary_text(stats: dict[str, Any]) -> str:
                 lines.append(f"{name:<22}{'STRING':<7}{s.common_stats.num_non_missing:>9}"
                              f"{s.common_stats.num_missing:>9}{'':>12}{'':>12}{'':>10}{'':>10}{'':>12}"
                              f"{s.unique:>8}  {top}")
+                lines.extend(images.summary_lines(name, f))
             else:
                 n = f.num_stats
                 uniq = int(f.custom_stats[0].num) if f.custom_stats else 0
@@ -333,7 +344,8 @@ def run(ctx: Context) -> dict[str, Any]:
         _ = (p | "Shards" >> beam.Create(items)
              | "Spread" >> beam.Reshuffle()
              | "FileStats" >> beam.FlatMap(_file_stats, columns, cfg.batch_size, max_counts,
-                                           frozenset(text_stats.text_features(meta, cfg)), cfg.text_max_tokens)
+                                           frozenset(text_stats.text_features(meta, cfg)), cfg.text_max_tokens,
+                                           tuple(meta.get("images") or ()))
              | "MergeSplit" >> beam.CombinePerKey(lambda parts: _merge(parts, max_counts))
              | "Write" >> beam.Map(write))
 

@@ -1,7 +1,8 @@
 """validate: statistics against the schema, and against the last validated statistics (drift).
 
 Schema checks per split: missing or unexpected feature, type, presence, string values outside
-the domain, numbers outside int/float domains, values per example. Drift on `drift_splits`:
+the domain, numbers outside int/float domains, values per example, images of another shape or
+channel count than the schema's or undecodable (components/data/images.py). Drift on `drift_splits`:
 L-infinity distance of category frequencies and Jensen-Shannon divergence (base 2, in [0, 1])
 of numeric distributions, each with a per-feature threshold (the schema's drift_comparator,
 else `validate.feature_thresholds`, else the defaults). Text features: empty texts and
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kfx.components.data import text_stats
+from kfx.components.data import images, text_stats
 from kfx.pipeline.artifacts import ANOMALIES, load_schema, load_statistics, string_domain
 from kfx.pipeline.config import ValidateConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
@@ -139,6 +140,7 @@ def check_schema(findings: Findings, schema, split: str, ds) -> None:
                 findings.add(split, f.name, "FEATURE_TYPE_LOW_NUMBER_VALUES", "Too few values",
                              f"Down to {common.min_num_values} values per example, expected at least {f.value_count.min}.")
         if fs.HasField("string_stats"):
+            images.check(findings, split, f, fs)
             domain = string_domain(schema, f)
             if domain is not None:
                 extra = {b.label: int(b.sample_count) for b in fs.string_stats.rank_histogram.buckets
