@@ -14,6 +14,9 @@ the worker's task id). A rerun of the same execution (same key) therefore contin
 last finished epoch; the directory is deleted when training finishes. The epoch history is kept
 there too, so history.json covers the epochs run before the kill.
 
+Warm start (optional input base_model, train.warm_start, freeze, fine_tune): the initial weights,
+frozen layers and the second, lower-rate phase of components/training/warm_start.py.
+
 Outputs:
     model: the SavedModel itself (saved_model.pb, variables/, assets.extra/ warmup requests),
         so push can copy the directory to <serving_base>/<name>/<version>/ unchanged.
