@@ -199,30 +199,33 @@ def start(model, cfg, base_model: str | None, log) -> dict[str, Any] | None:
         log: where to say what was loaded, skipped or frozen.
 
     Returns:
-        The report for train's metrics ({source, loaded, skipped, frozen} or {source, cold}), or
-        None without any warm-start setting.
+        The report for train's metrics ({source, loaded, loaded_layers, skipped: {layer: reason},
+        frozen}, with `cold` instead when previous_push found no push), or None without any
+        warm-start setting. Layers matched by train.freeze but skipped are not frozen.
 
     Raises:
         ComponentError: a source that is missing or not a model, a freeze pattern matching no
             layer, freeze without a warm-start source, or two sources.
     """
     source = source_of(cfg, base_model)
-    frozen = matching_layers(model, cfg.freeze) if cfg.freeze else []
+    matched = matching_layers(model, cfg.freeze) if cfg.freeze else []
     if source is None:
         if cfg.warm_start == PREVIOUS_PUSH:
             log.warning("train.warm_start: previous_push: no model pushed yet: training cold%s",
-                        " (train.freeze not applied)" if frozen else "")
+                        " (train.freeze not applied)" if matched else "")
             return {"source": PREVIOUS_PUSH, "cold": "no model pushed yet", "loaded": 0, "skipped": {}, "frozen": []}
-        if frozen:
+        if matched:
             raise ComponentError(f"train.freeze {list(cfg.freeze)} needs a warm-start source (train.warm_start or "
                                  f"the {BASE_MODEL} input): frozen fresh layers would never learn")
         return None
     loaded, skipped = load(model, read_weights(source))
+    # Only loaded layers are frozen: a skipped one has its fresh initialisation and must learn.
+    frozen = [name for name in matched if name in loaded]
     for layer in model.layers:
         if layer.name in frozen:
             layer.trainable = False
-    log.info("train: warm start from %s: %d layers loaded, %d skipped%s, %d frozen", source, len(loaded),
-             len(skipped), "".join(f"\n  skipped {k}: {v}" for k, v in skipped.items()), len(frozen))
+    log.info("train: warm start from %s: %d layers loaded, %d skipped%s; frozen: %s", source, len(loaded),
+             len(skipped), "".join(f"\n  skipped {k}: {v}" for k, v in skipped.items()), frozen or "none")
     return {"source": source, "loaded": len(loaded), "loaded_layers": loaded, "skipped": skipped, "frozen": frozen}
 
 

@@ -237,7 +237,7 @@ def test_freeze_keeps_weights_and_fine_tune_continues_at_a_lower_rate(runs):
     assert _history(frozen)["epoch"] == [0, 1, 2]
 
     # Another architecture (batch norm): the new layers are skipped and reported; unfreeze trains all.
-    resized = _run(_config(runs["tmp"], "resized.yaml", warm_start=source, epochs=1, freeze=["re:mlp_dense\\d"],
+    resized = _run(_config(runs["tmp"], "resized.yaml", warm_start=source, epochs=1, freeze=["re:mlp_(dense|bn)\\d"],
                            hyperparameters={"learning_rate": 0.001, "batch_norm": True},
                            fine_tune={"epochs": 1, "unfreeze": True}), only=["train"])["components"]["train"]
     assert resized["status"] == "succeeded", resized["error"]
@@ -245,6 +245,7 @@ def test_freeze_keeps_weights_and_fine_tune_continues_at_a_lower_rate(runs):
     assert report["loaded_layers"] == ["mlp_dense0", "mlp_dense1", "output"]
     assert report["skipped"] == {"mlp_bn0": "no variable mlp_bn0/gamma in the source",
                                  "mlp_bn1": "no variable mlp_bn1/gamma in the source"}
+    assert report["frozen"] == ["mlp_dense0", "mlp_dense1"]  # not the fresh batch norms
     assert not np.allclose(_variables(resized["outputs"]["model"])["mlp_dense0/kernel"], before["mlp_dense0/kernel"])
 
 
