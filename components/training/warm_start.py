@@ -151,14 +151,7 @@ def load(model, weights: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     for layer in model.layers:
         if not layer.weights:
             continue
-        reason = None
-        for v in layer.weights:
-            if v.path not in weights:
-                reason = f"no variable {v.path} in the source"
-                break
-            if tuple(weights[v.path].shape) != tuple(v.shape):
-                reason = f"{v.path} has shape {list(weights[v.path].shape)} in the source, {list(v.shape)} here"
-                break
+        reason = _mismatch(layer, weights)
         if reason:
             skipped[layer.name] = reason
             continue
@@ -166,6 +159,16 @@ def load(model, weights: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
             v.assign(weights[v.path].astype(v.dtype))
         loaded.append(layer.name)
     return loaded, skipped
+
+
+def _mismatch(layer, weights: dict[str, Any]) -> str | None:
+    """Why `layer` cannot take `weights` (a variable missing or of another shape), or None."""
+    for v in layer.weights:
+        if v.path not in weights:
+            return f"no variable {v.path} in the source"
+        if tuple(weights[v.path].shape) != tuple(v.shape):
+            return f"{v.path} has shape {list(weights[v.path].shape)} in the source, {list(v.shape)} here"
+    return None
 
 
 def matching_layers(model, patterns: tuple[str, ...]) -> list[str]:
