@@ -7,6 +7,7 @@ inheriting `WarmStartKeys`, so the warm-start settings grow in one place.
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -26,6 +27,9 @@ class FineTune(Section):
 
 class WarmStartKeys(Section):
     """Mixin of TrainConfig: warm start, freeze, fine_tune."""
+
+    # Keys no other stage reads: left out of tune's cache key (tune folds in the train section).
+    OWN_KEYS: ClassVar[tuple[str, ...]] = ("warm_start", "freeze", "fine_tune")
 
     warm_start: str | None = Field(
         None, description="previous_push (the model the last push of this pipeline published; cold on the first "
