@@ -39,6 +39,9 @@ class ComponentSpec:
         user_code: `user_code(stage_config, pipeline_config) -> [module]`: the user's modules
             this stage runs (a model family, a preprocessing function), whose sources (and
             their same-folder imports) are part of the cache key.
+        implied_inputs: `implied_inputs(stage_config) -> {input: resolver}`: history inputs the
+            stage's config asks for (train.warm_start: previous_push -> base_model:
+            history:last_pushed_model), bound where the graph leaves the input unbound.
     """
 
     name: str
@@ -51,6 +54,7 @@ class ComponentSpec:
     config_sections: tuple[str, ...] = ()
     config: type = StageConfig
     user_code: Callable[[Any, Any], list] | None = None
+    implied_inputs: Callable[[Any], dict[str, str]] | None = None
 
 
 @dataclass

@@ -291,6 +291,7 @@ def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
             sections[s.name] = specs[s.name].config.model_validate(body, context={"config_dir": config_dir})
         except ValidationError as err:
             raise ConfigError(_format_errors(err, source, prefix=s.name)) from None
+    stages = tuple(_with_implied_inputs(s, specs[s.name], sections[s.name]) for s in stages)
     top = {k: v for k, v in raw.items() if k in PIPELINE_KEYS and k != "stages"}
     try:
         return PipelineConfig.model_validate({**top, "stages": stages, "sections": sections, "config_dir": config_dir})
@@ -314,6 +315,19 @@ def _component_spec(stage, source: str):
         raise ConfigError(f"{where}: module {stage.module} must define SPEC = ComponentSpec(...) and run(ctx) "
                           f"as built-in components do")
     return spec
+
+
+def _with_implied_inputs(stage, spec, section):
+    """The stage with the history inputs its config implies (ComponentSpec.implied_inputs) bound
+    where the graph leaves them unbound (an explicit binding in the graph wins)."""
+    import dataclasses
+
+    from kfx.pipeline.graph import HISTORY_PREFIX, parse_binding
+
+    implied = spec.implied_inputs(section) if spec.implied_inputs else {}
+    extra = {k: parse_binding(stage.name, k, HISTORY_PREFIX + resolver)
+             for k, resolver in implied.items() if k not in stage.inputs}
+    return dataclasses.replace(stage, inputs={**stage.inputs, **extra}) if extra else stage
 
 
 def _check_wiring(stage, specs: dict, source: str) -> None:

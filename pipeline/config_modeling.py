@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from kfx.models.kinds.text import SEQUENCE_LENGTH
 from kfx.pipeline.config_base import Section, StageConfig
+from kfx.pipeline.config_warm_start import WarmStartKeys
 
 # ---------------------------------------------------------------- transform
 def _known_kind(value: str) -> str:
@@ -185,8 +186,8 @@ class TuneConfig(StageConfig):
 
 
 # ---------------------------------------------------------------- train
-class TrainConfig(StageConfig):
-    """Keras 3 training and the serving export."""
+class TrainConfig(WarmStartKeys, StageConfig):
+    """Keras 3 training and the serving export (warm-start keys: pipeline/config_warm_start.py)."""
 
     model: str = Field("mlp", description="Model family: a registered name (mlp, wide_deep), a dotted module "
                                           "path, or a .py file (absolute or relative to the config file).")

@@ -205,7 +205,9 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
     fp_parts = {"component": stage.name, "code": version, "config": cfg_json,
                 "inputs": {k: (_uri_fingerprint(store, v) if v else None) for k, v in inputs.items()}}
     for section in spec.config_sections:
-        fp_parts[f"config.{section}"] = cfg.stage(section).model_dump(mode="json", by_alias=True, exclude={"cache"})
+        other = cfg.stage(section)  # its OWN_KEYS concern only its own stage (train's warm start, not tune)
+        fp_parts[f"config.{section}"] = other.model_dump(mode="json", by_alias=True,
+                                                         exclude={"cache", *getattr(other, "OWN_KEYS", ())})
     if spec.source_fingerprint is not None:
         fp_parts["source"] = spec.source_fingerprint(stage_cfg)
     fingerprint = _hash(fp_parts)

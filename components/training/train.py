@@ -14,6 +14,9 @@ the worker's task id). A rerun of the same execution (same key) therefore contin
 last finished epoch; the directory is deleted when training finishes. The epoch history is kept
 there too, so history.json covers the epochs run before the kill.
 
+Warm start (optional input base_model, train.warm_start, freeze, fine_tune): the initial weights,
+frozen layers and the second, lower-rate phase of components/training/warm_start.py.
+
 Outputs:
     model: the SavedModel itself (saved_model.pb, variables/, assets.extra/ warmup requests),
         so push can copy the directory to <serving_base>/<name>/<version>/ unchanged.
@@ -29,6 +32,7 @@ import time
 from typing import Any
 
 from kfx.pipeline.config_modeling import TrainConfig
+from kfx.components.training import warm_start
 from kfx.components.training.family import family_code
 from kfx.pipeline import user_code
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
@@ -36,6 +40,7 @@ from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 MODEL, MODEL_RUN = "model", "model_run"
 HISTORY_FILE, HPARAMS_FILE, METRICS_FILE, LOGS_DIR = "history.json", "hyperparameters.json", "metrics.json", "logs"
 BACKUP_HISTORY = "history.json"
+FINE_TUNE = "fine_tune"
 
 
 def resolve_hyperparameters(cfg, tuned_uri: str | None, config_dir: str = "") -> tuple[dict, str]:
@@ -164,13 +169,13 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx import models
     from kfx.components.training import export as modeling_export
     from kfx.components.training.data import dataset
-    from kfx.components.training.fit import (choose_strategy, class_weight, compile_model, is_chief, steps_per_epoch,
-                                         use_mixed_precision)
+    from kfx.components.training.fit import choose_strategy, class_weight, is_chief, steps_per_epoch, use_mixed_precision
     from kfx.models import compat
     from kfx.models.preprocess import load_transform, make_preprocessor
 
     cfg = ctx.config
     started = time.time()
+    fine_tune = None
     spec = load_transform(ctx.inputs["transform_graph"])
     task = spec["task"]
     examples = ctx.inputs["examples"]
@@ -193,12 +198,15 @@ def run(ctx: Context) -> dict[str, Any]:
         eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi,
                           targets=targets)
         steps = steps_per_epoch(spec["train_rows"], global_batch)
+        if cfg.fine_tune and hasattr(family, "fit"):
+            raise ComponentError(f"train.fine_tune: model {cfg.model!r} trains with its own fit hook; "
+                                 f"the fine-tune phase needs Keras fit")
         with strategy.scope():
             model = family.build(spec["outputs"], task, hp)
-            if hasattr(family, "compile"):
-                family.compile(model, task, hp)
-            else:
-                compile_model(model, task, cfg, hp["learning_rate"], steps)
+        # Outside the scope: the source model is loaded as plain variables, then assigned.
+        warm = warm_start.start(model, cfg, ctx.inputs.get(warm_start.BASE_MODEL), ctx.log)
+        with strategy.scope():
+            _compile(model, family, task, cfg, hp, hp["learning_rate"], steps)
         if multi:
             compat.build_before_fit(model, strategy, eval_ds)
         backup = backup_dir(ctx)
@@ -215,8 +223,20 @@ def run(ctx: Context) -> dict[str, Any]:
         else:
             model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, task),
                       callbacks=callbacks, verbose=cfg.verbose)
-        if tf.io.gfile.exists(f"{backup}-history"):
-            tf.io.gfile.rmtree(f"{backup}-history")
+        if cfg.fine_tune:
+            # A second fit: unfreezing changes the trainable variables its train step captures.
+            done, fine_lr = len(history.get("epoch", [])), hp["learning_rate"] * cfg.fine_tune.learning_rate_factor
+            if cfg.fine_tune.unfreeze:
+                warm_start.unfreeze(model, warm)
+            with strategy.scope():
+                _compile(model, family, task, cfg.model_copy(update={"lr_schedule": "constant"}), hp, fine_lr, steps)
+            model.fit(train_ds, validation_data=eval_ds, initial_epoch=done, epochs=done + cfg.fine_tune.epochs,
+                      class_weight=class_weight(cfg, task), verbose=cfg.verbose,
+                      callbacks=_callbacks(cfg, task, f"{backup}-{FINE_TUNE}", logs, history, []))
+            fine_tune = {"epochs_run": len(history.get("epoch", [])) - done, "learning_rate": fine_lr}
+        for path in (f"{backup}-history", f"{backup}-{FINE_TUNE}-history"):
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     fit_seconds = time.time() - started
@@ -229,7 +249,8 @@ def run(ctx: Context) -> dict[str, Any]:
                                "replicas": strategy.num_replicas_in_sync, "chief": is_chief(),
                                "mixed_precision": mixed, "epochs_run": len(history.get("epoch", [])),
                                "resumed_from_epoch": first_epoch[0] if first_epoch else cfg.epochs,
-                               "hyperparameters_source": hp_source, "fit_seconds": round(fit_seconds, 1)}
+                               "hyperparameters_source": hp_source, "fit_seconds": round(fit_seconds, 1),
+                               "warm_start": warm, "fine_tune": fine_tune}
     for split in ("eval", "test"):
         if split in _splits(examples):
             for k, v in score_split(functions, examples, split, spec).items():
@@ -243,6 +264,16 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
+def _compile(model, family, task: dict, cfg, hp: dict, lr: float, steps: int) -> None:
+    """The family's compile hook, else the task's loss and metrics with the configured optimizer."""
+    from kfx.components.training.fit import compile_model
+
+    if hasattr(family, "compile"):
+        family.compile(model, task, {**hp, "learning_rate": lr})
+    else:
+        compile_model(model, task, cfg, lr, steps)
+
+
 def _splits(examples: str) -> list[str]:
     from kfx.pipeline.artifacts import read_columns
 
@@ -252,9 +283,12 @@ def _splits(examples: str) -> list[str]:
 def _code() -> tuple[str, ...]:
     from kfx.components.training.tune import code_modules
 
-    return (*code_modules(), "kfx.components.training.export", "kfx.components.training.tune")
+    return (*code_modules(), "kfx.components.training.export", "kfx.components.training.tune",
+            "kfx.components.training.warm_start")
 
 
-SPEC = ComponentSpec(name="train", config=TrainConfig, inputs=("examples", "schema", "transform_graph", "hyperparameters"),
-                     outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters",), code=_code(),
-                     user_code=family_code)
+SPEC = ComponentSpec(name="train", config=TrainConfig,
+                     inputs=("examples", "schema", "transform_graph", "hyperparameters", warm_start.BASE_MODEL),
+                     outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters", warm_start.BASE_MODEL),
+                     code=_code(), user_code=family_code, implied_inputs=warm_start.implied_inputs,
+                     source_fingerprint=warm_start.source_fingerprint)
