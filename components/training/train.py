@@ -167,6 +167,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.training.fit import (choose_strategy, class_weight, compile_model, is_chief, steps_per_epoch,
                                          use_mixed_precision)
     from kfx.models import compat
+    from kfx.models.augment import augmenter
     from kfx.models.preprocess import load_transform, make_preprocessor
 
     cfg = ctx.config
@@ -189,7 +190,8 @@ def run(ctx: Context) -> dict[str, Any]:
         multi = strategy_name == "multi_worker"
         targets = getattr(family, "targets", None)  # the family's hooks (models/__init__.py)
         train_ds = dataset(examples, "train", spec, pre, global_batch, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi, targets=targets)
+                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi, targets=targets,
+                           augment=augmenter(cfg.augmentation, spec["outputs"], cfg.seed))
         eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi,
                           targets=targets)
         steps = steps_per_epoch(spec["train_rows"], global_batch)
