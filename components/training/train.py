@@ -4,7 +4,8 @@ Hyperparameters: the family's space defaults, then the tune artifact's best valu
 `hyperparameters` input is given), then `train.hyperparameters` overrides. Input: the tf.data
 pipeline of components/modeling_data.py with the transform's preprocessing layer. Strategy:
 configured or detected (TPU, TF_CONFIG multi-worker, several GPUs, default), mixed precision on
-GPU.
+GPU. `train.augmentation` maps random image transformations over the training batches only
+(models/augment.py): the exported model never contains them.
 
 Resume: BackupAndRestore writes the weights, optimizer state and epoch after every epoch to a
 backup directory OUTSIDE the temporary output directory (which a killed run leaves behind and a
