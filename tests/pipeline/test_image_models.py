@@ -75,6 +75,25 @@ def test_tune_searches_the_image_family_s_space_and_train_uses_the_best_values(r
     assert used["source"] == "tuned" and used["values"] == best["values"]
 
 
+def test_training_batches_are_augmented_on_the_fly(run):
+    from kfx.components.training.data import dataset
+    from kfx.models.augment import augmenter
+    from kfx.models.preprocess import load_transform, make_preprocessor
+    from kfx.pipeline.config_modeling import Augmentation
+
+    spec = load_transform(run["outputs"]["transform"]["transform_graph"])
+    examples, pre = run["outputs"]["ingest"]["examples"], make_preprocessor(spec)
+    augment = augmenter(Augmentation(**AUGMENTATION), spec["outputs"])
+    plain = next(iter(dataset(examples, "train", spec, pre, 8)))
+    augmented = dataset(examples, "train", spec, pre, 8, augment=augment)
+    first, second = (next(iter(augmented)) for _ in range(2))  # two epochs over the cached blocks
+    np.testing.assert_array_equal(first[1], plain[1])  # same rows, same labels
+    for batch in (first, second):
+        assert batch[0][IMAGE].shape == plain[0][IMAGE].shape
+        assert np.abs(batch[0][IMAGE].numpy() - plain[0][IMAGE].numpy()).mean() > 0.01
+    assert not np.allclose(first[0][IMAGE], second[0][IMAGE])
+
+
 def test_export_has_no_augmentation_and_equals_the_keras_model_with_its_weights(run):
     import tensorflow as tf
 
