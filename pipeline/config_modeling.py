@@ -186,6 +186,19 @@ class TuneConfig(StageConfig):
 
 
 # ---------------------------------------------------------------- train
+class Augmentation(Section):
+    """Random image transformations applied to image features in training only (models/augment.py).
+
+    Each is off at 0 / none; e.g. {translation: 0.1, rotation: 0.05, zoom: 0.1, flip: horizontal, contrast: 0.1}.
+    """
+
+    translation: float = Field(0.0, ge=0.0, le=0.5, description="Max shift, a fraction of height and width.")
+    rotation: float = Field(0.0, ge=0.0, le=0.5, description="Max rotation, a fraction of a full turn (0.05 = 18 deg).")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0, description="Max zoom in or out, a fraction of the size.")
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "none"
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="Contrast factor drawn in [1 - c, 1 + c].")
+
+
 class TrainConfig(WarmStartKeys, StageConfig):
     """Keras 3 training and the serving export (warm-start keys: pipeline/config_warm_start.py)."""
 
@@ -215,6 +228,8 @@ class TrainConfig(WarmStartKeys, StageConfig):
     backup_dir: str | None = Field(
         None, description="BackupAndRestore directory; default <root>/<pipeline>/train/.backup/<key>.")
     warmup_requests: int = Field(8, ge=0, le=1000)
+    augmentation: Augmentation | None = Field(
+        None, description="Image augmentation of the training batches only; the exported model has none.")
     seed: int = 42
     verbose: int = Field(2, ge=0, le=2)
 

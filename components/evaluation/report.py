@@ -123,7 +123,10 @@ table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}td,th{border:1px
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}tr.fail td{background:#fde0e0}tr.pass td{background:#e3f6e3}
 tr.ungated td{color:#888}.verdict{font-size:20px;padding:8px 12px;display:inline-block;border-radius:4px}
 .blessed{background:#d8f5d8}.rejected{background:#fbd5d5}.plots{display:flex;flex-wrap:wrap;gap:18px}
-h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}"""
+h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
+.samples{display:flex;flex-wrap:wrap;gap:10px}.sample{margin:0;text-align:center;font-size:12px}
+.sample img{width:84px;image-rendering:pixelated;border:3px solid #9c9}.sample.wrong img{border-color:#d62728}
+.sample.wrong figcaption{color:#d62728;font-weight:bold}"""
 
 
 def render(ev: dict, blessing: dict, task) -> str:
@@ -161,6 +164,10 @@ def render(ev: dict, blessing: dict, task) -> str:
         plots.append(bar_chart("baseline", "Baseline vs candidate", shown,
                                {"candidate": [overall[m] for m in shown], "baseline": [base_overall[m] for m in shown]}))
     parts.append("<div class='plots'>" + "".join(plots) + "</div>")
+    if ev.get("samples"):  # image models (components/evaluation/samples.py)
+        from kfx.components.evaluation.samples import render as render_samples
+
+        parts.append(render_samples(ev["samples"]))
 
     parts.append("<h2>Slices</h2>")
     slice_plots = []

@@ -54,7 +54,7 @@ def raw_dataset(examples_uri: str, split: str, spec: dict, batch_size: int, rows
 
 def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size: int, *,
             shuffle: bool = False, shuffle_buffer: int = 50000, cache: bool = True, seed: int = 42,
-            rows: int | None = None, shard_by_data: bool = False, targets=None):
+            rows: int | None = None, shard_by_data: bool = False, targets=None, augment=None):
     """Batches of (transformed feature dict, training target) for `model.fit` / `evaluate`.
 
     Args:
@@ -72,6 +72,8 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
             of elements (safe whatever the number of files).
         targets: the model family's `targets(features, label) -> (inputs, targets)` hook, for
             training that is not (features -> label): an autoencoder's inputs are its targets.
+        augment: features dict -> features dict applied to every batch after the cache (new
+            random draws each epoch), before `targets` (models/augment.py; training only).
 
     Returns:
         A tf.data.Dataset.
@@ -107,6 +109,8 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
 
         ds = ds.map(permute, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.rebatch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     if targets is not None:
         ds = ds.map(targets, num_parallel_calls=tf.data.AUTOTUNE)
     if shard_by_data:

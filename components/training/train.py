@@ -4,7 +4,8 @@ Hyperparameters: the family's space defaults, then the tune artifact's best valu
 `hyperparameters` input is given), then `train.hyperparameters` overrides. Input: the tf.data
 pipeline of components/modeling_data.py with the transform's preprocessing layer. Strategy:
 configured or detected (TPU, TF_CONFIG multi-worker, several GPUs, default), mixed precision on
-GPU.
+GPU. `train.augmentation` maps random image transformations over the training batches only
+(models/augment.py): the exported model never contains them.
 
 Resume: BackupAndRestore writes the weights, optimizer state and epoch after every epoch to a
 backup directory OUTSIDE the temporary output directory (which a killed run leaves behind and a
@@ -171,6 +172,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import choose_strategy, class_weight, is_chief, steps_per_epoch, use_mixed_precision
     from kfx.models import compat
+    from kfx.models.augment import augmenter
     from kfx.models.preprocess import load_transform, make_preprocessor
 
     cfg = ctx.config
@@ -194,7 +196,8 @@ def run(ctx: Context) -> dict[str, Any]:
         multi = strategy_name == "multi_worker"
         targets = getattr(family, "targets", None)  # the family's hooks (models/__init__.py)
         train_ds = dataset(examples, "train", spec, pre, global_batch, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
-                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi, targets=targets)
+                           cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi, targets=targets,
+                           augment=augmenter(cfg.augmentation, spec["outputs"], cfg.seed))
         eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi,
                           targets=targets)
         steps = steps_per_epoch(spec["train_rows"], global_batch)

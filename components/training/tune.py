@@ -156,6 +156,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import steps_per_epoch
     from kfx.models import compat, tasks
+    from kfx.models.augment import augmenter
     from kfx.models.preprocess import load_transform, make_preprocessor
     from kfx.models.space import COMMON, defaults
 
@@ -194,8 +195,10 @@ def run(ctx: Context) -> dict[str, Any]:
                 rows = _trial_rows(tuner.oracle)
             else:
                 pre = make_preprocessor(spec)
+                # Trials train as train does: with train.augmentation (none on the eval split).
                 train_ds = dataset(ctx.inputs["examples"], "train", spec, pre, cfg.batch_size, shuffle=True,
-                                   seed=cfg.seed, rows=cfg.train_rows, targets=getattr(family, "targets", None))
+                                   seed=cfg.seed, rows=cfg.train_rows, targets=getattr(family, "targets", None),
+                                   augment=augmenter(train_cfg.augmentation, spec["outputs"], cfg.seed))
                 eval_ds = dataset(ctx.inputs["examples"], "eval", spec, pre, cfg.batch_size,
                                   targets=getattr(family, "targets", None))
                 tuner.search(train_ds, validation_data=eval_ds, epochs=cfg.epochs, verbose=0,
@@ -230,7 +233,7 @@ def code_modules() -> tuple[str, ...]:
     from kfx.models import kinds, tasks
 
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
-            "kfx.models.preprocess", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
+            "kfx.models.preprocess", "kfx.models.augment", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
             "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}), *kinds.modules())
 
 
