@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 
 from kfx.pipeline.config_base import Section, StageConfig, relative_to_config  # noqa: E402
+from kfx.pipeline.config_timeseries import TimeseriesOptions  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest
@@ -89,6 +90,8 @@ class IngestConfig(StageConfig):
     chunk_rows: int = Field(20000, gt=0, description="Rows per batch handed to a Beam worker.")
     image_columns: tuple[str, ...] = Field(
         (), description="Columns of encoded images (PNG, JPEG, ...); rows whose image does not decode are rejected.")
+    timeseries: TimeseriesOptions | None = Field(
+        None, description="Window timestamped series into forecasting examples, split by time (CSV sources).")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "IngestConfig":

@@ -615,6 +615,10 @@ def run(ctx: Context) -> dict[str, Any]:
             items = [(i, r) for i, f in items for r in text_ranges(f)]
         columns = {"csv": _csv_columns, "parquet": _parquet_columns,
                    "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for fs in files for f in fs])
+        if cfg.timeseries is not None:  # windowed, time-split examples (components/data/timeseries.py)
+            from kfx.components.data import timeseries
+
+            return timeseries.run(ctx, cfg, files, columns)
     bad_images = [c for c in cfg.image_columns if columns.get(c) != "string"]
     if bad_images:
         raise ComponentError(f"ingest: image_columns {bad_images} must be string (bytes) columns; columns are {columns}")
@@ -699,4 +703,5 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 
 
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
-                     source_fingerprint=source_fingerprint, code=("kfx.components.data.datasets",))
+                     source_fingerprint=source_fingerprint,
+                     code=("kfx.components.data.datasets", "kfx.components.data.timeseries"))

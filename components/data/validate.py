@@ -6,6 +6,9 @@ L-infinity distance of category frequencies and Jensen-Shannon divergence (base 
 of numeric distributions, each with a per-feature threshold (the schema's drift_comparator,
 else `validate.feature_thresholds`, else the defaults).
 
+With the optional `examples` input of a time series, also the gaps and out-of-order timestamps
+ingest saw in each series (components/data/timeseries.py).
+
 Output `anomalies`: Split-<name>/SchemaDiff.pb (tensorflow_metadata Anomalies, as TFX writes
 it) and anomalies.txt. Any anomaly blocks the run when `validate.block` is true.
 """
@@ -201,6 +204,10 @@ def run(ctx: Context) -> dict[str, Any]:
     findings = Findings(schema)
     for split, ds in stats.items():
         check_schema(findings, schema, split, ds)
+    if ctx.inputs.get("examples"):  # a time series: gaps and out-of-order rows that ingest saw
+        from kfx.components.data.timeseries import check_series
+
+        check_series(findings, ctx.inputs["examples"])
     drift = {}
     if baseline is not None:
         for split in cfg.drift_splits:
@@ -226,6 +233,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
-SPEC = ComponentSpec(name="validate", config=ValidateConfig, inputs=("statistics", "schema", "baseline_statistics"),
-                     outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics",),
-                     code=("kfx.pipeline.artifacts",))
+SPEC = ComponentSpec(name="validate", config=ValidateConfig,
+                     inputs=("statistics", "schema", "baseline_statistics", "examples"),
+                     outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics", "examples"),
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.timeseries"))
