@@ -139,7 +139,8 @@ def _grid(points: list, frequency: str | None):
         grid = pd.date_range(pd.Timestamp(stamps[0]), pd.Timestamp(stamps[-1]), freq=frequency).asi8
     else:  # the most common step
         steps, times = np.unique(np.diff(stamps), return_counts=True)
-        grid = np.arange(stamps[0], stamps[-1] + 1, int(steps[times.argmax()]), dtype=np.int64)
+        step = int(steps[times.argmax()])  # integer arithmetic: np.arange would count in floats
+        grid = stamps[0] + step * np.arange((stamps[-1] - stamps[0]) // step + 1, dtype=np.int64)
     step = frequency or (str(pd.Timedelta(int(grid[1] - grid[0]))) if len(grid) > 1 else "none")
     index = np.searchsorted(grid, stamps)
     on_grid = (index < len(grid)) & (grid[np.minimum(index, len(grid) - 1)] == stamps)
