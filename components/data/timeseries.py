@@ -258,8 +258,8 @@ def run(ctx, cfg, files: list[list[str]], columns: dict[str, str]) -> dict[str, 
         rejected += rej
         kept_rows += len(kept)
         vals, record["interpolated_steps"] = fill(vals, ts.max_gap)
-        grids[k], filled_values[k], origins[k], records[k] = grid, vals, windows(vals, ts.input_length, ts.horizon,
-                                                                                   ts.stride), record
+        grids[k], filled_values[k], records[k] = grid, vals, record
+        origins[k] = windows(vals, ts.input_length, ts.horizon, ts.stride)
     labels, left_out = assign_splits(origins, grids, ts.splits, ts.horizon)
 
     examples, rejected_uri = ctx.outputs[EXAMPLES], ctx.outputs[REJECTED]
