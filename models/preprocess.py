@@ -50,7 +50,8 @@ def raw_feature_spec(spec: dict, with_label: bool = False) -> dict:
             default = [default] * _size(raw["shape"])
         out[name] = tf.io.FixedLenFeature(raw["shape"], dtype, default_value=default)
     if with_label:
-        out[spec["task"]["label"]] = tf.io.FixedLenFeature([], tf.as_dtype(spec["task"]["label_dtype"]))
+        task = spec["task"]  # a label of several values (forecast: the next steps) has a label_shape
+        out[task["label"]] = tf.io.FixedLenFeature(task.get("label_shape", []), tf.as_dtype(task["label_dtype"]))
     return out
 
 

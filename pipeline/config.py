@@ -21,6 +21,7 @@ class ConfigError(ValueError):
 
 
 from kfx.pipeline.config_base import Section, StageConfig, relative_to_config  # noqa: E402
+from kfx.pipeline.config_timeseries import TimeseriesOptions  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest
@@ -104,6 +105,8 @@ class IngestConfig(StageConfig):
                           "Other images are rejected.")
     base64_columns: tuple[str, ...] = Field(
         (), description="Text columns holding base64 bytes (CSV images), decoded at ingest; bad base64 is rejected.")
+    timeseries: TimeseriesOptions | None = Field(
+        None, description="Window timestamped series into forecasting examples, split by time (CSV sources).")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "IngestConfig":

@@ -48,12 +48,23 @@ class FeatureTransform(Section):
     image_shape: tuple[int, ...] | None = Field(None, description="image: [height, width, channels].")
     image_scale: tuple[float, float] | None = Field(
         None, description="encoded_image: fixed [mean, std] (e.g. [0, 255]); default: the train pixels'.")
+    window_shape: tuple[int, int] | None = Field(None, description="window: [length, channels].")
+    difference: bool = Field(False, description="window: first differences of each channel before scaling.")
+    season: int | None = Field(None, ge=1, description="window: season length in steps (the forecast task's "
+                                                      "seasonal-naive baseline; 52 for weekly data).")
 
     @field_validator("image_shape")
     @classmethod
     def _shape(cls, value):
         if value is not None and (len(value) != 3 or min(value) < 1):
             raise ValueError(f"must be [height, width, channels] of positive sizes, got {list(value)}")
+        return value
+
+    @field_validator("window_shape")
+    @classmethod
+    def _window(cls, value):
+        if value is not None and min(value) < 1:
+            raise ValueError(f"must be [length, channels] of positive sizes, got {list(value)}")
         return value
 
     @field_validator("image_scale")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from kfx.pipeline.component import ComponentError
 from kfx.pipeline.config import CsvOptions, IngestConfig, InputSpec
+from kfx.pipeline.config_base import Section
+from kfx.pipeline.config_timeseries import TimeseriesOptions
 
 ADULT_COLUMNS = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
@@ -75,6 +77,20 @@ BUILTINS: dict[str, Builtin] = {
             label="category",
             label_values=("fresh", "rotten"),
             text_columns=("text",),
+        )),
+    # Mauna Loa weekly CO2 (ppm), 1958-03-29 .. 2001-12-29: 2,284 weeks, 59 without a value (runs of
+    # up to 18 weeks), statsmodels' co2 dataset. A time series: ingest windows it and splits by time
+    # (`ingest.timeseries`: input_length, horizon, ... on top of these settings).
+    "co2": Builtin(
+        package="statsmodels", folder="datasets/co2",
+        install="pip install --no-deps statsmodels==0.15.0",
+        config=dict(
+            format="csv",
+            inputs=(InputSpec(pattern="co2.csv", splits={"train": 1}),),
+            csv=CsvOptions(header=True),
+            column_types={"date": "string", "co2": "float"},
+            timeseries=TimeseriesOptions(timestamp="date", timestamp_format="%Y%m%d", values=("co2",),
+                                         frequency="W-SAT"),
         )),
 }
 
@@ -147,8 +163,11 @@ def resolve_builtin(cfg: IngestConfig) -> IngestConfig:
     builtin = BUILTINS[cfg.name]
     folder = package_folder(builtin)
     base = dict(builtin.config)
-    user = {k: getattr(cfg, k) for k in cfg.model_fields_set if k not in ("format", "name")}
-    base.update(user)
+    for k in cfg.model_fields_set - {"format", "name"}:
+        value = getattr(cfg, k)
+        if isinstance(value, Section) and isinstance(base.get(k), Section):  # the user's keys on the built-in's
+            value = base[k].model_copy(update={f: getattr(value, f) for f in value.model_fields_set})
+        base[k] = value
     base["inputs"] = tuple(InputSpec(pattern=str(folder / i.pattern), splits=i.splits) for i in base["inputs"])
     return IngestConfig(**base)
 

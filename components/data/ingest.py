@@ -641,6 +641,10 @@ def run(ctx: Context) -> dict[str, Any]:
             items = [(i, r) for i, f in items for r in text_ranges(f)]
         columns = {"csv": _csv_columns, "parquet": _parquet_columns,
                    "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for fs in files for f in fs])
+        if cfg.timeseries is not None:  # windowed, time-split examples (components/data/timeseries.py)
+            from kfx.components.data import timeseries
+
+            return timeseries.run(ctx, cfg, files, columns)
     try:
         images.check_columns(cfg, columns)
     except ValueError as err:
@@ -731,4 +735,5 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 
 
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
-                     source_fingerprint=source_fingerprint, code=("kfx.components.data.datasets",))
+                     source_fingerprint=source_fingerprint,
+                     code=("kfx.components.data.datasets", "kfx.components.data.timeseries"))

@@ -8,6 +8,9 @@ of numeric distributions, each with a per-feature threshold (the schema's drift_
 else `validate.feature_thresholds`, else the defaults). Text features: empty texts and
 out-of-vocabulary rate drift (components/data/text_stats.py).
 
+With the optional `examples` input of a time series, also the gaps and out-of-order timestamps
+ingest saw in each series (components/data/timeseries.py).
+
 Output `anomalies`: Split-<name>/SchemaDiff.pb (tensorflow_metadata Anomalies, as TFX writes
 it) and anomalies.txt. Any anomaly blocks the run when `validate.block` is true.
 """
@@ -205,6 +208,10 @@ def run(ctx: Context) -> dict[str, Any]:
     findings = Findings(schema)
     for split, ds in stats.items():
         check_schema(findings, schema, split, ds)
+    if ctx.inputs.get("examples"):  # a time series: gaps and out-of-order rows that ingest saw
+        from kfx.components.data.timeseries import check_series
+
+        check_series(findings, ctx.inputs["examples"])
     drift = {}
     if baseline is not None:
         for split in cfg.drift_splits:
@@ -232,6 +239,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
-SPEC = ComponentSpec(name="validate", config=ValidateConfig, inputs=("statistics", "schema", "baseline_statistics"),
-                     outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics",),
-                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats"))
+SPEC = ComponentSpec(name="validate", config=ValidateConfig,
+                     inputs=("statistics", "schema", "baseline_statistics", "examples"),
+                     outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics", "examples"),
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats", "kfx.components.data.timeseries"))

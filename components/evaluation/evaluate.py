@@ -57,7 +57,7 @@ def _scored(model: str, data, label: str, cfg, where: str):
 
     task, scores = score(model, data, cfg.batch_size, where=where)
     try:
-        return task, task.outcomes(data.frame[label], scores, cfg.threshold)
+        return task, task.add_inputs(task.outcomes(data.frame[label], scores, cfg.threshold), data.frame)
     except ValueError as err:
         raise ComponentError(f"{where}model {model}: {err}") from None
 
@@ -177,6 +177,8 @@ def _write_predictions(uri: str, task, o, frame: dict, columns: dict, label: str
     import tensorflow as tf
 
     table = {label: frame[label], "score": o.score, "prediction": task.prediction_labels(o, o.pred)}
+    # A column of several values per row (a forecast's steps) is written as a JSON list per row.
+    table = {k: [json.dumps(r.tolist()) for r in v] if np.ndim(v) == 2 else v for k, v in table.items()}
     if mitigated is not None:
         table["mitigated_prediction"] = task.prediction_labels(o, mitigated)
     for f in features:

@@ -80,15 +80,16 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
     """
     import tensorflow as tf
 
-    from kfx.models.preprocess import label_lookup, raw_feature_spec
+    from kfx.models import tasks
+    from kfx.models.preprocess import raw_feature_spec
 
     parse_spec = raw_feature_spec(spec, with_label=True)
     label = spec["task"]["label"]
-    target = label_lookup(spec)
+    task = tasks.of(spec["task"])
 
     def parse_and_preprocess(batch):
         parsed = tf.io.parse_example(batch, parse_spec)
-        y = target(parsed.pop(label))
+        y = task.encode_target(parsed.pop(label), parsed)
         return preprocessor(parsed), y
 
     # Rows are parsed, preprocessed (and cached) in blocks of PARSE_BATCH: every later step is

@@ -47,7 +47,7 @@ def make_functions(preprocessor, model, spec: dict) -> dict[str, Any]:
     examples_signature = [tf.TensorSpec([None], tf.string, name="examples")]
 
     def infer(features):
-        return model(preprocessor(features), training=False)
+        return task.decode_output(model(preprocessor(features), training=False), features)
 
     def serve(features):
         return task.serving_outputs(infer(features))

@@ -245,7 +245,7 @@ def finalize(acc: dict, raw: dict, transforms: list[dict], task: dict) -> tuple[
         ComponentError: empty train split, a numeric feature with no value at all, or label
             values outside the configured vocabulary.
     """
-    from kfx.models import kinds
+    from kfx.models import kinds, tasks
 
     rows = acc.get(ROWS, 0)
     if rows == 0:
@@ -272,6 +272,10 @@ def finalize(acc: dict, raw: dict, transforms: list[dict], task: dict) -> tuple[
     task, report["label"] = _analyze_label(task, acc)
     spec = {"version": 1, "train_rows": rows, "raw_features": raw, "transforms": built,
             "outputs": {t["output"]: kinds.get(t["kind"]).describe(t["state"]) for t in built}, "task": task}
+    try:
+        spec["task"] = tasks.of(task).complete(spec)
+    except ValueError as err:
+        raise ComponentError(f"transform: {err}") from None
     return spec, report
 
 

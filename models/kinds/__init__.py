@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "text": "kfx.models.kinds.text:Text",
     "image": "kfx.models.kinds.image:Image",
     "encoded_image": "kfx.models.kinds.image:EncodedImage",
+    "window": "kfx.models.kinds.window:Window",
 }
 TEXT = "text"  # what natural-language string features get by default
 

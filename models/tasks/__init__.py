@@ -15,6 +15,7 @@ TASKS: dict[str, str] = {
     "binary": "kfx.models.tasks.binary:Binary",
     "multiclass": "kfx.models.tasks.multiclass:Multiclass",
     "regression": "kfx.models.tasks.regression:Regression",
+    "forecast": "kfx.models.tasks.forecast:Forecast",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
 AUTO = "auto"  # transform.task: pick from the label (see `auto`)

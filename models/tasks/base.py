@@ -40,12 +40,14 @@ class Outcomes:
         score: one number per row for the predictions file (P(positive), top probability, value).
         pred: the decisions (class index, 0/1) or predicted values.
         probs: class probabilities [N, C] (classification only).
+        baselines: reference predictions of the same rows by name (forecast: naive, seasonal_naive).
     """
 
     y: np.ndarray
     score: np.ndarray
     pred: np.ndarray
     probs: np.ndarray | None = None
+    baselines: dict | None = None
 
 
 class Task:
@@ -95,12 +97,30 @@ class Task:
         """(task description, analyzers.json label report) from the label's analyzer result."""
         raise NotImplementedError
 
+    def complete(self, spec: dict) -> dict:
+        """The task description completed from the finished transform spec (transform.json: the
+        transforms' states, train rows); as it is by default.
+
+        Raises:
+            ValueError: the transforms cannot serve this task.
+        """
+        return self.info
+
     # ------------------------------------------------------------ training
     def target(self) -> Callable:
         """Raw label tensor -> training target tensor."""
         import tensorflow as tf
 
         return lambda y: tf.cast(y, tf.float32)
+
+    def encode_target(self, y, features):
+        """The training target of raw label `y`, given the row's raw features (default: `target`)."""
+        return self.target()(y)
+
+    def decode_output(self, y, features):
+        """The model output `y` in the label's units, given the raw features (inside the exported
+        model, before `serving_outputs`); unchanged by default."""
+        return y
 
     def output(self, x):
         """The model's output tensor (float32 even under mixed precision) on the last hidden `x`."""
@@ -142,6 +162,11 @@ class Task:
             ValueError: labels the model cannot have predicted (unknown classes).
         """
         raise NotImplementedError
+
+    def add_inputs(self, o: Outcomes, frame: dict) -> Outcomes:
+        """`o` with what the task derives from the rows' raw columns (`frame`: column -> values), such as
+        baseline predictions; unchanged by default."""
+        return o
 
     def metrics(self, o: Outcomes, mask: np.ndarray | None = None, pred: np.ndarray | None = None,
                 bins: int = 10, confusion_thresholds: tuple[float, ...] = ()) -> dict:

@@ -54,12 +54,12 @@ def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_siz
         out = {}
         for name, sp in parsed.items():
             default = "" if sp.dtype == tf.string else tf.constant(0, sp.dtype)
-            # One value per row (or none): pad a column so an all-missing batch still has one.
+            # Pad a column so an all-missing batch still has one; rows hold `counts` values.
             dense = tf.pad(tf.sparse.to_dense(sp, default_value=default), [[0, 0], [0, 1]],
-                           constant_values=default)[:, 0]
-            present = tf.math.bincount(tf.cast(sp.indices[:, 0], tf.int32), minlength=tf.cast(n, tf.int32),
-                                       maxlength=tf.cast(n, tf.int32)) > 0
-            out[name] = (dense, present)
+                           constant_values=default)
+            counts = tf.math.bincount(tf.cast(sp.indices[:, 0], tf.int32), minlength=tf.cast(n, tf.int32),
+                                      maxlength=tf.cast(n, tf.int32))
+            out[name] = (dense, counts)
         return batch, out
 
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
@@ -67,24 +67,37 @@ def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_siz
         ds = ds.take(rows)
     ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
     chunks: dict[str, list] = {name: [] for name in columns}
-    present: dict[str, list] = {name: [] for name in columns}
+    counts: dict[str, list] = {name: [] for name in columns}
     serialized: list[bytes] = []
     for batch, parsed in ds:
         serialized.extend(batch.numpy().tolist())
-        for name, (dense, ok) in parsed.items():
+        for name, (dense, count) in parsed.items():
             chunks[name].append(dense.numpy())
-            present[name].append(ok.numpy())
+            counts[name].append(count.numpy())
     frame, missing = {}, {}
     for name, kind in columns.items():
-        values = np.concatenate(chunks[name]) if chunks[name] else np.zeros(0)
-        miss = ~np.concatenate(present[name]) if present[name] else np.zeros(0, bool)
+        count = np.concatenate(counts[name]) if counts[name] else np.zeros(0, np.int64)
+        width = max(1, int(count.max())) if len(count) and kind != "string" else 1
+        # One value per row: a vector; several (a time-series window): [rows, width], NaN-padded.
+        values = (np.concatenate([_cells(c, width) for c in chunks[name]]) if chunks[name]
+                  else np.zeros((0, width))).reshape(len(count), -1)
+        miss = count == 0
         if kind == "string":
-            values = np.array([_text_or_bytes(v) for v in values.tolist()], dtype=object)
+            values = np.array([_text_or_bytes(v) for v in values[:, 0].tolist()], dtype=object)
         else:
             values = values.astype(np.float64)
-            values[miss] = np.nan
+            values[np.arange(values.shape[1])[None, :] >= count[:, None]] = np.nan
+            values = values[:, 0] if width <= 1 else values
         frame[name], missing[name] = values, miss
     return Split(frame, missing, serialized)
+
+
+def _cells(dense: np.ndarray, width: int) -> np.ndarray:
+    """The first `width` columns of a batch's dense values (fewer columns are padded with the last,
+    a default value)."""
+    if dense.shape[1] >= width:
+        return dense[:, :width]
+    return np.concatenate([dense, np.repeat(dense[:, -1:], width - dense.shape[1], axis=1)], axis=1)
 
 
 def _text_or_bytes(value: bytes):

@@ -61,8 +61,8 @@ def test_unknown_kind_is_rejected_at_load_naming_the_feature_and_the_kind(featur
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"transform.features={features}"])
     assert f"key {key!r}" in str(err.value) and fragment in str(err.value)
-    assert ("known kinds: bucketize, embed, encoded_image, hash, image, normalize, one_hot, passthrough, text"
-            in str(err.value))
+    assert ("known kinds: bucketize, embed, encoded_image, hash, image, normalize, one_hot, passthrough, text, "
+            "window" in str(err.value))
 
 
 def test_numeric_default_must_take_numbers():
@@ -241,6 +241,29 @@ def test_image_scaling_is_numpy_pixel_moments():
     assert out.reshape(2, -1) == pytest.approx((pixels[:2] - state["mean"]) / state["std"], rel=1e-4, abs=1e-5)
     with pytest.raises(ValueError, match="image_shape"):
         make("image", FLOAT)
+
+
+def test_window_state_is_per_channel_moments_of_the_differences_and_keras_applies_it():
+    rng = np.random.default_rng(0)
+    rows = np.cumsum(rng.normal(0.5, 2.0, (30, 6, 2)), axis=1)  # 30 windows, 6 steps, 2 channels
+    kind = make("window", FLOAT, window_shape=(6, 2), difference=True, season=4)
+    merged = reduce(kind.merge, [kind.accumulate(r.reshape(-1)) for r in np.array_split(rows, 3)])
+    state, report = kind.finalize(merged)
+    d = np.diff(rows, axis=1)
+    assert state["mean"] == pytest.approx(d.mean(axis=(0, 1)).tolist(), rel=1e-9)
+    assert state["std"] == pytest.approx(d.std(axis=(0, 1)).tolist(), rel=1e-9)
+    assert (state["length"], state["channels"], state["season"]) == (6, 2, 4) and report["differenced"]
+    out = keras_out("window", state, FLOAT, rows[:3].reshape(3, -1).astype(np.float32))
+    assert out.shape == (3, 6, 2) and np.all(out[:, 0] == 0)
+    assert out[:, 1:] == pytest.approx((d[:3] - state["mean"]) / state["std"], rel=1e-4, abs=1e-4)
+    assert kinds.get("window").describe(state) == {"kind": "window", "length": 6, "channels": 2}
+    plain = make("window", FLOAT, window_shape=(6, 2))
+    assert plain.finalize(plain.accumulate(rows.reshape(-1)))[0]["mean"] == pytest.approx(
+        rows.mean(axis=(0, 1)).tolist(), rel=1e-9)
+    with pytest.raises(ValueError, match="rows of length \\* channels = 12; got 10 values"):
+        kind.accumulate(np.zeros(10))
+    with pytest.raises(ValueError, match="window_shape"):
+        make("window", FLOAT)
 
 
 def test_text_preprocessor_survives_savedmodel_export(tmp_path):

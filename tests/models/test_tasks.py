@@ -15,9 +15,9 @@ REG = {"type": tasks.REGRESSION, "label": "mass", "label_dtype": "float32", "voc
 
 
 def test_registry_names_and_errors():
-    assert tasks.names() == ["binary", "multiclass", "regression"]
+    assert tasks.names() == ["binary", "forecast", "multiclass", "regression"]
     assert tasks.of(MULTI).NAME == tasks.MULTICLASS and tasks.of(tasks.of(MULTI)).classes == CLASSES
-    with pytest.raises(KeyError, match="unknown task 'ranking'; known tasks: binary, multiclass, regression"):
+    with pytest.raises(KeyError, match="unknown task 'ranking'; known tasks: binary, forecast, multiclass, regression"):
         tasks.get("ranking")
     with pytest.raises(ValueError, match="type 'binary' given to task 'regression'"):
         tasks.get(tasks.REGRESSION)({**REG, "type": tasks.BINARY})
@@ -159,3 +159,35 @@ def test_config_metric_names_are_the_union_of_the_tasks():
     assert {"auc", "rmse_reduction", "log_loss"} <= set(METRICS)
     assert {"mae_difference", "accuracy_difference", "equalized_odds_difference"} <= set(FAIRNESS_METRICS)
     assert {"rmse", "mae", "log_loss"} <= LOWER_IS_BETTER and "accuracy" not in LOWER_IS_BETTER
+
+
+def test_forecast_baselines_and_metrics_on_the_same_windows():
+    window = {"feature": "w", "length": 6, "channels": 1, "difference": True, "season": 4, "mean": [0.0],
+              "std": [2.0]}
+    task = tasks.of({"type": "forecast", "label": "y", "label_dtype": "float32", "vocabulary": None,
+                     "positive": None, "label_shape": [2], "window": window})
+    x = np.arange(12, dtype=float).reshape(2, 6)  # windows [0..5], [6..11]
+    y = np.array([[6.0, 7.0], [12.0, 13.0]])
+    o = task.add_inputs(task.outcomes(y, y + 0.5), {"w": x})
+    np.testing.assert_array_equal(o.baselines["naive"], [[5, 5], [11, 11]])
+    np.testing.assert_array_equal(o.baselines["seasonal_naive"], [[2, 3], [8, 9]])  # one season (4) earlier
+    m = task.metrics(o)
+    assert m["rmse"] == pytest.approx(0.5) and m["mae"] == pytest.approx(0.5)
+    assert m["naive_rmse"] == pytest.approx(np.sqrt(2.5)) and m["seasonal_naive_rmse"] == pytest.approx(4.0)
+    assert m["rmse_vs_naive"] == pytest.approx(0.5 / np.sqrt(2.5)) and set(m["rmse_by_step"]) == {"1", "2"}
+    with pytest.raises(ValueError, match=r"forecasts of shape \(2, 1\) for labels of shape \(2, 2\)"):
+        task.outcomes(y, y[:, :1])
+
+
+def test_forecast_target_is_relative_to_the_last_raw_value_and_decodes_back():
+    import tensorflow as tf
+
+    window = {"feature": "w", "length": 3, "channels": 1, "difference": True, "season": None, "mean": [0.1],
+              "std": [2.0]}
+    task = tasks.of({"type": "forecast", "label": "y", "label_dtype": "float32", "vocabulary": None,
+                     "positive": None, "label_shape": [2], "window": window})
+    features = {"w": tf.constant([[1.0, 2.0, 3.0], [5.0, 4.0, 10.0]])}
+    y = tf.constant([[4.0, 7.0], [10.0, 6.0]])
+    encoded = task.encode_target(y, features)
+    np.testing.assert_allclose(encoded.numpy(), [[0.5, 2.0], [0.0, -2.0]])
+    np.testing.assert_allclose(task.decode_output(encoded, features).numpy(), y.numpy())
