@@ -95,9 +95,11 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
     # Rows are parsed, preprocessed (and cached) in blocks of PARSE_BATCH: every later step is
     # vectorised. Shuffling is by block order plus a permutation inside each block, then the
     # blocks are re-cut into training batches (per-row shuffle/batch would cost ~3x throughput).
+    # The serialized rows are shuffled before they are cut into blocks (once, when the blocks are
+    # cached), so data stored sorted (by class folder, by time) does not give one-class blocks.
     ds = _records(split_files(examples_uri, split), rows)
-    if shuffle and not cache:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not cache)
     ds = ds.batch(PARSE_BATCH).map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()

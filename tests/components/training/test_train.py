@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import time
@@ -195,6 +196,41 @@ def test_train_and_serve_preprocessing_are_identical(built, loaded):
     assert served.shape == (50,) and isinstance(keras.__version__, str)
     classified = loaded.signatures["classify"](inputs=tf.constant(records[:50]))["scores"].numpy()[:, 1]
     assert np.allclose(served, classified, atol=1e-6)
+
+
+def test_training_batches_mix_classes_of_data_stored_sorted_by_class(built, tmp_path):
+    """Rows written sorted by label (as a folder of class subfolders is): every training batch
+    still holds both classes, although rows are preprocessed and cached in 1,024-row blocks."""
+    import tensorflow as tf
+
+    from kfx.components.training.data import PARSE_BATCH, dataset
+    from kfx.models.preprocess import load_transform, make_preprocessor
+
+    examples = built["outputs"]["ingest"]["examples"]
+    spec = load_transform(built["outputs"]["transform"]["transform_graph"])
+    label = spec["task"]["label"]
+    records = _serialized(examples, "train", 10**6)
+
+    def label_of(r: bytes):
+        feature = tf.train.Example.FromString(r).features.feature[label]
+        return (feature.bytes_list.value or feature.int64_list.value)[0]
+
+    by_label: dict = {}
+    for r in records:
+        by_label.setdefault(label_of(r), []).append(r)
+    assert len(by_label) == 2
+    rows = [r for group in by_label.values() for r in (group * (2 * PARSE_BATCH // len(group) + 1))[:2 * PARSE_BATCH]]
+    out = tmp_path / "Split-train"
+    out.mkdir()
+    with tf.io.TFRecordWriter(str(out / "data-00000-of-00001.gz"), options="GZIP") as w:
+        for r in rows:  # 2,048 rows of one class, then 2,048 of the other
+            w.write(r)
+    shutil.copy(Path(examples) / "columns.json", tmp_path / "columns.json")
+    ds = dataset(str(tmp_path), "train", spec, make_preprocessor(spec), 64, shuffle=True, cache=True)
+    batches = [y.numpy() for _, y in ds]
+    assert sum(len(y) for y in batches) == len(rows)
+    mixed = [len(np.unique(y)) == 2 for y in batches]
+    assert sum(mixed) == len(batches), f"{len(batches) - sum(mixed)} of {len(batches)} batches hold one class"
 
 
 def _backup_metadata(root: Path) -> list[Path]:
