@@ -431,9 +431,11 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _code() -> tuple[str, ...]:
-    from kfx.models import kinds
+    """kfx modules whose source is part of transform's code version: the preprocessing, the
+    kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
+    from kfx.models import kinds, tasks
 
-    return ("kfx.models.preprocess", *kinds.modules())
+    return ("kfx.models.preprocess", *kinds.modules(), *tasks.modules())
 
 
 SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,

@@ -166,3 +166,12 @@ def test_bad_transform_config_fails_naming_the_feature(built, transform, message
     summary = run_pipeline(load_config(tiny.write_config(tmp, "bad.yaml", transform=transform)), only=["transform"])
     assert summary["status"] == "failed"
     assert message in summary["components"]["transform"]["error"]
+
+
+def test_code_version_covers_the_task_modules():
+    # transform runs the tasks' plan, label analysis and `complete`: editing them must not reuse a cache.
+    from kfx.components.transform.transform import SPEC
+
+    for module in ("kfx.models.tasks", "kfx.models.tasks.base", "kfx.models.tasks.forecast",
+                   "kfx.models.tasks.regression", "kfx.models.kinds.window", "kfx.models.kinds.base"):
+        assert module in SPEC.code
