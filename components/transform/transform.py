@@ -177,13 +177,24 @@ def analyzers(raw: dict, transforms: list[dict], task: dict) -> dict[str, Analyz
         out[f"{MISSING}:{f}"] = Analyzer(f, missing, operator.add)
         if kind.FILL_MEAN:
             out[f"{MOMENTS}:{f}"] = Analyzer(f, column_moments, base.merge_moments)
-        out[f"{KIND}:{t['output']}"] = Analyzer(f, lambda values, rows, n, k=kind: k.accumulate(values), kind.merge)
+        out[f"{KIND}:{t['output']}"] = Analyzer(f, lambda values, rows, n, k=kind, t=t: _accumulate(k, t, values, rows),
+                                                kind.merge)
     label, statistic = task["label"], tasks.get(task["type"]).LABEL_STATISTIC
     label_analyzers = {task_base.COUNTS: (lambda values, rows, n: base.counts(values), base.merge_counts),
                        task_base.MOMENTS: (column_moments, base.merge_moments)}
     out[f"{MISSING}:{label}"] = Analyzer(label, missing, operator.add)
     out[f"{LABEL}:{label}"] = Analyzer(label, *label_analyzers[statistic])
     return out
+
+
+def _accumulate(kind, t: dict, values, row_ids):
+    """The kind's partial accumulator of a batch; its errors name the feature."""
+    import numpy as np
+
+    try:
+        return kind.accumulate(values, len(np.unique(row_ids)))
+    except ValueError as err:
+        raise ComponentError(f"transform: feature {t['feature']!r}, kind {t['kind']!r}: {err}") from None
 
 
 def analyze_file(path: str, raw: dict, transforms: list[dict], task: dict, batch_size: int):

@@ -175,3 +175,17 @@ def test_code_version_covers_the_task_modules():
     for module in ("kfx.models.tasks", "kfx.models.tasks.base", "kfx.models.tasks.forecast",
                    "kfx.models.tasks.regression", "kfx.models.kinds.window", "kfx.models.kinds.base"):
         assert module in SPEC.code
+
+
+def test_a_window_shape_that_does_not_match_the_rows_fails_naming_the_feature():
+    from kfx.components.transform.transform import KIND, analyzers
+    from kfx.pipeline.component import ComponentError
+
+    options = {"length": 4, "channels": 1, "difference": False, "season": None}
+    plan = analyzers({"co2": {"dtype": "float32"}}, [{"feature": "co2", "kind": "window", "output": "co2",
+                                                     "options": options}], {"label": "y", "type": "regression"})
+    window = plan[f"{KIND}:co2"]
+    values, row_ids = np.arange(24.0), np.repeat(np.arange(3), 8)  # 3 rows of 8 values: 2 windows of 4 each
+    with pytest.raises(ComponentError, match=r"feature 'co2', kind 'window': window_shape \[4, 1\] .* got 8 values a row"):
+        window.accumulate(values, row_ids, 3)
+    assert window.accumulate(values, np.repeat(np.arange(6), 4), 6)[0][0] == 24
