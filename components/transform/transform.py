@@ -3,7 +3,7 @@
 What each feature becomes comes from the schema (types, label, domains, natural-language
 features) plus `transform.features` overrides, with defaults by type: numbers are normalized,
 strings one-hot encoded (embedded above `one_hot_max` values), natural-language strings
-tokenized. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
+tokenized, image features (schema image_domain) decoded at the schema's `image_shape:` size. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
 vocabularies, pixel scaling) supplies its options, analyzer and Keras layer; this stage adds the
 feature-level analyses (missing values, the train mean that fills missing numbers) and the
 task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
@@ -69,6 +69,8 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
             raise ComponentError(f"transform: schema feature {name!r} is not a column of the examples "
                                  f"(columns: {sorted(columns)})")
         override = cfg.features.get(name)
+        if f.HasField("image_domain") and getattr(override, "image_shape", None) is None:
+            override = _schema_image_shape(name, f, dtype, override)
         if override is not None:
             names = override.kinds
         elif dtype == kinds.STRING:
@@ -92,6 +94,30 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
     if not transforms:
         raise ComponentError("transform: no feature left for the model (all excluded?)")
     return raw, transforms, _task(schema, features, label, columns, cfg, string_domain)
+
+
+def _schema_image_shape(name: str, feature, dtype: str, override):
+    """The feature's transform config with the image_shape the schema records for an image
+    feature (image_domain; default kind encoded_image for bytes, image for pixel arrays).
+
+    Raises:
+        ComponentError: the schema records no fully known shape (images of several sizes).
+    """
+    from kfx.models import kinds
+    from kfx.pipeline.artifacts import image_shape
+    from kfx.pipeline.config_modeling import FeatureTransform
+
+    if override is not None and not {kinds.ENCODED_IMAGE, kinds.PIXELS} & set(override.kinds):
+        return override  # configured as something else than an image
+    shape = image_shape(feature)
+    if shape is None or None in shape:
+        found = "no image_shape tag" if shape is None else "image_shape " + "x".join(str(d or "*") for d in shape)
+        raise ComponentError(f"transform: feature {name!r} is an image (schema image_domain) without a fixed size "
+                             f"in the schema ({found}); set transform.features.{name}.image_shape: "
+                             f"[height, width, channels]")
+    if override is None:
+        override = FeatureTransform(kinds=(kinds.ENCODED_IMAGE if dtype == kinds.STRING else kinds.PIXELS,))
+    return override.model_copy(update={"image_shape": tuple(shape)})
 
 
 def _task(schema, features, label, columns, cfg, string_domain) -> dict:

@@ -189,3 +189,31 @@ def test_a_window_shape_that_does_not_match_the_rows_fails_naming_the_feature():
     with pytest.raises(ComponentError, match=r"feature 'co2', kind 'window': window_shape \[4, 1\] .* got 8 values a row"):
         window.accumulate(values, row_ids, 3)
     assert window.accumulate(values, np.repeat(np.arange(6), 4), 6)[0][0] == 24
+
+
+def test_a_schema_image_feature_defaults_to_encoded_image_with_the_schema_shape():
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from kfx.components.transform.transform import plan
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TransformConfig
+
+    def schema(shape_tag: str | None):
+        s = schema_pb2.Schema()
+        img = s.feature.add(name="img", type=schema_pb2.BYTES)
+        img.image_domain.minimum_supported_image_fraction = 1.0
+        if shape_tag:
+            img.annotation.tag.append(shape_tag)
+        s.feature.add(name="y", type=schema_pb2.INT).annotation.tag.append("label")
+        return s
+
+    columns = {"img": "string", "y": "int"}
+    raw, transforms, _ = plan(schema("image_shape:8x8x1"), columns, TransformConfig())
+    assert [(t["kind"], t["options"]["shape"]) for t in transforms] == [("encoded_image", [8, 8, 1])]
+    assert raw["img"]["dtype"] == "string"
+    configured = TransformConfig(features={"img": {"kinds": ["encoded_image"], "image_shape": [4, 4, 1]}})
+    assert plan(schema("image_shape:*x*x3"), columns, configured)[1][0]["options"]["shape"] == [4, 4, 1]
+    for tag, found in ((None, "no image_shape tag"), ("image_shape:*x*x3", r"image_shape \*x\*x3")):
+        with pytest.raises(ComponentError, match=rf"feature 'img' is an image .*\({found}\); set "
+                                                 r"transform.features.img.image_shape"):
+            plan(schema(tag), columns, TransformConfig())
