@@ -321,4 +321,5 @@ SPEC = ComponentSpec(name="train", config=TrainConfig,
                      inputs=("examples", "schema", "transform_graph", "hyperparameters", warm_start.BASE_MODEL),
                      outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters", warm_start.BASE_MODEL),
                      code=_code(), user_code=family_code, implied_inputs=warm_start.implied_inputs,
+                     check_inputs=warm_start.check_inputs,
                      source_fingerprint=warm_start.source_fingerprint)

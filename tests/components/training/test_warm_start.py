@@ -322,3 +322,22 @@ def test_previous_push_binds_the_base_model_input_unless_the_graph_does(runs):
     raw = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**raw, "stages": stages}))
     assert train_inputs(path)["base_model"] == Upstream("transform", "transform_graph")
+
+
+def test_freeze_without_a_source_and_two_sources_fail_at_config_load(runs):
+    from kfx.pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"stage 'train': train.freeze \['mlp_dense0'\] needs a warm-start source: "
+                                          r"set train.warm_start or bind inputs.base_model"):
+        load_config(_config(runs["tmp"], "freeze_only.yaml", freeze=["mlp_dense0"]))
+    stages = [dict(s) for s in STAGES]
+    stages[4] = {**stages[4], "inputs": {**stages[4]["inputs"], "base_model": "history:last_pushed_model"}}
+    wired = _config(runs["tmp"], "two.yaml", warm_start="model.keras")
+    wired.write_text(yaml.safe_dump({**yaml.safe_load(wired.read_text()), "stages": stages}))
+    with pytest.raises(ConfigError, match=r"warm start from two sources: train.warm_start='.*model.keras' and "
+                                          r"inputs.base_model in the graph"):
+        load_config(wired)
+    # freeze with a base_model bound in the graph (no train.warm_start) is fine
+    wired.write_text(yaml.safe_dump({**yaml.safe_load(_config(runs["tmp"], "f.yaml", freeze=["x"]).read_text()),
+                                     "stages": stages}))
+    assert load_config(wired).stage("train").freeze == ("x",)
