@@ -18,6 +18,9 @@ from typing import Callable
 from kfx.models.kinds.base import IMAGE
 
 FILL_MODE = "nearest"
+# The layers run in the tf.data pipeline on the transform's float32 features: they must not take
+# the global mixed_float16 policy that train may have set by the time they are built.
+DTYPE = "float32"
 
 
 def layers(cfg, seed: int = 42) -> list:
@@ -32,17 +35,18 @@ def layers(cfg, seed: int = 42) -> list:
     out = []
     if cfg.translation:
         out.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode=FILL_MODE,
-                                                  seed=seed, name="augment_translation"))
+                                                  seed=seed, name="augment_translation", dtype=DTYPE))
     if cfg.rotation:
         out.append(keras.layers.RandomRotation(cfg.rotation, fill_mode=FILL_MODE, seed=seed + 1,
-                                               name="augment_rotation"))
+                                               name="augment_rotation", dtype=DTYPE))
     if cfg.zoom:
-        out.append(keras.layers.RandomZoom(cfg.zoom, fill_mode=FILL_MODE, seed=seed + 2, name="augment_zoom"))
+        out.append(keras.layers.RandomZoom(cfg.zoom, fill_mode=FILL_MODE, seed=seed + 2, name="augment_zoom",
+                                    dtype=DTYPE))
     if cfg.flip != "none":
-        out.append(keras.layers.RandomFlip(cfg.flip, seed=seed + 3, name="augment_flip"))
+        out.append(keras.layers.RandomFlip(cfg.flip, seed=seed + 3, name="augment_flip", dtype=DTYPE))
     if cfg.contrast:
         out.append(keras.layers.RandomContrast(cfg.contrast, value_range=(float("-inf"), float("inf")),
-                                               seed=seed + 4, name="augment_contrast"))
+                                               seed=seed + 4, name="augment_contrast", dtype=DTYPE))
     return out
 
 

@@ -62,13 +62,6 @@ def _size(shape: list[int]) -> int:
     return n
 
 
-def label_lookup(spec: dict):
-    """A callable mapping raw label values to training targets (the task's: class index, float)."""
-    from kfx.models import tasks
-
-    return tasks.of(spec["task"]).target()
-
-
 def _keras():
     import keras
 

@@ -42,6 +42,8 @@ class ComponentSpec:
         implied_inputs: `implied_inputs(stage_config) -> {input: resolver}`: history inputs the
             stage's config asks for (train.warm_start: previous_push -> base_model:
             history:last_pushed_model), bound where the graph leaves the input unbound.
+        check_inputs: `check_inputs(stage_config, bound_inputs) -> None`, raising ValueError:
+            config keys that contradict the inputs the graph binds, rejected at config load.
     """
 
     name: str
@@ -55,6 +57,7 @@ class ComponentSpec:
     config: type = StageConfig
     user_code: Callable[[Any, Any], list] | None = None
     implied_inputs: Callable[[Any], dict[str, str]] | None = None
+    check_inputs: Callable[[Any, tuple[str, ...]], None] | None = None
 
 
 @dataclass

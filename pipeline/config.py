@@ -266,7 +266,7 @@ def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
     Raises:
         ConfigError: naming the stage and the key: an unknown component, an input naming a
             missing stage or output, a required input left unwired, a cycle, a section for no
-            stage, or a bad value in a section.
+            stage, a bad value in a section, or keys that contradict the bound inputs.
     """
     from kfx.pipeline import graph, user_code
 
@@ -294,6 +294,12 @@ def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
             sections[s.name] = specs[s.name].config.model_validate(body, context={"config_dir": config_dir})
         except ValidationError as err:
             raise ConfigError(_format_errors(err, source, prefix=s.name)) from None
+    for s in stages:
+        if specs[s.name].check_inputs:
+            try:
+                specs[s.name].check_inputs(sections[s.name], tuple(s.inputs))
+            except ValueError as err:
+                raise ConfigError(f"invalid config {source}: stage {s.name!r}: {err}") from None
     stages = tuple(_with_implied_inputs(s, specs[s.name], sections[s.name]) for s in stages)
     top = {k: v for k, v in raw.items() if k in PIPELINE_KEYS and k != "stages"}
     try:

@@ -209,7 +209,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.evaluation.samples import image_samples
     from kfx.pipeline.artifacts.scoring import read_split
     from kfx.pipeline.artifacts import read_columns
-    from kfx.pipeline.artifacts import label_key, load_schema, sensitive_keys
+    from kfx.pipeline.artifacts import image_features, label_key, load_schema, sensitive_keys
 
     cfg = ctx.config
     started = time.time()
@@ -242,7 +242,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "curves": task.curves(o, cfg.calibration_bins),
         "fairness": _fairness(task, o, o.pred, data, sensitive, numeric, cfg),
         "fairness_settings": {"sensitive": sensitive, **cfg.fairness.model_dump(mode="json")},
-        "mitigation": None, "samples": image_samples(task, o, data.frame, data.missing),
+        "mitigation": None, "samples": image_samples(task, o, data.frame, data.missing, image_features(schema)),
     }
     if cfg.mitigation.method == "group_thresholds":
         feature = cfg.mitigation.feature or (sensitive[0] if sensitive else None)

@@ -1,9 +1,10 @@
 """Sample images with their predictions, for the evaluation report of image models.
 
-An image column is a string column of the split whose values are all encoded images (PNG, JPEG,
-GIF or BMP bytes, recognised by their signature): what the model's `encoded_image` feature
-reads. The samples are stored in evaluation.json (base64, a few hundred bytes each for MNIST
-sizes) so the report renders from that file alone, as inline data URIs.
+The image columns are the schema's image features (image_domain, as the schema stage marks
+encoded images): what the model's `encoded_image` feature reads. The samples are stored in
+evaluation.json (base64) so the report renders from that file alone, as inline data URIs; an
+image above MAX_BYTES is stored as a JPEG thumbnail (at most THUMBNAIL pixels a side), so
+evaluation.json stays small whatever the photos' size.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import base64
 import numpy as np
 
 SAMPLES = 16
+MAX_BYTES, THUMBNAIL = 64 * 1024, 128
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF87a": "image/gif",
               b"GIF89a": "image/gif", b"BM": "image/bmp"}
 
@@ -23,45 +25,56 @@ def mime_type(data) -> str | None:
     return next((mime for magic, mime in SIGNATURES.items() if data.startswith(magic)), None)
 
 
-def image_columns(frame: dict[str, np.ndarray], missing: dict[str, np.ndarray]) -> list[str]:
-    """Columns (sorted) whose present values are all encoded images (at least one present)."""
-    out = []
-    for name, values in sorted(frame.items()):
-        if values.dtype != object:
-            continue
-        present = values[~missing[name]]
-        if len(present) and all(mime_type(v) for v in present):
-            out.append(name)
-    return out
+def stored_image(data: bytes, max_bytes: int = MAX_BYTES) -> tuple[str, bytes] | None:
+    """(mime, bytes) to store for an encoded image: itself up to `max_bytes`, else a JPEG
+    thumbnail; None when it is not a known image format or does not decode."""
+    mime = mime_type(data)
+    if mime is None or len(data) <= max_bytes:
+        return (mime, data) if mime else None
+    import tensorflow as tf
+
+    try:
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, ValueError):
+        return None
+    small = tf.image.resize(image, [THUMBNAIL, THUMBNAIL], preserve_aspect_ratio=True, antialias=True)
+    return "image/jpeg", tf.io.encode_jpeg(tf.cast(tf.round(small), tf.uint8), quality=85).numpy()
 
 
-def image_samples(task, o, frame: dict[str, np.ndarray], missing: dict[str, np.ndarray],
-                  n: int = SAMPLES) -> dict | None:
+def image_samples(task, o, frame: dict[str, np.ndarray], missing: dict[str, np.ndarray], images: list[str],
+                  n: int = SAMPLES, max_bytes: int = MAX_BYTES) -> dict | None:
     """Up to `n` rows of the first image column with true and predicted label, misclassified first.
 
     Args:
         task: the model's task (models/tasks/); its `prediction_labels` names labels and predictions.
         o: the task's Outcomes on the split.
         frame, missing: the split's columns (pipeline/artifacts/scoring.py `Split`).
+        images: the schema's image features (pipeline.artifacts.image_features).
         n: how many images.
+        max_bytes: larger images are stored as thumbnails.
 
     Returns:
         {"feature", "misclassified", "rows": [{"row", "label", "prediction", "score", "correct",
         "mime", "data" (base64)}]}, or None when the split has no image column.
     """
-    columns = image_columns(frame, missing)
-    if not columns:
+    feature = next((c for c in images if c in frame), None)
+    if feature is None:
         return None
-    feature = columns[0]
     values, present = frame[feature], ~missing[feature]
     classified = task.classes is not None
     wrong = (o.y != o.pred) if classified else np.zeros(len(o.y), bool)
-    # Misclassified rows first, then the others, each in row order; rows without an image skipped.
-    order = [i for i in np.concatenate([np.flatnonzero(wrong), np.flatnonzero(~wrong)]) if present[i]][:n]
     labels, predictions = task.prediction_labels(o, o.y), task.prediction_labels(o, o.pred)
-    rows = [{"row": int(i), "label": _plain(labels[i]), "prediction": _plain(predictions[i]),
-             "score": float(o.score[i]), "correct": bool(not wrong[i]) if classified else None,
-             "mime": mime_type(values[i]), "data": base64.b64encode(values[i]).decode("ascii")} for i in order]
+    # Misclassified rows first, then the others, each in row order; rows without an image skipped.
+    rows = []
+    for i in np.concatenate([np.flatnonzero(wrong), np.flatnonzero(~wrong)]):
+        stored = stored_image(values[i], max_bytes) if present[i] else None
+        if stored is None:
+            continue
+        rows.append({"row": int(i), "label": _plain(labels[i]), "prediction": _plain(predictions[i]),
+                     "score": float(o.score[i]), "correct": bool(not wrong[i]) if classified else None,
+                     "mime": stored[0], "data": base64.b64encode(stored[1]).decode("ascii")})
+        if len(rows) == n:
+            break
     return {"feature": feature, "misclassified": int(wrong.sum()), "rows": rows}
 
 

@@ -13,7 +13,9 @@ rerun never reuses): `<train.backup_dir or <root>/<pipeline>/train/.backup>/<key
 hashes the train config, the input artifact URIs and the code of this stage (and, in a cluster,
 the worker's task id). A rerun of the same execution (same key) therefore continues from the
 last finished epoch; the directory is deleted when training finishes. The epoch history is kept
-there too, so history.json covers the epochs run before the kill.
+there too, so history.json covers the epochs run before the kill. With fine_tune, the first
+phase's weights and history are kept beside it once that phase ends (`<key>-first_phase`): a
+kill during fine-tune resumes the fine-tune phase, not the first.
 
 Warm start (optional input base_model, train.warm_start, freeze, fine_tune): the initial weights,
 frozen layers and the second, lower-rate phase of components/training/warm_start.py.
@@ -42,6 +44,8 @@ MODEL, MODEL_RUN = "model", "model_run"
 HISTORY_FILE, HPARAMS_FILE, METRICS_FILE, LOGS_DIR = "history.json", "hyperparameters.json", "metrics.json", "logs"
 BACKUP_HISTORY = "history.json"
 FINE_TUNE = "fine_tune"
+# With fine_tune: the first phase's weights and history, kept under the backup until the run ends.
+FIRST_PHASE, FIRST_PHASE_WEIGHTS = "first_phase", "model.weights.h5"
 
 
 def resolve_hyperparameters(cfg, tuned_uri: str | None, config_dir: str = "") -> tuple[dict, str]:
@@ -84,6 +88,18 @@ def backup_dir(ctx: Context) -> str:
     # The output dir is <root>/<pipeline>/train/<tmp-or-id>/model: its grandparent is the stage dir.
     base = cfg.backup_dir or f"{os.path.dirname(os.path.dirname(ctx.outputs[MODEL]))}/.backup"
     return f"{base.rstrip('/')}/{key}"
+
+
+def _resumed_history(directory: str, state: str | None) -> dict[str, list]:
+    """The epoch history saved under `directory`, if there is one and (with `state`) a backup
+    state beside it to resume from; else empty."""
+    import tensorflow as tf
+
+    path = f"{directory}/{BACKUP_HISTORY}"
+    if not tf.io.gfile.exists(path) or (state is not None and not tf.io.gfile.exists(state)):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def _history_callback(path: str, history: dict[str, list], first_epoch: list):
@@ -213,31 +229,42 @@ def run(ctx: Context) -> dict[str, Any]:
         if multi:
             compat.build_before_fit(model, strategy, eval_ds)
         backup = backup_dir(ctx)
-        history: dict[str, list] = {}
-        saved_history = f"{backup}-history/{BACKUP_HISTORY}"
-        if tf.io.gfile.exists(compat.backup_state_path(backup)) and tf.io.gfile.exists(saved_history):
-            with tf.io.gfile.GFile(saved_history) as f:
-                history = json.load(f)
+        first_phase = f"{backup}-{FIRST_PHASE}"
         first_epoch: list[int] = []
         logs = f"{ctx.outputs[MODEL_RUN]}/{LOGS_DIR}"
-        callbacks = _callbacks(cfg, task, backup, logs, history, first_epoch)
-        if hasattr(family, "fit"):
-            family.fit(model, train_ds, eval_ds, hp, callbacks)
+        if cfg.fine_tune and tf.io.gfile.exists(f"{first_phase}/{BACKUP_HISTORY}"):
+            # A rerun after a kill during fine-tune: the first phase finished, keep its result.
+            history = _resumed_history(first_phase, None)
+            model.load_weights(f"{first_phase}/{FIRST_PHASE_WEIGHTS}")
+            ctx.log.info("train: first phase already done (%d epochs); fine-tuning", len(history.get("epoch", [])))
         else:
-            model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, task),
-                      callbacks=callbacks, verbose=cfg.verbose)
+            history = _resumed_history(f"{backup}-history", compat.backup_state_path(backup))
+            callbacks = _callbacks(cfg, task, backup, logs, history, first_epoch)
+            if hasattr(family, "fit"):
+                family.fit(model, train_ds, eval_ds, hp, callbacks)
+            else:
+                model.fit(train_ds, validation_data=eval_ds, epochs=cfg.epochs, class_weight=class_weight(cfg, task),
+                          callbacks=callbacks, verbose=cfg.verbose)
+            if cfg.fine_tune:
+                # BackupAndRestore deleted its state when fit ended: this marks the phase as done.
+                tf.io.gfile.makedirs(first_phase)
+                model.save_weights(f"{first_phase}/{FIRST_PHASE_WEIGHTS}")
+                with tf.io.gfile.GFile(f"{first_phase}/{BACKUP_HISTORY}", "w") as f:
+                    json.dump(history, f)
         if cfg.fine_tune:
             # A second fit: unfreezing changes the trainable variables its train step captures.
             done, fine_lr = len(history.get("epoch", [])), hp["learning_rate"] * cfg.fine_tune.learning_rate_factor
+            fine_backup = f"{backup}-{FINE_TUNE}"
+            history = _resumed_history(f"{fine_backup}-history", compat.backup_state_path(fine_backup)) or history
             if cfg.fine_tune.unfreeze:
                 warm_start.unfreeze(model, warm)
             with strategy.scope():
                 _compile(model, family, task, cfg.model_copy(update={"lr_schedule": "constant"}), hp, fine_lr, steps)
             model.fit(train_ds, validation_data=eval_ds, initial_epoch=done, epochs=done + cfg.fine_tune.epochs,
                       class_weight=class_weight(cfg, task), verbose=cfg.verbose,
-                      callbacks=_callbacks(cfg, task, f"{backup}-{FINE_TUNE}", logs, history, []))
+                      callbacks=_callbacks(cfg, task, fine_backup, logs, history, first_epoch))
             fine_tune = {"epochs_run": len(history.get("epoch", [])) - done, "learning_rate": fine_lr}
-        for path in (f"{backup}-history", f"{backup}-{FINE_TUNE}-history"):
+        for path in (f"{backup}-history", f"{backup}-{FINE_TUNE}-history", first_phase):
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
     finally:
@@ -294,4 +321,5 @@ SPEC = ComponentSpec(name="train", config=TrainConfig,
                      inputs=("examples", "schema", "transform_graph", "hyperparameters", warm_start.BASE_MODEL),
                      outputs=(MODEL, MODEL_RUN), run=run, optional_inputs=("hyperparameters", warm_start.BASE_MODEL),
                      code=_code(), user_code=family_code, implied_inputs=warm_start.implied_inputs,
+                     check_inputs=warm_start.check_inputs,
                      source_fingerprint=warm_start.source_fingerprint)

@@ -233,8 +233,8 @@ def code_modules() -> tuple[str, ...]:
     from kfx.models import kinds, tasks
 
     return ("kfx.components.training.data", "kfx.components.training.fit", "kfx.components.training.family",
-            "kfx.models.preprocess", "kfx.models.augment", "kfx.models.space", "kfx.models.compat", "kfx.models.tasks",
-            "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}), *kinds.modules())
+            "kfx.models.preprocess", "kfx.models.augment", "kfx.models.space", "kfx.models.compat", *tasks.modules(),
+            *kinds.modules())
 
 
 SPEC = ComponentSpec(name="tune", config=TuneConfig, inputs=("examples", "schema", "transform_graph"), outputs=(HYPERPARAMETERS,),

@@ -39,6 +39,21 @@ def implied_inputs(cfg) -> dict[str, str]:
     return {BASE_MODEL: PREVIOUS_PUSH_RESOLVER} if cfg.warm_start == PREVIOUS_PUSH else {}
 
 
+def check_inputs(cfg, bound: tuple[str, ...]) -> None:
+    """Config-load checks against the inputs the graph binds (`ComponentSpec.check_inputs`).
+
+    Raises:
+        ValueError: train.freeze without any warm-start source, or a train.warm_start path
+            together with a base_model input bound in the graph.
+    """
+    if cfg.freeze and cfg.warm_start is None and BASE_MODEL not in bound:
+        raise ValueError(f"train.freeze {list(cfg.freeze)} needs a warm-start source: set train.warm_start or "
+                         f"bind inputs.{BASE_MODEL} (frozen fresh layers would never learn)")
+    if cfg.warm_start not in (None, PREVIOUS_PUSH) and BASE_MODEL in bound:
+        raise ValueError(f"warm start from two sources: train.warm_start={cfg.warm_start!r} and inputs.{BASE_MODEL} "
+                         f"in the graph; keep one")
+
+
 def source_fingerprint(cfg) -> str:
     """The listing (relative path, size, modification time) of a warm-start path, for the cache key.
 
@@ -64,7 +79,7 @@ def source_of(cfg, base_model: str | None) -> str | None:
     """
     if cfg.warm_start in (None, PREVIOUS_PUSH):
         return base_model
-    if base_model:
+    if base_model:  # config load rejects this in a graph; `kfx component train --input` can still give both
         raise ComponentError(f"train: warm start from two sources: train.warm_start={cfg.warm_start!r} and the "
                              f"{BASE_MODEL} input {base_model!r}; keep one")
     return cfg.warm_start

@@ -3,7 +3,7 @@
 What each feature becomes comes from the schema (types, label, domains, natural-language
 features) plus `transform.features` overrides, with defaults by type: numbers are normalized,
 strings one-hot encoded (embedded above `one_hot_max` values), natural-language strings
-tokenized. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
+tokenized, image features (schema image_domain) decoded at the schema's `image_shape:` size. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
 vocabularies, pixel scaling) supplies its options, analyzer and Keras layer; this stage adds the
 feature-level analyses (missing values, the train mean that fills missing numbers) and the
 task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
@@ -69,6 +69,8 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
             raise ComponentError(f"transform: schema feature {name!r} is not a column of the examples "
                                  f"(columns: {sorted(columns)})")
         override = cfg.features.get(name)
+        if f.HasField("image_domain") and getattr(override, "image_shape", None) is None:
+            override = _schema_image_shape(name, f, dtype, override)
         if override is not None:
             names = override.kinds
         elif dtype == kinds.STRING:
@@ -92,6 +94,30 @@ def plan(schema, columns: dict[str, str], cfg) -> tuple[dict, list[dict], dict]:
     if not transforms:
         raise ComponentError("transform: no feature left for the model (all excluded?)")
     return raw, transforms, _task(schema, features, label, columns, cfg, string_domain)
+
+
+def _schema_image_shape(name: str, feature, dtype: str, override):
+    """The feature's transform config with the image_shape the schema records for an image
+    feature (image_domain; default kind encoded_image for bytes, image for pixel arrays).
+
+    Raises:
+        ComponentError: the schema records no fully known shape (images of several sizes).
+    """
+    from kfx.models import kinds
+    from kfx.pipeline.artifacts import image_shape
+    from kfx.pipeline.config_modeling import FeatureTransform
+
+    if override is not None and not {kinds.ENCODED_IMAGE, kinds.PIXELS} & set(override.kinds):
+        return override  # configured as something else than an image
+    shape = image_shape(feature)
+    if shape is None or None in shape:
+        found = "no image_shape tag" if shape is None else "image_shape " + "x".join(str(d or "*") for d in shape)
+        raise ComponentError(f"transform: feature {name!r} is an image (schema image_domain) without a fixed size "
+                             f"in the schema ({found}); set transform.features.{name}.image_shape: "
+                             f"[height, width, channels]")
+    if override is None:
+        override = FeatureTransform(kinds=(kinds.ENCODED_IMAGE if dtype == kinds.STRING else kinds.PIXELS,))
+    return override.model_copy(update={"image_shape": tuple(shape)})
 
 
 def _task(schema, features, label, columns, cfg, string_domain) -> dict:
@@ -177,13 +203,24 @@ def analyzers(raw: dict, transforms: list[dict], task: dict) -> dict[str, Analyz
         out[f"{MISSING}:{f}"] = Analyzer(f, missing, operator.add)
         if kind.FILL_MEAN:
             out[f"{MOMENTS}:{f}"] = Analyzer(f, column_moments, base.merge_moments)
-        out[f"{KIND}:{t['output']}"] = Analyzer(f, lambda values, rows, n, k=kind: k.accumulate(values), kind.merge)
+        out[f"{KIND}:{t['output']}"] = Analyzer(f, lambda values, rows, n, k=kind, t=t: _accumulate(k, t, values, rows),
+                                                kind.merge)
     label, statistic = task["label"], tasks.get(task["type"]).LABEL_STATISTIC
     label_analyzers = {task_base.COUNTS: (lambda values, rows, n: base.counts(values), base.merge_counts),
                        task_base.MOMENTS: (column_moments, base.merge_moments)}
     out[f"{MISSING}:{label}"] = Analyzer(label, missing, operator.add)
     out[f"{LABEL}:{label}"] = Analyzer(label, *label_analyzers[statistic])
     return out
+
+
+def _accumulate(kind, t: dict, values, row_ids):
+    """The kind's partial accumulator of a batch; its errors name the feature."""
+    import numpy as np
+
+    try:
+        return kind.accumulate(values, len(np.unique(row_ids)))
+    except ValueError as err:
+        raise ComponentError(f"transform: feature {t['feature']!r}, kind {t['kind']!r}: {err}") from None
 
 
 def analyze_file(path: str, raw: dict, transforms: list[dict], task: dict, batch_size: int):
@@ -431,9 +468,11 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def _code() -> tuple[str, ...]:
-    from kfx.models import kinds
+    """kfx modules whose source is part of transform's code version: the preprocessing, the
+    kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
+    from kfx.models import kinds, tasks
 
-    return ("kfx.models.preprocess", *kinds.modules())
+    return ("kfx.models.preprocess", *kinds.modules(), *tasks.modules())
 
 
 SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,

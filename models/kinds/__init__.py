@@ -25,6 +25,8 @@ KINDS: dict[str, str] = {
     "window": "kfx.models.kinds.window:Window",
 }
 TEXT = "text"  # what natural-language string features get by default
+# what schema image features (image_domain) get by default: encoded bytes, pixel arrays
+ENCODED_IMAGE, PIXELS = "encoded_image", "image"
 
 
 def names() -> list[str]:

@@ -63,8 +63,9 @@ class Kind:
         return []
 
     # ------------------------------------------------------------ Beam analyzer
-    def accumulate(self, values: np.ndarray) -> Any:
-        """Partial accumulator of one batch of the feature's present values (flat numpy array)."""
+    def accumulate(self, values: np.ndarray, rows: int | None = None) -> Any:
+        """Partial accumulator of one batch of the feature's present values (flat numpy array)
+        from `rows` rows (None: unknown; kinds with a fixed value count per row check it)."""
         return None
 
     def merge(self, a: Any, b: Any) -> Any:

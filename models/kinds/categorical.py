@@ -33,7 +33,7 @@ class OneHot(Kind):
         auto = {"auto_embed_above": cfg.one_hot_max} if override is None and dtype == STRING else {}
         return {**vocabulary_options(override, cfg), **auto}
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         return counts(values)
 
     def merge(self, a, b):

@@ -31,7 +31,7 @@ class Image(Kind):
     def raw_shape(self):
         return [math.prod(self.options["shape"])]
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         return moments(values.astype(np.float64))
 
     def merge(self, a, b):
@@ -96,7 +96,7 @@ class EncodedImage(Kind):
         scale = getattr(override, "image_scale", None)
         return {"shape": list(shape), "scale": list(scale) if scale is not None else None}
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         if self.options["scale"] is not None or len(values) == 0:
             return moments(np.zeros(0))
         import tensorflow as tf

@@ -42,7 +42,7 @@ class Normalize(Passthrough):
     def configure(cls, dtype, override, cfg):
         return {"log": bool(setting(override, "log", False))}
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         x = values.astype(np.float64)
         return moments(np.log1p(np.maximum(x, 0.0)) if self.options["log"] else x)
 
@@ -75,7 +75,7 @@ class Bucketize(Kind):
     def configure(cls, dtype, override, cfg):
         return {"num_buckets": setting(override, "num_buckets", cfg.num_buckets), "accuracy": cfg.quantile_accuracy}
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         v = values.astype(np.float64)
         return quantile_summary(v, np.ones_like(v), self.options["accuracy"])
 

@@ -56,7 +56,7 @@ class Text(OneHot):
         return {**vocabulary_options(override, cfg),
                 "sequence_length": setting(override, "sequence_length", SEQUENCE_LENGTH)}
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         return counts(tokenize(values))
 
     def finalize(self, acc):

@@ -17,15 +17,21 @@ from kfx.models.kinds.base import NUMBERS, Kind, merge_moments, moments
 from kfx.models.modality import WINDOW
 
 
-def steps(values: np.ndarray, length: int, channels: int, difference: bool) -> np.ndarray:
+def steps(values: np.ndarray, length: int, channels: int, difference: bool, rows: int | None = None) -> np.ndarray:
     """Flat window values of whole rows -> [rows, length (- 1 when differenced), channels] float64.
 
+    Args:
+        rows: how many rows the values come from, when known: each must hold one whole window.
+
     Raises:
-        ValueError: a value count that is not a multiple of length * channels (a wrong-length window).
+        ValueError: a value count that is not rows (or a multiple) of length * channels (a
+            wrong-length window, or a window_shape that does not match the data).
     """
     size = length * channels
-    if values.size % size:
-        raise ValueError(f"window values come in rows of length * channels = {size}; got {values.size} values")
+    if values.size % size or (rows is not None and values.size != rows * size):
+        per_row = f"{values.size / rows:g} values a row" if rows else f"{values.size} values"
+        raise ValueError(f"window_shape [{length}, {channels}] needs rows of length * channels = {size} values; "
+                         f"got {per_row} (set window_shape to [ingest.timeseries.input_length, value columns])")
     x = values.astype(np.float64).reshape(-1, length, channels)
     return np.diff(x, axis=1) if difference else x
 
@@ -47,15 +53,20 @@ class Window(Kind):
         shape = getattr(override, "window_shape", None)
         if shape is None:
             raise ValueError("a window feature needs transform.features.<feature>.window_shape: [length, channels]")
-        return {"length": int(shape[0]), "channels": int(shape[1]), "difference": bool(override.difference),
-                "season": override.season}
+        length, season = int(shape[0]), override.season
+        if season is not None and season >= length:
+            # The seasonal-naive baseline reads the value one season back inside the window.
+            raise ValueError(f"season {season} must be shorter than the window length {length} (window_shape "
+                             f"{list(shape)}): raise ingest.timeseries.input_length or lower season")
+        return {"length": length, "channels": int(shape[1]), "difference": bool(override.difference),
+                "season": season}
 
     def raw_shape(self):
         return [self.options["length"] * self.options["channels"]]
 
-    def accumulate(self, values):
+    def accumulate(self, values, rows=None):
         o = self.options
-        x = steps(values, o["length"], o["channels"], o["difference"])
+        x = steps(values, o["length"], o["channels"], o["difference"], rows)
         return [moments(x[:, :, c]) for c in range(o["channels"])]
 
     def merge(self, a, b):

@@ -66,3 +66,8 @@ def union(attribute: str) -> tuple[str, ...]:
     for name in TASKS:
         out += [v for v in getattr(get(name), attribute) if v not in out]
     return tuple(out)
+
+
+def modules() -> tuple[str, ...]:
+    """The modules of this package, for the code version of the stages that use tasks."""
+    return (__name__, f"{__name__}.base", *sorted({v.split(":")[0] for v in TASKS.values()}))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kfx.models.tasks.base import MOMENTS, OUTPUT, Outcomes, Task
+from kfx.models.tasks.base import OUTPUT, Outcomes, Task
+from kfx.models.tasks.regression import NumericLabel
 
 PREDICTIONS = "predictions"
 MAE = "mae"
@@ -27,10 +28,8 @@ MAE_DIFFERENCE = "mae_difference"
 NAIVE, SEASONAL_NAIVE = "naive", "seasonal_naive"
 
 
-class Forecast(Task):
+class Forecast(NumericLabel, Task):
     NAME = "forecast"
-    LABEL_STATISTIC = MOMENTS
-    MONITORS = {"val_loss": "min", "val_rmse": "min"}
     METRICS = ("rmse", "mae", "naive_rmse", "seasonal_naive_rmse", "rmse_vs_naive", "rmse_vs_seasonal_naive")
     LOWER_IS_BETTER = frozenset(METRICS)
     FAIRNESS_METRICS = (MAE_DIFFERENCE,)
@@ -38,17 +37,10 @@ class Forecast(Task):
     SLICE_PLOT = ("mae", "rmse")
     SCORE_OUTPUT = PREDICTIONS
 
-    @classmethod
-    def plan(cls, label: str, label_dtype: str, vocabulary: list[str] | None) -> dict:
-        if label_dtype == "string":
-            raise ValueError(f"task forecast needs a numeric label (the next values); {label!r} is a string")
-        return super().plan(label, label_dtype, vocabulary)
-
     def analyze_label(self, statistic: list) -> tuple[dict, dict]:
-        n, mean, m2, lo, hi = statistic
-        if n == 0:
-            raise ValueError(f"label {self.label!r} has no value in the train split")
-        return {**self.info, "label_values": n}, {"count": n, "mean": mean, "variance": m2 / n, "min": lo, "max": hi}
+        """The count of label values (`complete` divides it by the rows: the horizon)."""
+        n, _, _, report = self.label_moments(statistic)
+        return {**self.info, "label_values": n}, report
 
     def complete(self, spec: dict) -> dict:
         """The window feature's state and the horizon (label values per train row)."""
@@ -96,11 +88,6 @@ class Forecast(Task):
         import keras
 
         return keras.layers.Dense(self.horizon, dtype="float32", name=OUTPUT)(x)
-
-    def compile_args(self):
-        import keras
-
-        return "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
 
     # ------------------------------------------------------------ export
     def serving_outputs(self, y) -> dict:

@@ -22,10 +22,38 @@ MAE, MEAN_RESIDUAL = "mae", "mean_residual"
 MAE_DIFFERENCE, MEAN_RESIDUAL_DIFFERENCE = "mae_difference", "mean_residual_difference"
 
 
-class Regression(Task):
-    NAME = "regression"
+class NumericLabel:
+    """What the tasks on a numeric label share (regression, forecast): the plan's check, the
+    label's moments, mean squared error with RMSE, and the monitors. Mixed in before Task."""
+
     LABEL_STATISTIC = MOMENTS
     MONITORS = {"val_loss": "min", "val_rmse": "min"}
+
+    @classmethod
+    def plan(cls, label: str, label_dtype: str, vocabulary: list[str] | None) -> dict:
+        if label_dtype == "string":
+            raise ValueError(f"task {cls.NAME} needs a numeric label; {label!r} is a string")
+        return super().plan(label, label_dtype, vocabulary)
+
+    def label_moments(self, statistic: list) -> tuple[int, float, float, dict]:
+        """Moments (count, mean, M2, min, max) -> (count, mean, std, analyzers.json's label report).
+
+        Raises:
+            ValueError: no label value in the train split.
+        """
+        n, mean, m2, lo, hi = statistic
+        if n == 0:
+            raise ValueError(f"label {self.label!r} has no value in the train split")
+        return n, mean, math.sqrt(m2 / n), {"count": n, "mean": mean, "variance": m2 / n, "min": lo, "max": hi}
+
+    def compile_args(self):
+        import keras
+
+        return "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+
+
+class Regression(NumericLabel, Task):
+    NAME = "regression"
     METRICS = ("mae", "rmse", "r2", "mean_predictor_rmse", "rmse_reduction")
     LOWER_IS_BETTER = frozenset({"mae", "rmse", "mean_predictor_rmse"})
     FAIRNESS_METRICS = (MAE_DIFFERENCE, MEAN_RESIDUAL_DIFFERENCE)
@@ -33,20 +61,10 @@ class Regression(Task):
     SLICE_PLOT = ("mae", "rmse")
     SCORE_OUTPUT = PREDICTIONS
 
-    @classmethod
-    def plan(cls, label: str, label_dtype: str, vocabulary: list[str] | None) -> dict:
-        if label_dtype == "string":
-            raise ValueError(f"task regression needs a numeric label; {label!r} is a string")
-        return super().plan(label, label_dtype, vocabulary)
-
     def analyze_label(self, statistic: list) -> tuple[dict, dict]:
-        """Moments (count, mean, M2, min, max) -> the label's mean and standard deviation."""
-        n, mean, m2, lo, hi = statistic
-        if n == 0:
-            raise ValueError(f"label {self.label!r} has no value in the train split")
-        std = math.sqrt(m2 / n)
-        return ({**self.info, "mean": mean, "std": std},
-                {"count": n, "mean": mean, "variance": m2 / n, "min": lo, "max": hi})
+        """The label's mean and standard deviation (the head's offset and scale)."""
+        _, mean, std, report = self.label_moments(statistic)
+        return {**self.info, "mean": mean, "std": std}, report
 
     # ------------------------------------------------------------ training
     def output(self, x):
@@ -56,11 +74,6 @@ class Regression(Task):
         scale = self.info.get("std") or 1.0
         return keras.layers.Rescaling(scale=scale, offset=self.info.get("mean", 0.0), dtype="float32",
                                       name=OUTPUT)(unit)
-
-    def compile_args(self):
-        import keras
-
-        return "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
 
     # ------------------------------------------------------------ export
     def serving_outputs(self, y) -> dict:

@@ -39,6 +39,7 @@ COLUMNS_FILE, COUNTS_FILE = "columns.json", "counts.json"
 STATS_FILE = "FeatureStats.pb"
 SCHEMA_FILE = "schema.pbtxt"
 LABEL_TAG, SENSITIVE_TAG = "label", "sensitive"
+IMAGE_SHAPE_TAG = "image_shape:"  # schema tag of an image feature's shape, e.g. "image_shape:28x28x1" ('*': any)
 BEST_FILE, TRIALS_FILE = "best.json", "trials.json"
 BLESSING_FILE = "blessing.json"
 INFRA_BLESSING_FILE = "infra_blessing.json"
@@ -150,6 +151,20 @@ def label_key(schema) -> str | None:
 
 def sensitive_keys(schema) -> list[str]:
     return tagged(schema, SENSITIVE_TAG)
+
+
+def image_features(schema) -> list[str]:
+    """Features the schema marks as images (image_domain), in schema order."""
+    return [f.name for f in schema.feature if f.HasField("image_domain")]
+
+
+def image_shape(feature) -> list[int | None] | None:
+    """[height, width, channels] (None for '*') that the schema's `image_shape:` tag records
+    for an image feature (one with an image_domain), or None without the tag."""
+    for tag in feature.annotation.tag:
+        if tag.startswith(IMAGE_SHAPE_TAG):
+            return [None if d == "*" else int(d) for d in tag[len(IMAGE_SHAPE_TAG):].split("x")]
+    return None
 
 
 def string_domain(schema, feature) -> list[str] | None:

@@ -63,6 +63,24 @@ def test_nothing_to_augment_gives_no_function():
     assert augmenter(Augmentation(**ALL), {"size": FEATURES["size"]}) is None  # no image feature
 
 
+def test_augmentation_stays_float32_under_the_mixed_float16_policy():
+    # train sets the global policy before it builds the augmenter; the features stay float32.
+    import keras
+
+    from kfx.models.augment import augmenter, layers
+
+    previous = keras.mixed_precision.dtype_policy().name
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        steps = layers(Augmentation(**ALL))
+        augment = augmenter(Augmentation(**ALL), FEATURES, seed=1)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    assert {layer.compute_dtype for layer in steps} == {"float32"}
+    got = _batches(augment, _images(), np.arange(8, dtype=np.float32)[:, None], epochs=1)[0]
+    assert got["pixels"].dtype == np.float32
+
+
 @pytest.mark.parametrize("setting, needle", [
     ("train.augmentation.rotation=2", "key 'train.augmentation.rotation'"),
     ("train.augmentation.zoom=-0.1", "key 'train.augmentation.zoom'"),

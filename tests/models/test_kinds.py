@@ -260,8 +260,14 @@ def test_window_state_is_per_channel_moments_of_the_differences_and_keras_applie
     plain = make("window", FLOAT, window_shape=(6, 2))
     assert plain.finalize(plain.accumulate(rows.reshape(-1)))[0]["mean"] == pytest.approx(
         rows.mean(axis=(0, 1)).tolist(), rel=1e-9)
-    with pytest.raises(ValueError, match="rows of length \\* channels = 12; got 10 values"):
+    with pytest.raises(ValueError, match="rows of length \\* channels = 12 values; got 10 values"):
         kind.accumulate(np.zeros(10))
+    # A window_shape that does not match the data: 24 values are 2 rows of 12, but come from 3 rows.
+    with pytest.raises(ValueError, match=r"window_shape \[6, 2\] .* got 8 values a row .*ingest.timeseries.input_length"):
+        kind.accumulate(np.zeros(24), rows=3)
+    assert kind.accumulate(np.zeros(24), rows=2)[0][0] == 10  # 2 rows x 5 differences
+    with pytest.raises(ValueError, match="season 6 must be shorter than the window length 6"):
+        make("window", FLOAT, window_shape=(6, 2), season=6)
     with pytest.raises(ValueError, match="window_shape"):
         make("window", FLOAT)
 

@@ -49,6 +49,12 @@ def test_label_analysis_per_task():
     assert report["min"] == 3000.0
     with pytest.raises(ValueError, match="task regression needs a numeric label; 'species' is a string"):
         tasks.get(tasks.REGRESSION).plan("species", "string", None)
+    # forecast shares the numeric label's plan and moments: the count is what it keeps
+    forecast = tasks.get("forecast")
+    info, got = tasks.of(forecast.plan("co2", "float32", None)).analyze_label([n, mean, m2, 3000.0, 5000.0])
+    assert (info["type"], info["label_values"], "std" in info, got) == ("forecast", 4, False, report)
+    with pytest.raises(ValueError, match="task forecast needs a numeric label; 'species' is a string"):
+        forecast.plan("species", "string", None)
 
 
 def test_objectives_and_class_weights():

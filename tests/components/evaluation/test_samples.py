@@ -1,4 +1,4 @@
-"""components/evaluation/samples.py: which columns are images, which rows are shown (misclassified
+"""components/evaluation/samples.py: the schema's image column, large images as thumbnails, which rows are shown (misclassified
 first, rows without an image skipped, at most n), and the report section's images and captions."""
 from __future__ import annotations
 
@@ -25,15 +25,21 @@ def _split(rows: int = 6):
     return frame, missing
 
 
-def test_image_columns_are_the_string_columns_of_encoded_images_only():
-    from kfx.components.evaluation.samples import image_columns, mime_type
+def test_mime_types_and_large_images_are_stored_as_small_thumbnails():
+    import tensorflow as tf
 
-    frame, missing = _split()
-    assert image_columns(frame, missing) == ["photo"]
+    from kfx.components.evaluation.samples import THUMBNAIL, mime_type, stored_image
+
     assert (mime_type(PNG), mime_type(JPEG), mime_type(b"GIF89a..."), mime_type(b"plain"), mime_type("text")) == \
         ("image/png", "image/jpeg", "image/gif", None, None)
-    frame["photo"][0] = b"\x00\x01 not an image"
-    assert image_columns(frame, missing) == []
+    assert stored_image(PNG) == ("image/png", PNG) and stored_image(b"plain") is None
+    noise = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    big = tf.io.encode_png(noise).numpy()  # incompressible: ~180 KB
+    assert len(big) > 64 * 1024
+    mime, small = stored_image(big)
+    assert mime == "image/jpeg" and len(small) < 64 * 1024
+    assert tf.io.decode_jpeg(small).shape == (THUMBNAIL, THUMBNAIL * 2 // 3, 3)  # aspect kept
+    assert stored_image(big[:1000] + b"\x00" * 70000) is None  # a PNG signature that does not decode
 
 
 def test_samples_put_misclassified_rows_first_and_skip_rows_without_an_image():
@@ -45,7 +51,8 @@ def test_samples_put_misclassified_rows_first_and_skip_rows_without_an_image():
     pred = np.array([0, 2, 1, 0, 0, 2])  # rows 1, 2 (no image) and 4 wrong
     o = Outcomes(y=y, score=np.full(6, 0.9), pred=pred)
 
-    got = image_samples(task, o, frame, missing, n=4)
+    assert image_samples(task, o, frame, missing, ["caption"], n=4)["rows"] == []  # not images: none shown
+    got = image_samples(task, o, frame, missing, ["scan", "photo"], n=4)  # the schema's image features
     assert got["feature"] == "photo" and got["misclassified"] == 3
     assert [(r["row"], r["label"], r["prediction"], r["correct"]) for r in got["rows"]] == [
         (1, "dog", "owl", False), (4, "dog", "cat", False), (0, "cat", "cat", True), (3, "cat", "cat", True)]
@@ -58,4 +65,4 @@ def test_samples_put_misclassified_rows_first_and_skip_rows_without_an_image():
     assert html.count("class='sample wrong'") == 2 and "3 misclassified in the split" in html
 
     frame.pop("photo"), missing.pop("photo")
-    assert image_samples(task, o, frame, missing) is None
+    assert image_samples(task, o, frame, missing, ["photo"]) is None

@@ -249,6 +249,51 @@ def test_freeze_keeps_weights_and_fine_tune_continues_at_a_lower_rate(runs):
     assert not np.allclose(_variables(resized["outputs"]["model"])["mlp_dense0/kernel"], before["mlp_dense0/kernel"])
 
 
+KILLABLE = """\"\"\"mlp that dies after its first fine-tune epoch while a flag file exists (a kill).\"\"\"
+import os
+
+import keras
+
+from kfx.models import tasks
+from kfx.models.mlp import SPACE, build  # noqa: F401
+
+FLAG = os.path.join(os.path.dirname(__file__), "kill_fine_tune")
+
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):  # after the history and backup callbacks
+        raise RuntimeError("killed during fine-tune")
+
+
+def compile(model, task, hp):
+    loss, metrics = tasks.of(task).compile_args()
+    model.compile(optimizer=keras.optimizers.Adam(hp["learning_rate"]), loss=loss, metrics=metrics)
+    if hp["learning_rate"] < 1e-3 and os.path.exists(FLAG):  # the fine-tune phase's lower rate
+        fit = model.fit
+        model.fit = lambda *a, callbacks=(), **k: fit(*a, callbacks=[*callbacks, Kill()], **k)
+"""
+
+
+def test_a_kill_during_fine_tune_resumes_fine_tune_not_the_first_phase(runs):
+    tmp, source = runs["tmp"], runs["first"]["components"]["train"]["outputs"]["model"]
+    (tmp / "killable.py").write_text(KILLABLE)
+    (tmp / "kill_fine_tune").write_text("")
+    path = _config(tmp, "killable.yaml", model="killable.py", warm_start=source, epochs=2,
+                   fine_tune={"epochs": 2, "unfreeze": False})
+    killed = _run(path, only=["train"])
+    assert killed["status"] == "failed" and "killed during fine-tune" in killed["error"]
+    backups = tmp / "runs" / "tiny" / "train" / ".backup"
+    assert len(list(backups.glob("*-first_phase/history.json"))) == 1
+    (tmp / "kill_fine_tune").unlink()
+    rerun = _run(path, only=["train"])["components"]["train"]
+    assert rerun["status"] == "succeeded", rerun["error"]
+    m = rerun["metrics"]
+    assert m["resumed_from_epoch"] == 3  # neither the first phase (0, 1) nor fine-tune's epoch 2 again
+    assert m["epochs_run"] == 4 and m["fine_tune"]["epochs_run"] == 2
+    assert _history(rerun)["epoch"] == [0, 1, 2, 3]
+    assert not list(backups.iterdir()), "the backup is removed once training finished"
+
+
 def test_bad_sources_and_patterns_fail_the_stage_naming_them(runs):
     from kfx.pipeline.config import ConfigError, load_config
 
@@ -277,3 +322,22 @@ def test_previous_push_binds_the_base_model_input_unless_the_graph_does(runs):
     raw = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**raw, "stages": stages}))
     assert train_inputs(path)["base_model"] == Upstream("transform", "transform_graph")
+
+
+def test_freeze_without_a_source_and_two_sources_fail_at_config_load(runs):
+    from kfx.pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"stage 'train': train.freeze \['mlp_dense0'\] needs a warm-start source: "
+                                          r"set train.warm_start or bind inputs.base_model"):
+        load_config(_config(runs["tmp"], "freeze_only.yaml", freeze=["mlp_dense0"]))
+    stages = [dict(s) for s in STAGES]
+    stages[4] = {**stages[4], "inputs": {**stages[4]["inputs"], "base_model": "history:last_pushed_model"}}
+    wired = _config(runs["tmp"], "two.yaml", warm_start="model.keras")
+    wired.write_text(yaml.safe_dump({**yaml.safe_load(wired.read_text()), "stages": stages}))
+    with pytest.raises(ConfigError, match=r"warm start from two sources: train.warm_start='.*model.keras' and "
+                                          r"inputs.base_model in the graph"):
+        load_config(wired)
+    # freeze with a base_model bound in the graph (no train.warm_start) is fine
+    wired.write_text(yaml.safe_dump({**yaml.safe_load(_config(runs["tmp"], "f.yaml", freeze=["x"]).read_text()),
+                                     "stages": stages}))
+    assert load_config(wired).stage("train").freeze == ("x",)

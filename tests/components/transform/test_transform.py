@@ -166,3 +166,54 @@ def test_bad_transform_config_fails_naming_the_feature(built, transform, message
     summary = run_pipeline(load_config(tiny.write_config(tmp, "bad.yaml", transform=transform)), only=["transform"])
     assert summary["status"] == "failed"
     assert message in summary["components"]["transform"]["error"]
+
+
+def test_code_version_covers_the_task_modules():
+    # transform runs the tasks' plan, label analysis and `complete`: editing them must not reuse a cache.
+    from kfx.components.transform.transform import SPEC
+
+    for module in ("kfx.models.tasks", "kfx.models.tasks.base", "kfx.models.tasks.forecast",
+                   "kfx.models.tasks.regression", "kfx.models.kinds.window", "kfx.models.kinds.base"):
+        assert module in SPEC.code
+
+
+def test_a_window_shape_that_does_not_match_the_rows_fails_naming_the_feature():
+    from kfx.components.transform.transform import KIND, analyzers
+    from kfx.pipeline.component import ComponentError
+
+    options = {"length": 4, "channels": 1, "difference": False, "season": None}
+    plan = analyzers({"co2": {"dtype": "float32"}}, [{"feature": "co2", "kind": "window", "output": "co2",
+                                                     "options": options}], {"label": "y", "type": "regression"})
+    window = plan[f"{KIND}:co2"]
+    values, row_ids = np.arange(24.0), np.repeat(np.arange(3), 8)  # 3 rows of 8 values: 2 windows of 4 each
+    with pytest.raises(ComponentError, match=r"feature 'co2', kind 'window': window_shape \[4, 1\] .* got 8 values a row"):
+        window.accumulate(values, row_ids, 3)
+    assert window.accumulate(values, np.repeat(np.arange(6), 4), 6)[0][0] == 24
+
+
+def test_a_schema_image_feature_defaults_to_encoded_image_with_the_schema_shape():
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from kfx.components.transform.transform import plan
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TransformConfig
+
+    def schema(shape_tag: str | None):
+        s = schema_pb2.Schema()
+        img = s.feature.add(name="img", type=schema_pb2.BYTES)
+        img.image_domain.minimum_supported_image_fraction = 1.0
+        if shape_tag:
+            img.annotation.tag.append(shape_tag)
+        s.feature.add(name="y", type=schema_pb2.INT).annotation.tag.append("label")
+        return s
+
+    columns = {"img": "string", "y": "int"}
+    raw, transforms, _ = plan(schema("image_shape:8x8x1"), columns, TransformConfig())
+    assert [(t["kind"], t["options"]["shape"]) for t in transforms] == [("encoded_image", [8, 8, 1])]
+    assert raw["img"]["dtype"] == "string"
+    configured = TransformConfig(features={"img": {"kinds": ["encoded_image"], "image_shape": [4, 4, 1]}})
+    assert plan(schema("image_shape:*x*x3"), columns, configured)[1][0]["options"]["shape"] == [4, 4, 1]
+    for tag, found in ((None, "no image_shape tag"), ("image_shape:*x*x3", r"image_shape \*x\*x3")):
+        with pytest.raises(ComponentError, match=rf"feature 'img' is an image .*\({found}\); set "
+                                                 r"transform.features.img.image_shape"):
+            plan(schema(tag), columns, TransformConfig())
