@@ -736,4 +736,5 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
                      source_fingerprint=source_fingerprint,
-                     code=("kfx.components.data.datasets", "kfx.components.data.timeseries"))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.datasets", "kfx.components.data.images",
+                           "kfx.components.data.timeseries"))

@@ -362,4 +362,5 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(name="statistics", config=StatisticsConfig, inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
-                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats", "kfx.models.kinds.text"))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.images", "kfx.components.data.text_stats",
+                           "kfx.models.kinds.text"))

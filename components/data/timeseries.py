@@ -349,13 +349,13 @@ def check_series(findings, examples_uri: str) -> int:
         where = f"series {key!r}: " if info.get("key") else ""
         if r.get("gaps"):
             first = r["gap_examples"][0]
-            findings.add(split_of(first["after"]), info["timestamp"], "UNKNOWN_TYPE", "Irregular time steps",
+            findings.add(split_of(first["after"]), info["timestamp"], "CUSTOM_VALIDATION", "Irregular time steps",
                          f"{where}{r['gaps']} gaps in the {r['frequency']} grid, {r['missing_steps']} steps without a "
                          f"row (first: {first['missing_steps']} after {first['after']}).")
             added += 1
         if r.get("non_monotonic"):
             first = r["non_monotonic_examples"][0]
-            findings.add(split_of(first["timestamp"]), info["timestamp"], "UNKNOWN_TYPE", "Non-monotonic timestamps",
+            findings.add(split_of(first["timestamp"]), info["timestamp"], "CUSTOM_VALIDATION", "Non-monotonic timestamps",
                          f"{where}{r['non_monotonic']} rows earlier than the row before them (first: line "
                          f"{first['line']}, {first['timestamp']} after {first['after']}).")
             added += 1
