@@ -168,3 +168,31 @@ def test_assign_splits_cuts_by_time_and_leaves_out_windows_sharing_targets():
     got = np.array(labels["s"], dtype=object)
     train, eval_ = np.flatnonzero(got == "train"), np.flatnonzero(got == "eval")
     assert left_out == 6 and eval_.min() - train.max() == 4 and (got[train.max() + 1:eval_.min()] == None).all()  # noqa: E711
+
+
+@pytest.mark.parametrize("ingest, message", [
+    ({"timeseries": {"timestamp": "day", "frequency": "fortnightly"}},
+     "key 'ingest.timeseries.frequency': Value error, frequency 'fortnightly' is not a pandas offset alias"),
+    ({"timeseries": {"values": ["v"]}}, "ingest.timeseries.timestamp is required"),
+    ({"format": "parquet", "timeseries": {"timestamp": "day"}}, "ingest.timeseries reads CSV sources; format is 'parquet'"),
+    ({"format": "builtin", "name": "mnist", "inputs": [], "timeseries": {"timestamp": "day"}},
+     "built-in 'mnist' is not a CSV dataset"),
+    ({"timeseries": {"timestamp": "day", "key": "target"}},
+     "target_feature and key are both 'target': the examples' columns need distinct names"),
+    ({"timeseries": {"timestamp": "day", "window_feature": "day"}}, "window_feature and timestamp are both 'day'"),
+    ({"label": "value", "timeseries": {"timestamp": "day"}}, "ingest.label 'value' is not used with timeseries"),
+    ({"hash_key": ["day"], "timeseries": {"timestamp": "day"}}, "ingest.hash_key ('day',) is not used with timeseries"),
+])
+def test_timeseries_config_mistakes_fail_at_load_naming_the_key(ingest, message):
+    from kfx.pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"name": "x", "stages": [{"name": "ingest", "component": "ingest"}],
+                          "ingest": {"inputs": [{"pattern": "series.csv"}], **ingest}})
+    assert message in str(err.value)
+
+
+def test_the_co2_builtin_supplies_the_timestamp():
+    from kfx.pipeline.config import PROJECT_ROOT, load_config
+
+    assert load_config(PROJECT_ROOT / "pipeline" / "configs" / "co2_lstm.yaml").sections["ingest"].timeseries.input_length == 104
