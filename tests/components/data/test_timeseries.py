@@ -98,6 +98,9 @@ def test_splits_follow_each_other_in_time_with_a_gap_of_the_horizon(ingested):
     examples = ingested["outputs"]["ingest"]["examples"]
     frames = {s: _split(examples, s) for s in ("train", "eval", "test")}
     assert all(len(f["day"]) > 20 for f in frames.values())
+    meta = json.loads(Path(examples, "columns.json").read_text())  # the same keys as a tabular ingest's
+    assert meta == {"columns": {"window": "float", "target": "float", "day": "int", "key": "string"},
+                    "label": "target", "splits": ["train", "eval", "test"], "text_columns": [], "images": {}}
     day = 86400
     for key in ("a", "b"):
         spans = [(f["day"][f["key"] == key].min(), f["day"][f["key"] == key].max()) for f in frames.values()]
@@ -196,3 +199,31 @@ def test_the_co2_builtin_supplies_the_timestamp():
     from kfx.pipeline.config import PROJECT_ROOT, load_config
 
     assert load_config(PROJECT_ROOT / "pipeline" / "configs" / "co2_lstm.yaml").sections["ingest"].timeseries.input_length == 104
+
+
+@pytest.mark.parametrize("max_rejected, error", [
+    (0.01, "ingest: 40 of 40 rows (100.00%) were rejected, above max_rejected_fraction 1.00%"),
+    (1.0, "ingest.timeseries: no window of input_length 12 + horizon 3 fits in the train span"),
+])
+def test_when_every_row_is_rejected_the_error_and_rejected_jsonl_say_why(tmp_path, max_rejected, error):
+    from kfx.pipeline.config import config_from_dict
+    from kfx.pipeline.runner import run_pipeline
+
+    sunday = date(2020, 1, 5)
+    lines = ["day,key,value"] + [f"2020-01-04,a,{i}" for i in range(20)]  # one timestamp: no step
+    lines += [f"{sunday + timedelta(weeks=i):%Y-%m-%d},b,{i}" for i in range(20)]  # all off a W-SAT grid
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    cfg = config_from_dict({
+        "name": "allbad", "root": str(tmp_path / "runs"), "stages": [{"name": "ingest", "component": "ingest"}],
+        "ingest": {"inputs": [{"pattern": str(tmp_path / "s.csv"), "splits": {"train": 1}}],
+                   "max_rejected_fraction": max_rejected,
+                   "timeseries": {"timestamp": "day", "key": "key", "frequency": "W-SAT", "input_length": LENGTH,
+                                  "horizon": HORIZON}}})
+    summary = run_pipeline(cfg)
+    assert summary["status"] == "failed" and error in summary["error"]
+    assert ("s.csv line 2: series 'a' has 20 rows but one distinct timestamp (2020-01-04T00:00:00); a series "
+            "needs 2 or more") in summary["error"]
+    (path,) = (tmp_path / "runs").glob("allbad/ingest/.failed-*/rejected/rejected.jsonl")
+    reasons = [json.loads(line)["reason"] for line in path.read_text().splitlines()]
+    assert len(reasons) == 40 and reasons[0].startswith("series 'a' has 20 rows but one distinct timestamp")
+    assert reasons[20].startswith("timestamp 2020-01-05T00:00:00 is not on the series' grid (W-SAT steps")
