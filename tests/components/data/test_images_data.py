@@ -260,3 +260,12 @@ def test_moving_an_image_to_another_class_changes_the_source_fingerprint(tmp_pat
     before = source_fingerprint(cfg)
     (tmp_path / "a" / "x.png").rename(tmp_path / "b" / "x.png")
     assert source_fingerprint(cfg) != before
+
+
+def test_first_rejection_names_a_file_without_a_line(tmp_path):
+    from kfx.components.data.ingest import first_rejection
+
+    (tmp_path / "rejected.jsonl").write_text(json.dumps({"input": "photos/cat/big.png", "reason": "too big"}) + "\n")
+    assert first_rejection(str(tmp_path)) == "photos/cat/big.png: too big"
+    (tmp_path / "rejected.jsonl").write_text(json.dumps({"input": "d.csv", "line": 3, "reason": "bad"}) + "\n")
+    assert first_rejection(str(tmp_path)) == "d.csv line 3: bad"
