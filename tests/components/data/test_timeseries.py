@@ -148,6 +148,14 @@ def test_validate_reports_the_gap_and_the_out_of_order_timestamp(ingested):
     assert "Irregular time steps: series 'a': 1 gaps in the 1 days 00:00:00 grid, 2 steps without a row" in anomalies
     assert (f"Non-monotonic timestamps: series 'a': 1 rows earlier than the row before them (first: line "
             f"{ingested['planted']['out_of_order_line']}") in anomalies
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    reasons = []
+    for path in Path(ingested["outputs"]["validate"]["anomalies"]).glob("Split-*/SchemaDiff.pb"):
+        an = anomalies_pb2.Anomalies.FromString(path.read_bytes())
+        reasons += [(r.type, r.short_description) for info in an.anomaly_info.values() for r in info.reason]
+    assert sorted(reasons) == [(anomalies_pb2.AnomalyInfo.CUSTOM_VALIDATION, "Irregular time steps"),
+                               (anomalies_pb2.AnomalyInfo.CUSTOM_VALIDATION, "Non-monotonic timestamps")]
 
 
 def test_fill_interpolates_short_gaps_only():
