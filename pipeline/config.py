@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 from kfx.pipeline.config_base import Section, StageConfig, relative_to_config  # noqa: E402
-from kfx.pipeline.config_timeseries import TimeseriesOptions  # noqa: E402
+from kfx.pipeline.config_timeseries import TimeseriesOptions, check_ingest  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest
@@ -116,6 +116,11 @@ class IngestConfig(StageConfig):
             raise ValueError(f"format {self.format!r} needs at least one entry in ingest.inputs")
         if self.label_values and not self.label:
             raise ValueError(f"label_values {list(self.label_values)} needs ingest.label")
+        both = [c for c in self.image_columns if c in self.text_columns]
+        if both:
+            raise ValueError(f"column {both[0]!r} is in both image_columns and text_columns; a column is one or the other")
+        if self.timeseries is not None:
+            check_ingest(self)
         return self
 
 

@@ -41,8 +41,62 @@ class TimeseriesOptions(Section):
             raise ValueError(f"needs split names with weights > 0, got {value}")
         return value
 
+    @field_validator("frequency")
+    @classmethod
+    def _offset(cls, value: str | None) -> str | None:
+        from pandas.tseries.frequencies import to_offset
+
+        if value is not None:
+            try:
+                to_offset(value)
+            except ValueError:
+                raise ValueError(f"frequency {value!r} is not a pandas offset alias (W-SAT, D, h, ...)") from None
+        return value
+
     @model_validator(mode="after")
     def _distinct(self) -> "TimeseriesOptions":
         if self.target is not None and self.values and self.target not in self.values:
             raise ValueError(f"target {self.target!r} is not among values {list(self.values)}")
+        # the example's columns: one name each, else one silently overwrites another
+        named = {"window_feature": self.window_feature, "target_feature": self.target_feature,
+                 "timestamp": self.timestamp, "key": self.key}
+        named = {k: v for k, v in named.items() if v is not None}
+        for k, v in named.items():
+            same = [o for o, w in named.items() if w == v and o != k]
+            if same:
+                raise ValueError(f"{k} and {same[0]} are both {v!r}: the examples' columns need distinct names")
+        shared = [c for c in (self.timestamp, self.key) if c is not None and c in self.values]
+        if shared:
+            raise ValueError(f"values {list(self.values)} include the timestamp or key column {shared[0]!r}")
         return self
+
+
+# Ingest keys that the time-series path does not use: setting one with `timeseries` is a mistake.
+IGNORED_WITH_TIMESERIES = ("label", "label_values", "text_columns", "image_columns", "image_shape",
+                           "base64_columns", "hash_key")
+
+
+def check_ingest(cfg) -> None:
+    """Raise ValueError when an IngestConfig's `timeseries` does not fit the rest of the section.
+
+    Time series are read from CSV (a CSV built-in such as co2, not an image one); the timestamp
+    column is required (a built-in may supply it); keys the time-series path ignores may not be set.
+    """
+    ts = cfg.timeseries
+    builtin = None
+    if cfg.format == "builtin":
+        from kfx.components.data.datasets import BUILTINS  # at validation time: no import cycle
+
+        builtin = BUILTINS.get(cfg.name)
+        if builtin is None or builtin.config.get("format") != "csv":
+            raise ValueError(f"ingest.timeseries reads CSV sources; built-in {cfg.name!r} is not a CSV dataset "
+                             f"(CSV built-ins: {', '.join(BUILTINS)})")
+    elif cfg.format != "csv":
+        raise ValueError(f"ingest.timeseries reads CSV sources; format is {cfg.format!r}")
+    base_ts = builtin.config.get("timeseries") if builtin else None
+    if not ts.timestamp and not (base_ts and base_ts.timestamp):
+        raise ValueError("ingest.timeseries.timestamp is required: name the timestamp column")
+    ignored = [k for k in IGNORED_WITH_TIMESERIES if getattr(cfg, k)]
+    if ignored:
+        raise ValueError(f"ingest.{ignored[0]} {getattr(cfg, ignored[0])!r} is not used with timeseries (the examples "
+                         f"are windows, label {ts.target_feature!r}): remove it")

@@ -16,7 +16,8 @@ the plot summaries among the Rotten Tomatoes reviews); read = accepted + rejecte
 Outputs:
     examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example), columns.json
         (column types, label, splits, image columns with their expected shape) and counts.json.
-    rejected: rejected.jsonl, one {"input", "line", "reason", "row"} per malformed row.
+    rejected: rejected.jsonl, one {"input", "line", "reason", "row"} per malformed row (no "line" for
+        a file of an image folder: the input is the file).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import struct
 from typing import Any, Iterable
 
 from kfx.components.data import images
-from kfx.pipeline.artifacts import COLUMNS_FILE, COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir  # noqa: F401
+from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir, write_columns  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
 
@@ -301,9 +302,9 @@ def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = Fal
                 yield beam.pvalue.TaggedOutput(split, parser.example(feats))
                 continue
         rejected += 1
+        where = {"input": f"{path}/{raw}"} if files else {"input": path, "line": rowno}  # a file has no line
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
-            {"input": f"{path}/{raw}" if files else path, "line": rowno, "reason": reason,
-             "row": raw if raw is not None else repr(values)[:2000]}))
+            {**where, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
     yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts,
                                               "dropped": dropped})
 
@@ -391,14 +392,14 @@ def _read_image_builtin_chunks(item, name: str, chunk_rows: int):
     import numpy as np
 
     input_idx, path = item
-    images, labels = read_pixels(name, path)
+    pixels, labels = read_pixels(name, path)
     # The files are sorted by class (mnist: 500 zeros, then ones, ...) and the split files keep
     # the reading order, which training's block-wise shuffle would turn into batches of one or two
     # classes: rows go out in a fixed permutation, each keeping its line number.
     order = np.random.default_rng(0).permutation(len(labels))
     for start in range(0, len(labels), chunk_rows):
         rows = order[start:start + chunk_rows]
-        pngs = encode_png(images[rows])
+        pngs = encode_png(pixels[rows])
         yield input_idx, path, [(int(r) + 1, [png, int(labels[r])]) for r, png in zip(rows, pngs)]
 
 
@@ -687,10 +688,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     with tf.io.gfile.GFile(f"{examples}/{COUNTS_FILE}") as f:
         counts = json.loads(f.read())
-    with tf.io.gfile.GFile(f"{examples}/{COLUMNS_FILE}", "w") as f:
-        json.dump({"columns": columns, "label": cfg.label, "splits": split_names,
-                   "text_columns": list(cfg.text_columns),
-                   "images": {c: list(s) if s else None for c, s in images.expected_shapes(cfg).items()}}, f, indent=2)
+    write_columns(examples, columns, cfg.label, split_names, cfg.text_columns, images.expected_shapes(cfg))
     accepted = sum(counts["splits"].values())
     read, rej, dropped = counts["read"], counts["rejected"], sum(counts["dropped"].values())
     assert read == accepted + rej + dropped, \
@@ -701,17 +699,27 @@ def run(ctx: Context) -> dict[str, Any]:
         metrics["dropped"] = dropped
         metrics["dropped_labels"] = dict(sorted(counts["dropped"].items()))
     ctx.log.info("ingest %s", metrics)
-    if read == 0:
-        raise ComponentError("ingest: the source has no rows")
-    if rej / read > cfg.max_rejected_fraction:
-        raise ComponentError(
-            f"ingest: {rej:,} of {read:,} rows ({rej / read:.2%}) were rejected, above "
-            f"max_rejected_fraction {cfg.max_rejected_fraction:.2%}; reasons per row in "
-            f"rejected/rejected.jsonl (first: {_first_rejection(rejected_uri)})")
+    check_rejected(read, rej, cfg.max_rejected_fraction, rejected_uri)
     return metrics
 
 
-def _first_rejection(rejected_uri: str) -> str:
+def check_rejected(read: int, rejected: int, max_fraction: float, rejected_uri: str) -> None:
+    """Fail on a source without rows or above `max_fraction` rejected (rejected.jsonl written first).
+
+    Raises:
+        ComponentError: naming the counts, the limit and the first rejected row's place and reason.
+    """
+    if read == 0:
+        raise ComponentError("ingest: the source has no rows")
+    if rejected / read > max_fraction:
+        raise ComponentError(
+            f"ingest: {rejected:,} of {read:,} rows ({rejected / read:.2%}) were rejected, above "
+            f"max_rejected_fraction {max_fraction:.2%}; reasons per row in "
+            f"rejected/rejected.jsonl (first: {first_rejection(rejected_uri)})")
+
+
+def first_rejection(rejected_uri: str) -> str:
+    """'<input> line <n>: <reason>' of the first row in rejected.jsonl (no line for a file row), or 'none'."""
     import tensorflow as tf
 
     with tf.io.gfile.GFile(f"{rejected_uri}/rejected.jsonl") as f:
@@ -719,7 +727,8 @@ def _first_rejection(rejected_uri: str) -> str:
     if not line:
         return "none"
     r = json.loads(line)
-    return f"{r['input']} line {r['line']}: {r['reason']}"
+    where = f"{r['input']} line {r['line']}" if "line" in r else r["input"]
+    return f"{where}: {r['reason']}"
 
 
 def _sum_counts(parts: Iterable[dict]) -> dict:
@@ -736,4 +745,5 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
                      source_fingerprint=source_fingerprint,
-                     code=("kfx.components.data.datasets", "kfx.components.data.timeseries"))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.datasets", "kfx.components.data.images",
+                           "kfx.components.data.timeseries"))

@@ -99,4 +99,5 @@ def source_fingerprint(cfg) -> str:
 
 
 SPEC = ComponentSpec(name="schema", config=SchemaConfig, inputs=("statistics",), outputs=(SCHEMA,), run=run,
-                     source_fingerprint=source_fingerprint, code=("kfx.components.data.text_stats",))
+                     source_fingerprint=source_fingerprint,
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.images", "kfx.components.data.text_stats"))

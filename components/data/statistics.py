@@ -76,9 +76,10 @@ def _hash(values: np.ndarray) -> np.ndarray:
 class FeatureAcc:
     """Mergeable statistics of one feature."""
 
-    def __init__(self, kind: str, text: "text_stats.TextAcc | None" = None):
+    def __init__(self, kind: str, text: "text_stats.TextAcc | None" = None, image: "images.ImageAcc | None" = None):
         self.kind = kind
         self.text = text  # a natural-language feature's token statistics
+        self.image = image  # an image feature's decoded statistics: its bytes are not counted as values
         self.present = self.missing = self.num_values = 0
         self.min_nv, self.max_nv = np.inf, 0
         self.total = self.total_sq = 0.0
@@ -89,7 +90,6 @@ class FeatureAcc:
         self.counts: dict[bytes, int] = {}
         self.bytes_len = 0
         self.truncated = False
-        self.image: images.ImageAcc | None = None  # an image feature: its bytes are not counted as values
 
     def add(self, r: dict, max_counts: int) -> None:
         """Fold one batch's reductions (see `_batch_reducer`) into the accumulator."""
@@ -103,8 +103,9 @@ class FeatureAcc:
             return
         if self.kind == "string":
             hashes = r["hashes"].astype(np.uint64)
-            for v, c in zip(r["unique"].tolist(), r["counts"].tolist()) if self.image is None else ():
-                self.counts[v] = self.counts.get(v, 0) + c
+            if self.image is None:  # an image's reductions have no value counts (see `_batch_reducer`)
+                for v, c in zip(r["unique"].tolist(), r["counts"].tolist()):
+                    self.counts[v] = self.counts.get(v, 0) + c
             self.bytes_len += int(r["bytes"])
             self._prune(max_counts)
             if self.text is not None:
@@ -157,11 +158,12 @@ class FeatureAcc:
         return int(round((_KMV_K - 1) * space / float(self.kmv[-1])))
 
 
-def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset()):
+def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset(), image: frozenset = frozenset()):
     """A tf.function: serialized examples -> per feature reductions, all in TensorFlow ops.
 
     Counting, moments and distinct values happen in C++ (and in parallel across batches via
-    tf.data); Python only folds the small results.
+    tf.data); Python only folds the small results. Image columns get no value counts (only the
+    hashes of their bytes, for the distinct count): their values are whole images.
     """
     import tensorflow as tf
 
@@ -181,7 +183,10 @@ def _batch_reducer(columns: dict[str, str], text: frozenset = frozenset()):
                  "num_values": tf.reduce_sum(lengths),
                  "min_nv": tf.reduce_min(tf.where(has, lengths, tf.int64.max)),
                  "max_nv": tf.reduce_max(tf.concat([lengths, [0]], 0))}
-            if columns[name] == "string":
+            if name in image:
+                r.update(bytes=tf.reduce_sum(tf.strings.length(vals, "BYTE")),
+                         hashes=tf.strings.to_hash_bucket_fast(vals, int(_STRING_HASH_SPACE)))
+            elif columns[name] == "string":
                 uniq, _, counts = tf.unique_with_counts(vals, out_idx=tf.int64)
                 r.update(unique=uniq, counts=counts, bytes=tf.reduce_sum(tf.strings.length(vals, "BYTE")),
                          hashes=tf.strings.to_hash_bucket_fast(uniq, int(_STRING_HASH_SPACE)))
@@ -206,12 +211,12 @@ def _file_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int,
     import tensorflow as tf
 
     split, path = item
-    accs = {k: FeatureAcc(t, text_stats.TextAcc(max_text_tokens) if k in text else None) for k, t in columns.items()}
-    for name, acc in images.file_stats(path, image_columns, batch_size).items():
-        accs[name].image = acc
+    image = images.file_stats(path, image_columns, batch_size)
+    accs = {k: FeatureAcc(t, text_stats.TextAcc(max_text_tokens) if k in text else None, image.get(k))
+            for k, t in columns.items()}
     rows = 0
     ds = (tf.data.TFRecordDataset(path, compression_type="GZIP", num_parallel_reads=1).batch(batch_size)
-          .map(_batch_reducer(columns, text), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
+          .map(_batch_reducer(columns, text, frozenset(image)), num_parallel_calls=tf.data.AUTOTUNE).prefetch(2))
     for batch in ds.as_numpy_iterator():
         for name, r in batch.items():
             accs[name].add(r, max_counts)
@@ -362,4 +367,5 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(name="statistics", config=StatisticsConfig, inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
-                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats", "kfx.models.kinds.text"))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.images", "kfx.components.data.text_stats",
+                           "kfx.models.kinds.text"))

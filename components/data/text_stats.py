@@ -44,7 +44,8 @@ def text_features(meta: dict, cfg) -> set[str]:
     """The string features statistics treats as text: ingest's text_columns + statistics.text_features.
 
     Raises:
-        ComponentError: a configured text feature is not a string column of the examples.
+        ComponentError: a configured text feature is not a string column of the examples, or is an
+            image column (ingest's `images`).
     """
     from kfx.pipeline.component import ComponentError
 
@@ -53,7 +54,12 @@ def text_features(meta: dict, cfg) -> set[str]:
     if bad:
         raise ComponentError(f"statistics: text_features {bad} must be string columns of the examples; "
                              f"columns are {columns}")
-    return set(meta.get("text_columns", ())) | set(cfg.text_features)
+    text = set(meta.get("text_columns", ())) | set(cfg.text_features)
+    both = sorted(text & set(meta.get("images") or ()))
+    if both:
+        raise ComponentError(f"statistics: text_features {both} are image columns of the examples (ingest "
+                             f"image_columns); a column is text or an image, not both")
+    return text
 
 
 def reduce_batch(rt) -> dict:

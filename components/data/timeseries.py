@@ -14,7 +14,9 @@ a target of the next. Nothing is shuffled across a boundary.
 
 Quarantined in rejected.jsonl with file, line and reason (as tabular rows): rows with an
 unreadable timestamp or value, a duplicate timestamp, a timestamp off the series' grid, and every
-row of a series with fewer than input_length + horizon points. read = series rows + rejected.
+row of a series with fewer than input_length + horizon points or a single timestamp. read = series
+rows + rejected; rejected.jsonl is written before the checks on it (max_rejected_fraction) and on
+the windows, so a failed ingest still says why each row was left out.
 What ingest saw in each series (gaps in the grid, rows out of time order) goes to
 timeseries.json; validate reports it as anomalies.
 
@@ -235,8 +237,8 @@ def run(ctx, cfg, files: list[list[str]], columns: dict[str, str]) -> dict[str, 
     """The time-series ingest (called by ingest.run when `ingest.timeseries` is set)."""
     import tensorflow as tf
 
-    from kfx.components.data.ingest import encode_example, _field
-    from kfx.pipeline.artifacts import COLUMNS_FILE, COUNTS_FILE, EXAMPLES, REJECTED, split_dir
+    from kfx.components.data.ingest import _field, check_rejected, encode_example, first_rejection
+    from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, split_dir, write_columns
 
     ts = cfg.timeseries
     if cfg.format != "csv":
@@ -249,9 +251,11 @@ def run(ctx, cfg, files: list[list[str]], columns: dict[str, str]) -> dict[str, 
     grids, filled_values, origins, records = {}, {}, {}, {}
     kept_rows = 0
     for k, points in sorted(series.items()):
-        if len(points) < span:
-            rejected += [_reject(p, f"series {k!r} has {len(points)} points, fewer than input_length + horizon "
-                                    f"= {span}") for p in points]
+        distinct = len({p[0] for p in points})
+        if len(points) < span or distinct < 2:  # one timestamp has no step: no grid
+            why = (f"{len(points)} points, fewer than input_length + horizon = {span}" if len(points) < span
+                   else f"{len(points)} rows but one distinct timestamp ({_iso(points[0][0])}); a series needs 2 or more")
+            rejected += [_reject(p, f"series {k!r} has {why}") for p in points]
             records[k] = {"rows": len(points), "rejected": "too short"}
             continue
         grid, vals, kept, rej, record = _grid(points, ts.frequency)
@@ -262,7 +266,15 @@ def run(ctx, cfg, files: list[list[str]], columns: dict[str, str]) -> dict[str, 
         origins[k] = windows(vals, ts.input_length, ts.horizon, ts.stride)
     labels, left_out = assign_splits(origins, grids, ts.splits, ts.horizon)
 
+    # The reasons first: whatever fails below, rejected.jsonl says what happened to each row.
     examples, rejected_uri = ctx.outputs[EXAMPLES], ctx.outputs[REJECTED]
+    tf.io.gfile.makedirs(rejected_uri)
+    with tf.io.gfile.GFile(f"{rejected_uri}/rejected.jsonl", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in sorted(rejected, key=lambda r: (r["input"], r["line"]))))
+    read = len(rows)
+    assert read == kept_rows + len(rejected), f"row counts do not reconcile: read {read} != {kept_rows} + {len(rejected)}"
+    check_rejected(read, len(rejected), cfg.max_rejected_fraction, rejected_uri)
+
     out_columns = {ts.window_feature: "float", ts.target_feature: "float", stamp_col: "int"}
     if key:
         out_columns[key] = "string"
@@ -293,14 +305,10 @@ def run(ctx, cfg, files: list[list[str]], columns: dict[str, str]) -> dict[str, 
         for w in writers.values():
             w.close()
     if not counts.get(next(iter(ts.splits))):
+        first = f"; {len(rejected):,} rows rejected (first: {first_rejection(rejected_uri)})" if rejected else ""
         raise ComponentError(f"ingest.timeseries: no window of input_length {ts.input_length} + horizon "
                              f"{ts.horizon} fits in the train span; series: "
-                             f"{ {k: r.get('steps', r['rows']) for k, r in records.items()} }")
-    tf.io.gfile.makedirs(rejected_uri)
-    with tf.io.gfile.GFile(f"{rejected_uri}/rejected.jsonl", "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in sorted(rejected, key=lambda r: (r["input"], r["line"]))))
-    read = len(rows)
-    assert read == kept_rows + len(rejected), f"row counts do not reconcile: read {read} != {kept_rows} + {len(rejected)}"
+                             f"{ {k: r.get('steps', r['rows']) for k, r in records.items()} }{first}")
     info = {"timestamp": stamp_col, "key": key, "values": values, "target": values[0],
             "feature": ts.window_feature, "label": ts.target_feature, "input_length": ts.input_length,
             "horizon": ts.horizon, "stride": ts.stride, "channels": len(values), "series": records,
@@ -310,17 +318,11 @@ def run(ctx, cfg, files: list[list[str]], columns: dict[str, str]) -> dict[str, 
                "series": len(grids), "windows_left_out": left_out, "splits": counts,
                "interpolated_steps": sum(r.get("interpolated_steps", 0) for r in records.values())}
     for name, obj in ((TIMESERIES_FILE, info), (COUNTS_FILE, {"read": read, "rejected": len(rejected),
-                                                              "splits": counts, "dropped": {}}),
-                      (COLUMNS_FILE, {"columns": out_columns, "label": ts.target_feature, "splits": list(ts.splits)})):
+                                                              "splits": counts, "dropped": {}})):
         with tf.io.gfile.GFile(f"{examples}/{name}", "w") as f:
             json.dump(obj, f, indent=2)
+    write_columns(examples, out_columns, ts.target_feature, ts.splits)
     ctx.log.info("ingest (time series) %s", metrics)
-    if rejected and len(rejected) / read > cfg.max_rejected_fraction:
-        first = rejected[0]
-        raise ComponentError(
-            f"ingest: {len(rejected):,} of {read:,} rows ({len(rejected) / read:.2%}) were rejected, above "
-            f"max_rejected_fraction {cfg.max_rejected_fraction:.2%}; reasons per row in rejected/rejected.jsonl "
-            f"(first: {first['input']} line {first['line']}: {first['reason']})")
     return metrics
 
 
@@ -349,13 +351,13 @@ def check_series(findings, examples_uri: str) -> int:
         where = f"series {key!r}: " if info.get("key") else ""
         if r.get("gaps"):
             first = r["gap_examples"][0]
-            findings.add(split_of(first["after"]), info["timestamp"], "UNKNOWN_TYPE", "Irregular time steps",
+            findings.add(split_of(first["after"]), info["timestamp"], "CUSTOM_VALIDATION", "Irregular time steps",
                          f"{where}{r['gaps']} gaps in the {r['frequency']} grid, {r['missing_steps']} steps without a "
                          f"row (first: {first['missing_steps']} after {first['after']}).")
             added += 1
         if r.get("non_monotonic"):
             first = r["non_monotonic_examples"][0]
-            findings.add(split_of(first["timestamp"]), info["timestamp"], "UNKNOWN_TYPE", "Non-monotonic timestamps",
+            findings.add(split_of(first["timestamp"]), info["timestamp"], "CUSTOM_VALIDATION", "Non-monotonic timestamps",
                          f"{where}{r['non_monotonic']} rows earlier than the row before them (first: line "
                          f"{first['line']}, {first['timestamp']} after {first['after']}).")
             added += 1

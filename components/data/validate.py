@@ -242,4 +242,5 @@ def run(ctx: Context) -> dict[str, Any]:
 SPEC = ComponentSpec(name="validate", config=ValidateConfig,
                      inputs=("statistics", "schema", "baseline_statistics", "examples"),
                      outputs=(ANOMALIES,), run=run, optional_inputs=("baseline_statistics", "examples"),
-                     code=("kfx.pipeline.artifacts", "kfx.components.data.text_stats", "kfx.components.data.timeseries"))
+                     code=("kfx.pipeline.artifacts", "kfx.components.data.images", "kfx.components.data.text_stats",
+                           "kfx.components.data.timeseries"))

@@ -77,8 +77,29 @@ def split_dir(examples_uri: str, split: str) -> str:
 
 
 def read_columns(examples_uri: str) -> dict:
-    """The examples artifact's column types, label and split names (columns.json)."""
+    """The examples artifact's column types, label and split names (columns.json, see `write_columns`)."""
     return read_json(examples_uri, COLUMNS_FILE)
+
+
+def write_columns(examples_uri: str, columns: dict[str, str], label: str | None, splits, text_columns=(),
+                  images: dict | None = None) -> None:
+    """columns.json of an examples artifact, always with the same keys.
+
+    Args:
+        examples_uri: the examples artifact.
+        columns: column -> int | float | string, in the examples' column order (kept: statistics
+            and the schema list features in it).
+        label: the label column, or None.
+        splits: split names, in order.
+        text_columns: free-text columns.
+        images: image column -> expected [height, width, channels] (entries may be None) or None.
+    """
+    import tensorflow as tf
+
+    obj = {"columns": dict(columns), "label": label, "splits": list(splits), "text_columns": list(text_columns),
+           "images": {c: list(s) if s else None for c, s in (images or {}).items()}}
+    with tf.io.gfile.GFile(f"{examples_uri}/{COLUMNS_FILE}", "w") as f:
+        json.dump(obj, f, indent=2)
 
 
 # ------------------------------------------------------------------ statistics

@@ -96,6 +96,7 @@ def test_folder_gives_labels_from_subfolders_and_quarantines_bad_files_with_thei
     assert (metrics["read"], metrics["rows"], metrics["rejected"]) == (20, 18, 2)
     by_input = {Path(r["input"]).relative_to(folder["tmp"] / "photos").as_posix(): r for r in _rejected(folder["summary"])}
     assert set(by_input) == {"dog/broken.png", "cat/big.png"}
+    assert all("line" not in r for r in by_input.values())  # a file, not a line of one
     assert by_input["dog/broken.png"]["reason"].startswith("column 'image': undecodable image (40 bytes): Invalid PNG")
     assert by_input["cat/big.png"]["reason"] == "column 'image': image shape 10x10x3, expected 6x5x3"
     examples = folder["outputs"]["ingest"]["examples"]
@@ -104,7 +105,7 @@ def test_folder_gives_labels_from_subfolders_and_quarantines_bad_files_with_thei
     assert got == {data: rel.split("/")[0] for rel, data in folder["files"].items()}
     meta = read_columns(examples)
     assert meta["columns"] == {"image": "string", "label": "string"} and meta["label"] == "label"
-    assert meta["images"] == {"image": [H, W, 3]}
+    assert meta["images"] == {"image": [H, W, 3]} and meta["text_columns"] == []
 
 
 def test_image_statistics_equal_numpy_on_the_decoded_pixels(folder):
@@ -259,3 +260,12 @@ def test_moving_an_image_to_another_class_changes_the_source_fingerprint(tmp_pat
     before = source_fingerprint(cfg)
     (tmp_path / "a" / "x.png").rename(tmp_path / "b" / "x.png")
     assert source_fingerprint(cfg) != before
+
+
+def test_first_rejection_names_a_file_without_a_line(tmp_path):
+    from kfx.components.data.ingest import first_rejection
+
+    (tmp_path / "rejected.jsonl").write_text(json.dumps({"input": "photos/cat/big.png", "reason": "too big"}) + "\n")
+    assert first_rejection(str(tmp_path)) == "photos/cat/big.png: too big"
+    (tmp_path / "rejected.jsonl").write_text(json.dumps({"input": "d.csv", "line": 3, "reason": "bad"}) + "\n")
+    assert first_rejection(str(tmp_path)) == "d.csv line 3: bad"

@@ -78,3 +78,27 @@ def test_distinct_count_of_many_strings_is_not_overestimated():
     acc = FeatureAcc("string")
     acc.add({k: v.numpy() for k, v in _batch_reducer({"s": "string"})(tf.constant(examples))["s"].items()}, 1000)
     assert abs(acc.unique() - n) / n < 0.05
+
+
+def test_image_columns_are_hashed_not_value_counted():
+    import tensorflow as tf
+
+    from kfx.components.data import images
+    from kfx.components.data.statistics import FeatureAcc, _batch_reducer
+
+    def example(img: bytes, color: bytes) -> bytes:
+        feats = {"img": tf.train.Feature(bytes_list=tf.train.BytesList(value=[img])),
+                 "color": tf.train.Feature(bytes_list=tf.train.BytesList(value=[color]))}
+        return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+    imgs = [b"png-a", b"png-b", b"png-a", b"png-c", b"png-b"]
+    batch = tf.constant([example(i, c) for i, c in zip(imgs, [b"red", b"red", b"blue", b"red", b"blue"])])
+    r = {k: {n: v.numpy() for n, v in d.items()}
+         for k, d in _batch_reducer({"img": "string", "color": "string"}, image=frozenset({"img"}))(batch).items()}
+    assert "unique" not in r["img"] and "counts" not in r["img"]  # no image bytes back to numpy
+    assert sorted(zip(r["color"]["unique"].tolist(), r["color"]["counts"].tolist())) == [(b"blue", 2), (b"red", 3)]
+    img, color = FeatureAcc("string", image=images.ImageAcc()), FeatureAcc("string")
+    img.add(r["img"], 10)
+    color.add(r["color"], 10)
+    assert img.counts == {} and img.unique() == 3 and img.num_values == 5 and img.bytes_len == 25
+    assert color.counts == {b"red": 3, b"blue": 2} and color.unique() == 2

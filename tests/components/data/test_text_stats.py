@@ -194,6 +194,17 @@ def test_text_features_must_be_string_columns():
     assert text_features(meta, StatisticsConfig()) == {"text"}
     with pytest.raises(ComponentError, match=r"text_features \['n'\] must be string columns .* 'n': 'int'"):
         text_features(meta, StatisticsConfig(text_features=("n",)))
+    with pytest.raises(ComponentError, match=r"text_features \['text'\] are image columns"):
+        text_features({**meta, "images": {"text": None}}, StatisticsConfig())
+
+
+def test_a_column_both_image_and_text_fails_at_config_load():
+    from kfx.pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="column 'photo' is in both image_columns and text_columns"):
+        config_from_dict({"name": "x", "stages": [{"name": "ingest", "component": "ingest"}],
+                          "ingest": {"inputs": [{"pattern": "d.csv"}], "image_columns": ["photo"],
+                                     "base64_columns": ["photo"], "text_columns": ["photo"]}})
 
 
 def test_a_natural_language_feature_without_token_statistics_is_noted_not_checked():

@@ -98,6 +98,9 @@ def test_splits_follow_each_other_in_time_with_a_gap_of_the_horizon(ingested):
     examples = ingested["outputs"]["ingest"]["examples"]
     frames = {s: _split(examples, s) for s in ("train", "eval", "test")}
     assert all(len(f["day"]) > 20 for f in frames.values())
+    meta = json.loads(Path(examples, "columns.json").read_text())  # the same keys as a tabular ingest's
+    assert meta == {"columns": {"window": "float", "target": "float", "day": "int", "key": "string"},
+                    "label": "target", "splits": ["train", "eval", "test"], "text_columns": [], "images": {}}
     day = 86400
     for key in ("a", "b"):
         spans = [(f["day"][f["key"] == key].min(), f["day"][f["key"] == key].max()) for f in frames.values()]
@@ -145,6 +148,14 @@ def test_validate_reports_the_gap_and_the_out_of_order_timestamp(ingested):
     assert "Irregular time steps: series 'a': 1 gaps in the 1 days 00:00:00 grid, 2 steps without a row" in anomalies
     assert (f"Non-monotonic timestamps: series 'a': 1 rows earlier than the row before them (first: line "
             f"{ingested['planted']['out_of_order_line']}") in anomalies
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    reasons = []
+    for path in Path(ingested["outputs"]["validate"]["anomalies"]).glob("Split-*/SchemaDiff.pb"):
+        an = anomalies_pb2.Anomalies.FromString(path.read_bytes())
+        reasons += [(r.type, r.short_description) for info in an.anomaly_info.values() for r in info.reason]
+    assert sorted(reasons) == [(anomalies_pb2.AnomalyInfo.CUSTOM_VALIDATION, "Irregular time steps"),
+                               (anomalies_pb2.AnomalyInfo.CUSTOM_VALIDATION, "Non-monotonic timestamps")]
 
 
 def test_fill_interpolates_short_gaps_only():
@@ -168,3 +179,59 @@ def test_assign_splits_cuts_by_time_and_leaves_out_windows_sharing_targets():
     got = np.array(labels["s"], dtype=object)
     train, eval_ = np.flatnonzero(got == "train"), np.flatnonzero(got == "eval")
     assert left_out == 6 and eval_.min() - train.max() == 4 and (got[train.max() + 1:eval_.min()] == None).all()  # noqa: E711
+
+
+@pytest.mark.parametrize("ingest, message", [
+    ({"timeseries": {"timestamp": "day", "frequency": "fortnightly"}},
+     "key 'ingest.timeseries.frequency': Value error, frequency 'fortnightly' is not a pandas offset alias"),
+    ({"timeseries": {"values": ["v"]}}, "ingest.timeseries.timestamp is required"),
+    ({"format": "parquet", "timeseries": {"timestamp": "day"}}, "ingest.timeseries reads CSV sources; format is 'parquet'"),
+    ({"format": "builtin", "name": "mnist", "inputs": [], "timeseries": {"timestamp": "day"}},
+     "built-in 'mnist' is not a CSV dataset"),
+    ({"timeseries": {"timestamp": "day", "key": "target"}},
+     "target_feature and key are both 'target': the examples' columns need distinct names"),
+    ({"timeseries": {"timestamp": "day", "window_feature": "day"}}, "window_feature and timestamp are both 'day'"),
+    ({"label": "value", "timeseries": {"timestamp": "day"}}, "ingest.label 'value' is not used with timeseries"),
+    ({"hash_key": ["day"], "timeseries": {"timestamp": "day"}}, "ingest.hash_key ('day',) is not used with timeseries"),
+])
+def test_timeseries_config_mistakes_fail_at_load_naming_the_key(ingest, message):
+    from kfx.pipeline.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"name": "x", "stages": [{"name": "ingest", "component": "ingest"}],
+                          "ingest": {"inputs": [{"pattern": "series.csv"}], **ingest}})
+    assert message in str(err.value)
+
+
+def test_the_co2_builtin_supplies_the_timestamp():
+    from kfx.pipeline.config import PROJECT_ROOT, load_config
+
+    assert load_config(PROJECT_ROOT / "pipeline" / "configs" / "co2_lstm.yaml").sections["ingest"].timeseries.input_length == 104
+
+
+@pytest.mark.parametrize("max_rejected, error", [
+    (0.01, "ingest: 40 of 40 rows (100.00%) were rejected, above max_rejected_fraction 1.00%"),
+    (1.0, "ingest.timeseries: no window of input_length 12 + horizon 3 fits in the train span"),
+])
+def test_when_every_row_is_rejected_the_error_and_rejected_jsonl_say_why(tmp_path, max_rejected, error):
+    from kfx.pipeline.config import config_from_dict
+    from kfx.pipeline.runner import run_pipeline
+
+    sunday = date(2020, 1, 5)
+    lines = ["day,key,value"] + [f"2020-01-04,a,{i}" for i in range(20)]  # one timestamp: no step
+    lines += [f"{sunday + timedelta(weeks=i):%Y-%m-%d},b,{i}" for i in range(20)]  # all off a W-SAT grid
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    cfg = config_from_dict({
+        "name": "allbad", "root": str(tmp_path / "runs"), "stages": [{"name": "ingest", "component": "ingest"}],
+        "ingest": {"inputs": [{"pattern": str(tmp_path / "s.csv"), "splits": {"train": 1}}],
+                   "max_rejected_fraction": max_rejected,
+                   "timeseries": {"timestamp": "day", "key": "key", "frequency": "W-SAT", "input_length": LENGTH,
+                                  "horizon": HORIZON}}})
+    summary = run_pipeline(cfg)
+    assert summary["status"] == "failed" and error in summary["error"]
+    assert ("s.csv line 2: series 'a' has 20 rows but one distinct timestamp (2020-01-04T00:00:00); a series "
+            "needs 2 or more") in summary["error"]
+    (path,) = (tmp_path / "runs").glob("allbad/ingest/.failed-*/rejected/rejected.jsonl")
+    reasons = [json.loads(line)["reason"] for line in path.read_text().splitlines()]
+    assert len(reasons) == 40 and reasons[0].startswith("series 'a' has 20 rows but one distinct timestamp")
+    assert reasons[20].startswith("timestamp 2020-01-05T00:00:00 is not on the series' grid (W-SAT steps")
