@@ -26,11 +26,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from kfx.pipeline.artifacts import IMAGE_SHAPE_TAG, image_shape
+
 Shape = tuple  # (height, width, channels), entries int or None
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 FILES_PER_CHUNK = 256  # images per Beam element of a folder source (bounded memory)
-SHAPE_TAG = "image_shape:"  # schema annotation tag prefix, e.g. "image_shape:28x28x1"
 MAX_CHANNELS = 4
 MAX_SHAPES = 64  # distinct shapes kept per feature (photos of many sizes)
 
@@ -325,18 +326,16 @@ def infer_domain(feature, fs) -> bool:
     feature.image_domain.minimum_supported_image_fraction = s["decoded"] / total if total else 1.0
     shapes = [parse_shape_text(k) for k in s["shapes"]]
     if len(shapes) == 1:
-        feature.annotation.tag.append(SHAPE_TAG + shape_text(shapes[0]))
+        feature.annotation.tag.append(IMAGE_SHAPE_TAG + shape_text(shapes[0]))
     elif shapes and len({c for _, _, c in shapes}) == 1:
-        feature.annotation.tag.append(SHAPE_TAG + shape_text((None, None, shapes[0][2])))
+        feature.annotation.tag.append(IMAGE_SHAPE_TAG + shape_text((None, None, shapes[0][2])))
     return True
 
 
 def schema_shape(feature) -> Shape | None:
     """The expected shape the schema records for an image feature (annotation tag), or None."""
-    for tag in feature.annotation.tag:
-        if tag.startswith(SHAPE_TAG):
-            return parse_shape_text(tag[len(SHAPE_TAG):])
-    return None
+    shape = image_shape(feature)
+    return tuple(shape) if shape else None
 
 
 def check(findings, split: str, feature, fs) -> None:
