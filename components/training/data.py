@@ -27,10 +27,16 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     return files
 
 
-def _records(files: list[str], rows: int | None):
+def _records(files: list[str], rows: int | None, total: int | None = None):
     import tensorflow as tf
 
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+    if rows and total and rows < total:
+        # `rows` of `total` picked by a hash of each record, spread over the whole split: the
+        # first rows of data stored sorted (by class, by time) would be a biased subset. The
+        # margin makes `rows` records (almost) always available to `take`.
+        keep = int(min(1.0, (rows * 1.05 + 64) / total) * (1 << 30))
+        ds = ds.filter(lambda r: tf.strings.to_hash_bucket_fast(r, 1 << 30) < keep)
     return ds.take(rows) if rows else ds
 
 
@@ -67,7 +73,8 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
         shuffle_buffer: rows in the shuffle buffer.
         cache: keep preprocessed rows in memory after the first pass.
         seed: shuffle seed.
-        rows: use only the first `rows` records (tuning on a subset).
+        rows: use only `rows` records (tuning on a subset): of the train split, a sample spread
+            over the whole split; of the others, the first ones.
         shard_by_data: multi-worker training: every worker reads all files and keeps its share
             of elements (safe whatever the number of files).
         targets: the model family's `targets(features, label) -> (inputs, targets)` hook, for
@@ -97,7 +104,7 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
     # blocks are re-cut into training batches (per-row shuffle/batch would cost ~3x throughput).
     # The serialized rows are shuffled before they are cut into blocks (once, when the blocks are
     # cached), so data stored sorted (by class folder, by time) does not give one-class blocks.
-    ds = _records(split_files(examples_uri, split), rows)
+    ds = _records(split_files(examples_uri, split), rows, spec.get("train_rows") if split == "train" else None)
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not cache)
     ds = ds.batch(PARSE_BATCH).map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE)

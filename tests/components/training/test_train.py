@@ -198,9 +198,10 @@ def test_train_and_serve_preprocessing_are_identical(built, loaded):
     assert np.allclose(served, classified, atol=1e-6)
 
 
-def test_training_batches_mix_classes_of_data_stored_sorted_by_class(built, tmp_path):
+def test_batches_and_tuning_subsets_mix_classes_of_data_stored_sorted_by_class(built, tmp_path):
     """Rows written sorted by label (as a folder of class subfolders is): every training batch
-    still holds both classes, although rows are preprocessed and cached in 1,024-row blocks."""
+    still holds both classes, although rows are preprocessed and cached in 1,024-row blocks, and
+    a tuning subset (`rows`) is drawn from the whole split."""
     import tensorflow as tf
 
     from kfx.components.training.data import PARSE_BATCH, dataset
@@ -231,6 +232,12 @@ def test_training_batches_mix_classes_of_data_stored_sorted_by_class(built, tmp_
     assert sum(len(y) for y in batches) == len(rows)
     mixed = [len(np.unique(y)) == 2 for y in batches]
     assert sum(mixed) == len(batches), f"{len(batches) - sum(mixed)} of {len(batches)} batches hold one class"
+    # tune.train_rows: a subset of the sorted split is a sample of all of it, not its first rows.
+    subset = dataset(str(tmp_path), "train", {**spec, "train_rows": len(rows)}, make_preprocessor(spec), 64,
+                     rows=PARSE_BATCH)
+    labels = np.concatenate([y.numpy() for _, y in subset])
+    assert len(labels) == PARSE_BATCH
+    assert 0.35 < labels.mean() < 0.65, labels.mean()
 
 
 def _backup_metadata(root: Path) -> list[Path]:
