@@ -44,7 +44,10 @@ class FeatureTransform(Section):
     min_frequency: int | None = Field(None, ge=1, description="one_hot/embed/text: drop rarer values.")
     num_oov_buckets: int | None = Field(None, ge=1, le=1000)
     hash_buckets: int | None = Field(None, ge=2, description="hash: number of bins.")
-    sequence_length: int = Field(SEQUENCE_LENGTH, ge=1, le=100000, description="text: tokens kept per value.")
+    sequence_length: Annotated[int, Field(ge=1, le=100000)] | Literal["auto"] = Field(
+        SEQUENCE_LENGTH, description="text: tokens kept per value, or 'auto': the train texts' "
+                                     "`sequence_length_quantile` of tokens per text.")
+    sequence_length_quantile: float = Field(0.95, gt=0, le=1, description="text: the quantile 'auto' takes.")
     image_shape: tuple[int, ...] | None = Field(None, description="image: [height, width, channels].")
     image_scale: tuple[float, float] | None = Field(
         None, description="encoded_image: fixed [mean, std] (e.g. [0, 255]); default: the train pixels'.")

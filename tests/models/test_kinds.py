@@ -200,6 +200,31 @@ def test_text_beam_and_keras_tokenize_identically():
     assert kinds.get("text").describe(state) == {"kind": "sequence", "cardinality": len(vocab) + 2, "length": 12}
 
 
+@pytest.mark.parametrize("quantile", [0.5, 0.9, 1.0])
+def test_text_sequence_length_auto_is_the_quantile_of_train_token_counts(quantile):
+    from kfx.models.kinds.text import tokenize
+
+    texts = SAMPLES * 3 + ["one two three four five six seven eight nine ten eleven twelve"]
+    raw = np.array([t.encode() for t in texts], dtype=object)
+    kind = make("text", STRING, sequence_length="auto", sequence_length_quantile=quantile)
+    state, report = kind.finalize(analyze(kind, raw, 4))
+    lengths = sorted(len(tokenize(raw[i:i + 1])) for i in range(len(raw)))
+    expected = max(1, lengths[int(np.ceil(quantile * len(lengths))) - 1])  # nearest rank
+    assert state["sequence_length"] == report["sequence_length"]["auto"] == expected
+    assert report["sequence_length"]["max_tokens"] == 12
+    assert keras_out("text", state, STRING, raw[:2]).shape == (2, expected)
+
+
+def test_text_sequence_length_takes_a_number_or_auto_only():
+    from kfx.pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="transform.features.review.sequence_length"):
+        load_config(None, ["transform.features={review: {kinds: [text], sequence_length: often}}"])
+    with pytest.raises(ConfigError, match="transform.features.review.sequence_length_quantile"):
+        load_config(None, ["transform.features={review: {kinds: [text], sequence_length: auto, "
+                           "sequence_length_quantile: 1.5}}"])
+
+
 def test_text_standardization_on_ascii_is_keras_default():
     import keras
     import tensorflow as tf
