@@ -1,6 +1,6 @@
 """Time series end to end on a tiny series made here (a noisy sine with a trend, 400 daily
 points): ingest (windows, time splits) -> transform (window kind: differenced, scaled by the
-train split) -> train (cnn1d, a few epochs) -> evaluate (rmse vs the naive and seasonal-naive
+train split) -> train (lstm, a few epochs) -> evaluate (rmse vs the naive and seasonal-naive
 forecasts), then the exported model through a real `python -m kfx.serving`: Predict with a raw
 window over gRPC and REST, INVALID_ARGUMENT for a window of the wrong length while the server
 keeps serving.
@@ -63,9 +63,9 @@ def trained(tmp_path_factory):
         "transform": {"task": "forecast", "exclude": ["day"],
                       "features": {WINDOW: {"kinds": ["window"], "window_shape": [LENGTH, 1], "difference": True,
                                             "season": SEASON}}},
-        "train": {"model": "cnn1d", "epochs": 10, "batch_size": 16, "early_stopping_patience": 0,
+        "train": {"model": "lstm", "epochs": 10, "batch_size": 16, "early_stopping_patience": 0,
                   "warmup_requests": 2, "verbose": 0,
-                  "hyperparameters": {"blocks": 1, "filters": 16, "dropout": 0.0, "learning_rate": 0.003}},
+                  "hyperparameters": {"units": 16, "dropout": 0.0, "learning_rate": 0.01}},
         "evaluate": {"gate": {"value": [{"metric": "rmse_vs_naive", "max": 1.0}]}},
     }
     path = tmp / "series.yaml"
