@@ -92,11 +92,11 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
 
     parse_spec = raw_feature_spec(spec, with_label=True)
     label = spec["task"]["label"]
-    task = tasks.of(spec["task"])
+    encode_target = tasks.of(spec["task"]).target_encoder()  # eagerly: its layers cannot be made in the map
 
     def parse_and_preprocess(batch):
         parsed = tf.io.parse_example(batch, parse_spec)
-        y = task.encode_target(parsed.pop(label), parsed)
+        y = encode_target(parsed.pop(label), parsed)
         return preprocessor(parsed), y
 
     # Rows are parsed, preprocessed (and cached) in blocks of PARSE_BATCH: every later step is

@@ -113,9 +113,12 @@ class Task:
 
         return lambda y: tf.cast(y, tf.float32)
 
-    def encode_target(self, y, features):
-        """The training target of raw label `y`, given the row's raw features (default: `target`)."""
-        return self.target()(y)
+    def target_encoder(self) -> Callable:
+        """(raw label, raw features) -> training target (default: `target` of the label). Its
+        layers are made here, eagerly: a Keras lookup layer with a tensor vocabulary cannot be
+        made inside tf.data's traced map, where the encoder runs."""
+        target = self.target()
+        return lambda y, features: target(y)
 
     def decode_output(self, y, features):
         """The model output `y` in the label's units, given the raw features (inside the exported

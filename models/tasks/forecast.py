@@ -72,7 +72,11 @@ class Forecast(NumericLabel, Task):
         x = tf.reshape(tf.cast(features[w["feature"]], tf.float32), [-1, w["length"], w["channels"]])
         return x[:, -1:, 0], w["std"][0]
 
+    def target_encoder(self):
+        return self.encode_target
+
     def encode_target(self, y, features):
+        """Training target: the next values as scaled changes from the window's last raw value."""
         import tensorflow as tf
 
         offset, scale = self._reference(features)

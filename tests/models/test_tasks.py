@@ -197,3 +197,23 @@ def test_forecast_target_is_relative_to_the_last_raw_value_and_decodes_back():
     encoded = task.encode_target(y, features)
     np.testing.assert_allclose(encoded.numpy(), [[0.5, 2.0], [0.0, -2.0]])
     np.testing.assert_allclose(task.decode_output(encoded, features).numpy(), y.numpy())
+
+
+@pytest.mark.parametrize("info, labels, expected", [
+    ({**MULTI, "label_dtype": "int64", "vocabulary": ["3", "5", "7"], "class_counts": {"3": 1, "5": 1, "7": 1}},
+     [7, 3, 5, 7], [2, 0, 1, 2]),  # integer labels (MNIST, digits): an IntegerLookup with a tensor vocabulary
+    (MULTI, [b"Gentoo", b"Adelie"], [2, 0]),
+    (REG, [4000.0, 4800.0], None),
+])
+def test_target_encoder_runs_inside_a_tf_data_map(info, labels, expected):
+    """The training input pipeline encodes labels in tf.data's traced map: the encoder's layers
+    must already exist (made eagerly by `target_encoder`), or Keras refuses to build them there."""
+    import tensorflow as tf
+
+    encode = tasks.of(info).target_encoder()
+    ds = tf.data.Dataset.from_tensor_slices(labels).batch(4).map(lambda y: encode(y, {}))
+    out = np.concatenate([b.numpy() for b in ds])
+    if expected is not None:
+        assert out.tolist() == expected
+    else:
+        np.testing.assert_allclose(out, np.asarray(labels, dtype=np.float32))
