@@ -62,6 +62,13 @@ def _scored(model: str, data, label: str, cfg, where: str):
         raise ComponentError(f"{where}model {model}: {err}") from None
 
 
+def _task_of(model: str):
+    try:
+        return tasks.of(tasks.load(model))
+    except (FileNotFoundError, KeyError) as err:
+        raise ComponentError(f"evaluate: {err}") from None
+
+
 def _overall(task, o, cfg, pred=None) -> dict:
     return task.metrics(o, pred=pred, bins=cfg.calibration_bins, confusion_thresholds=cfg.confusion_thresholds)
 
@@ -224,6 +231,9 @@ def run(ctx: Context) -> dict[str, Any]:
     if label not in columns:
         raise ComponentError(f"evaluate: label {label!r} is not a column of the examples")
     numeric = {c for c, kind in columns.items() if kind != "string"}
+    own = _task_of(ctx.inputs["model"]).evaluate(ctx, ctx.inputs["model"])  # e.g. generation's samples
+    if own is not None:
+        return own
 
     data = read_split(ctx.inputs["examples"], cfg.split, columns, cfg.batch_size)
     if not data.rows:
@@ -306,5 +316,5 @@ SPEC = ComponentSpec(
     code=("kfx.models.tasks", "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}),
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
-          "kfx.components.evaluation.samples",
+          "kfx.components.evaluation.samples", "kfx.components.evaluation.generation",
           "kfx.pipeline.artifacts.scoring"))
