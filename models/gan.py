@@ -6,14 +6,19 @@ Conv2DTranspose (stride 2, the image's channels), tanh, rescaled into the transf
 scale (the task's `pixel_range`: pixels 0..255 as the model input sees them).
 Discriminator: the image with the class's embedding as one more channel -> Conv2D (stride 2,
 `filters`) -> LeakyReLU, Dropout -> Conv2D (stride 2, 2*filters) -> LeakyReLU, Dropout -> Dense(1)
-logit. Trained as Radford et al. (2015): Adam with beta_1 0.5, one discriminator and one
-generator step per batch, one-sided label smoothing of the real images (`label_smoothing`).
+real/fake logit, and Dense(classes) class logits: an auxiliary classifier (AC-GAN, Odena et al.
+2017) whose cross-entropy, weighted by `class_loss_weight`, the discriminator minimises on real
+images and the generator on its images of the requested class (0: a plain conditional DCGAN).
+Without it the generator learns to ignore the class for many epochs on 4,000 MNIST digits. Trained as Radford et al. (2015): Adam with beta_1 0.5, both networks updated from the
+same forward pass of each batch, one-sided label smoothing of the real images (`label_smoothing`).
 
 `build` returns `ConditionalGAN`, a Keras 3 Model (TensorFlow backend) with its own
 `train_step` / `test_step` (logs `d_loss` and `g_loss`; on the eval split `val_g_loss` is the
 generator's loss against the discriminator there), so train's plain `model.fit` with its
 callbacks (backup, TensorBoard, early stopping) trains it; the `compile` hook gives both
-optimizers. Calling the model runs the generator: `model([noise, class_index])`.
+optimizers. Calling the model runs the averaged generator, `model([noise, class_index])`: an
+exponential moving average (`ema`) of the generator's weights over the last steps, smoother than
+the last step's (0: the last step's weights).
 """
 from __future__ import annotations
 
@@ -24,10 +29,12 @@ SPACE = (
     Float("discriminator_learning_rate", 5e-5, 1e-3, default=2e-4, sampling="log"),
     Float("beta_1", 0.0, 0.9, default=0.5),
     Choice("latent_dim", (32, 64, 100, 128), default=64),
-    Choice("filters", (16, 32, 64, 128), default=64),
+    Choice("filters", (16, 32, 64, 128), default=32),
     Choice("embedding_dim", (8, 16, 32, 50), default=16),
     Float("dropout", 0.0, 0.5, default=0.3),
     Float("label_smoothing", 0.0, 0.3, default=0.1),
+    Float("class_loss_weight", 0.0, 4.0, default=2.0),
+    Float("ema", 0.0, 0.999, default=0.98),
 )
 
 
@@ -65,7 +72,8 @@ def _discriminator(keras, shape: list[int], classes: int, hp: dict):
         x = keras.layers.LeakyReLU(0.2, name=f"d_act{i}")(x)
         x = keras.layers.Dropout(hp["dropout"], name=f"d_dropout{i}")(x)
     x = keras.layers.Flatten(name="d_flat")(x)
-    return keras.Model([image, label], keras.layers.Dense(1, name="d_logit")(x), name="discriminator")
+    return keras.Model([image, label], [keras.layers.Dense(1, name="d_logit")(x),
+                                        keras.layers.Dense(classes, name="d_class_logits")(x)], name="discriminator")
 
 
 def build(features: dict[str, dict], task: dict, hp: dict):
@@ -119,13 +127,16 @@ def _gan_class():
             super().__init__(**kwargs)
             self.generator, self.discriminator = generator, discriminator
             self.image_key, self.latent_dim = image_key, int(hp["latent_dim"])
-            self.smoothing = float(hp["label_smoothing"])
+            self.smoothing, self.class_weight = float(hp["label_smoothing"]), float(hp["class_loss_weight"])
             self.seed = keras.random.SeedGenerator(1337)
+            # The served generator: an exponential moving average of the trained one's weights.
+            self.ema, self.average = float(hp["ema"]), keras.models.clone_model(generator)
+            self.average.set_weights(generator.get_weights())
             self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
             self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
 
         def call(self, inputs, training=False):
-            return self.generator(inputs, training=training)
+            return self.average(inputs, training=False)
 
         def compile(self, d_optimizer, g_optimizer):
             super().compile()
@@ -142,24 +153,29 @@ def _gan_class():
             n = tf.shape(real)[0]
             noise = keras.random.normal((n, self.latent_dim), seed=self.seed)
             fake = self.generator([noise, labels], training=training)
-            real_logit = self.discriminator([real, labels], training=training)
-            fake_logit = self.discriminator([fake, labels], training=training)
+            real_logit, real_class = self.discriminator([real, labels], training=training)
+            fake_logit, fake_class = self.discriminator([fake, labels], training=training)
             bce = lambda y, logit: tf.reduce_mean(  # noqa: E731
                 tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit))
+            ce = lambda logits: tf.reduce_mean(  # noqa: E731
+                tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+            # AC-GAN: the discriminator learns the class of real images; the generator is
+            # rewarded when its image is recognised as the class it was asked for.
             d_loss = (bce(tf.fill(tf.shape(real_logit), 1.0 - self.smoothing), real_logit)
-                      + bce(tf.zeros_like(fake_logit), fake_logit))
-            g_loss = bce(tf.ones_like(fake_logit), fake_logit)
+                      + bce(tf.zeros_like(fake_logit), fake_logit) + self.class_weight * ce(real_class))
+            g_loss = bce(tf.ones_like(fake_logit), fake_logit) + self.class_weight * ce(fake_class)
             return d_loss, g_loss
 
         def train_step(self, data):
-            with tf.GradientTape() as d_tape:
-                d_loss, _ = self.adversarial_losses(data, True)
-            d_vars = self.discriminator.trainable_weights
+            # One forward pass, both networks updated from it (TensorFlow's DCGAN tutorial): a
+            # third less compute than alternating passes, and as stable on MNIST.
+            with tf.GradientTape() as d_tape, tf.GradientTape() as g_tape:
+                d_loss, g_loss = self.adversarial_losses(data, True)
+            d_vars, g_vars = self.discriminator.trainable_weights, self.generator.trainable_weights
             self.d_optimizer.apply_gradients(zip(d_tape.gradient(d_loss, d_vars), d_vars))
-            with tf.GradientTape() as g_tape:
-                _, g_loss = self.adversarial_losses(data, True)
-            g_vars = self.generator.trainable_weights
             self.g_optimizer.apply_gradients(zip(g_tape.gradient(g_loss, g_vars), g_vars))
+            for average, w in zip(self.average.weights, self.generator.weights):  # BatchNorm statistics too
+                average.assign(self.ema * average + (1.0 - self.ema) * w)
             self.d_loss_tracker.update_state(d_loss)
             self.g_loss_tracker.update_state(g_loss)
             return {m.name: m.result() for m in self.metrics}

@@ -136,8 +136,9 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, cfg) -> list[str]:
         if not np.array_equal(got, want):
             problems.append(f"{name}: differs from the in-process result")
     else:
-        g = [v.decode() if isinstance(v, bytes) else str(v) for v in got.ravel().tolist()]
-        w = [v.decode() if isinstance(v, bytes) else str(v) for v in want.ravel().tolist()]
+        # Compared as bytes: a string output may be binary (a generated image's PNG), not UTF-8.
+        g = [v if isinstance(v, bytes) else str(v).encode() for v in got.ravel().tolist()]
+        w = [v if isinstance(v, bytes) else str(v).encode() for v in want.ravel().tolist()]
         if g != w:
             problems.append(f"{name}: differs from the in-process result")
     return problems

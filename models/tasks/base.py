@@ -8,10 +8,13 @@ of transform.json, also saved inside every exported model as `TASK_ASSET`) and s
     (`compile_args`), the monitors tune and early stopping may watch (`MONITORS`, `objective`),
     class weights;
   * export: the serving outputs and the tf.Example signatures (`serving_outputs`,
-    `example_signatures`: Classify only for classification, Regress where it applies);
+    `example_signatures`: Classify only for classification, Regress where it applies), or the
+    task's own endpoints and their warmup/canary inputs (`serving_functions`, `request_inputs`:
+    generation maps noise and a class to images);
   * evaluation: scoring of the serving outputs (`SCORE_OUTPUT`, `outcomes`), metrics and the
     names the gate may use (`METRICS`, `LOWER_IS_BETTER`), fairness metrics with bootstrap
-    intervals (`fairness`, `FAIRNESS_METRICS`), curves and the report's sections.
+    intervals (`fairness`, `FAIRNESS_METRICS`), curves and the report's sections; or the task's
+    own evaluation (`evaluate`, with `SCORES_ROWS` false when the export does not score rows).
 Nothing here imports TensorFlow at module level: the config loader reads the class attributes.
 """
 from __future__ import annotations

@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROWS = 48
 LATENT = 64  # the space's default latent_dim
+SERVED = "canary"  # the served model's name: infra_validate's canary checks query it by this name
 
 
 def write_classifier(base: Path) -> Path:
@@ -84,20 +85,20 @@ def run(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def served(run):
-    """(loaded export, ServingClient) with the export served as model `gan`, version 1."""
+    """(loaded export, ServingClient) with the export served as model SERVED, version 1."""
     import tensorflow as tf
 
     from kfx.serving.client import ServingClient
     from tests.serving.conftest import ServerProcess, write_config
 
     tmp = run["tmp"]
-    shutil.copytree(run["train"]["outputs"]["model"], tmp / "models" / "gan" / "1")
-    config = write_config(str(tmp / "models.config"), [("gan", str(tmp / "models" / "gan"), "")])
+    shutil.copytree(run["train"]["outputs"]["model"], tmp / "models" / SERVED / "1")
+    config = write_config(str(tmp / "models.config"), [(SERVED, str(tmp / "models" / SERVED), "")])
     process = ServerProcess(tmp, f"--model_config_file={config}")
     try:
         process.wait_serving()
         with ServingClient(process.target, timeout=30, retries=0) as client:
-            client.wait_until_available("gan", timeout=120)
+            client.wait_until_available(SERVED, timeout=120)
             yield tf.saved_model.load(run["train"]["outputs"]["model"]), client
     finally:
         process.stop()
@@ -156,7 +157,7 @@ def test_served_gan_answers_like_the_reloaded_export_by_id_and_by_name(served):
     from tensorflow.core.framework import types_pb2
 
     loaded, client = served
-    signatures = client.metadata("gan")
+    signatures = client.metadata(SERVED)
     assert {k: (v.dtype, [d.size for d in v.tensor_shape.dim]) for k, v in signatures["serving_default"].inputs.items()} \
         == {"noise": (types_pb2.DT_FLOAT, [-1, LATENT]), "class_id": (types_pb2.DT_INT64, [-1])}
     assert sorted(signatures["serving_default"].outputs) == ["classes", "images", "png"]
@@ -164,20 +165,41 @@ def test_served_gan_answers_like_the_reloaded_export_by_id_and_by_name(served):
 
     noise, ids = _noise(3, seed=7), np.array([1, 0, 1], np.int64)
     want = loaded.signatures["serving_default"](noise=tf.constant(noise), class_id=tf.constant(ids))
-    got = client.predict("gan", {"noise": noise, "class_id": ids})
+    got = client.predict(SERVED, {"noise": noise, "class_id": ids})
     np.testing.assert_allclose(got["images"], want["images"].numpy(), atol=1e-4)
     assert list(got["png"]) == list(want["png"].numpy())
-    by_name = client.predict("gan", {"noise": noise, "class_name": np.array([b"v", b"h", b"v"], dtype=object)},
+    by_name = client.predict(SERVED, {"noise": noise, "class_name": np.array([b"v", b"h", b"v"], dtype=object)},
                              signature="generate_by_name")
     np.testing.assert_allclose(by_name["images"], want["images"].numpy(), atol=1e-4)
 
     for inputs, signature in (({"noise": noise[:1], "class_id": np.array([2], np.int64)}, ""),
                               ({"noise": noise[:1], "class_name": np.array([b"x"], dtype=object)}, "generate_by_name")):
         with pytest.raises(grpc.RpcError) as err:
-            client.predict("gan", inputs, signature=signature)
+            client.predict(SERVED, inputs, signature=signature)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    np.testing.assert_allclose(client.predict("gan", {"noise": noise, "class_id": ids})["images"],
+    np.testing.assert_allclose(client.predict(SERVED, {"noise": noise, "class_id": ids})["images"],
                                want["images"].numpy(), atol=1e-4)
+
+
+def test_infra_validate_canaries_use_the_tasks_inputs_and_binary_outputs_compare(run, served):
+    from kfx.components.deploy.infra_validate import check_signature, signature_methods
+    from kfx.models import tasks
+    from kfx.pipeline.artifacts import read_columns
+    from kfx.pipeline.artifacts.scoring import read_split
+    from kfx.pipeline.config_evaluation import InfraValidateConfig
+
+    loaded, client = served
+    model, examples = run["train"]["outputs"]["model"], run["ingest"]["outputs"]["examples"]
+    data = read_split(examples, "eval", read_columns(examples)["columns"])
+    task, cfg = tasks.of(tasks.load(model)), InfraValidateConfig()
+    methods = signature_methods(model)
+    assert sorted(methods) == ["generate_by_name", "serving_default"]
+    for sig, method in methods.items():
+        check = check_signature(client, loaded, sig, method, data, cfg, task)
+        assert check["passed"], check["problems"]  # PNG bytes from the server equal the in-process ones
+    # Without the task, the canaries would be the examples' columns, which the generator does not take.
+    check = check_signature(client, loaded, "serving_default", methods["serving_default"], data, cfg)
+    assert not check["passed"] and "the model's input 'noise' is not a column" in check["problems"][0]
 
 
 def test_evaluate_scores_generated_samples_with_the_classifier(run):
