@@ -61,8 +61,10 @@ IGNORED_WITH_GRAPH = ("inputs", "label_values", "text_columns", "image_columns",
 
 def check_ingest(cfg) -> None:
     """Raise ValueError when an IngestConfig's `graph` does not fit the rest of the section: graphs
-    are read from CSV (or a graph built-in) and the label is required."""
-    if cfg.format not in ("csv", "builtin"):
+    are read from CSV files (a graph built-in names its own) and the label is required."""
+    if cfg.format == "builtin":
+        raise ValueError(f"ingest.graph names your own tables; built-in {cfg.name!r} brings its own: remove ingest.graph")
+    if cfg.format != "csv":
         raise ValueError(f"ingest.graph reads CSV tables; format is {cfg.format!r}")
     if not cfg.label:
         raise ValueError("ingest.graph needs ingest.label (the node label column)")

@@ -98,7 +98,25 @@ def test_graph_config_mistakes_fail_at_load_naming_the_key():
     graph = {"nodes": "n.csv", "edges": "e.csv"}
     with pytest.raises(ValueError, match="ingest.graph reads CSV tables; format is 'parquet'"):
         IngestConfig(format="parquet", label="y", graph=graph)
+    with pytest.raises(ValueError, match="built-in 'karate' brings its own: remove ingest.graph"):
+        IngestConfig(format="builtin", name="karate", graph=graph)
     with pytest.raises(ValueError, match="ingest.graph needs ingest.label"):
         IngestConfig(graph=graph)
     with pytest.raises(ValueError, match="features .* include the id or a mask column 'train_mask'"):
         IngestConfig(label="y", graph={**graph, "features": ["a", "train_mask"]})
+
+
+def test_karate_builtin_tables_label_the_two_best_connected_members_of_each_faction(tmp_path):
+    import csv
+
+    from kfx.components.data.datasets import write_karate
+
+    write_karate(tmp_path)
+    nodes = list(csv.DictReader(open(tmp_path / "nodes.csv")))
+    edges = list(csv.DictReader(open(tmp_path / "edges.csv")))
+    assert len(nodes) == 34 and len(edges) == 78
+    train = [int(n["node_id"]) for n in nodes if n["train_mask"] == "1"]
+    assert train == [0, 2, 32, 33] and [n["club"] for n in nodes if n["train_mask"] == "1"] == \
+        ["Mr. Hi", "Mr. Hi", "Officer", "Officer"]
+    assert all(n["eval_mask"] == n["train_mask"] != n["test_mask"] for n in nodes)
+    assert all(n[f"x{i}"] == ("1" if i == int(n["node_id"]) else "0") for n in nodes for i in range(34))
