@@ -43,7 +43,7 @@ def keras_out(name: str, state: dict, dtype: str, values) -> np.ndarray:
 def test_registry_names_match_classes_and_dtypes():
     for name in kinds.names():
         assert kinds.get(name).NAME == name
-    assert kinds.accepting(STRING) == ["embed", "encoded_image", "hash", "one_hot", "text"]
+    assert kinds.accepting(STRING) == ["embed", "encoded_image", "graph_node", "hash", "one_hot", "text"]
     assert "text" not in kinds.accepting(FLOAT) and "normalize" in kinds.accepting(INT)
     with pytest.raises(KeyError, match="unknown kind 'scale'; known kinds: bucketize, embed"):
         kinds.get("scale")
