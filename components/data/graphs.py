@@ -8,7 +8,7 @@ neighbours). The accepted nodes' ids and features and the accepted edges go to g
 (pipeline/artifacts/graph.py), from which transform builds the normalised adjacency.
 
 Quarantined in rejected.jsonl with file, line and reason: a node row without an id, with a
-duplicate id (the first row keeps it), a missing or non-numeric feature value, a bad mask value,
+duplicate id (the first row keeps it), a missing, non-numeric or infinite feature value, a bad mask value,
 or in a split without a label; an edge row with a missing endpoint or an endpoint that is not an
 accepted node's id ("edge to unknown node id"). read = nodes + edges + rejected;
 max_rejected_fraction applies to all rows read. The tables are read in the driver (a graph's
@@ -17,6 +17,7 @@ adjacency is built in memory anyway).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from kfx.pipeline.component import ComponentError
@@ -120,7 +121,10 @@ def read_nodes(cfg, files: list[str]) -> tuple[list[dict], list[dict], dict[str,
             for c in features:
                 if row[c] in na:
                     raise ValueError(f"node {node_id!r} has no value for feature {c!r}")
-                x.append(_label("float", c, row[c]))
+                v = _label("float", c, row[c])
+                if not math.isfinite(v):
+                    raise ValueError(f"node {node_id!r}: feature {c!r} is {row[c]!r}, not a finite number")
+                x.append(v)
             splits = [s for s, m in g.splits.items() if _flag(m, row[m])]
             label = None if row[cfg.label] in na else _label(types[cfg.label], cfg.label, row[cfg.label])
             if splits and label is None:

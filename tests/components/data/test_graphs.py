@@ -18,6 +18,7 @@ NODES = """node_id,f1,f2,color,train_mask,eval_mask,test_mask
 2,0.0,0.0,red,0,0,1
 5,0.2,0.2,,0,0,0
 6,0.3,0.9,red,0,0,true
+7,nan,0.9,red,0,0,1
 """
 EDGES = """source,target
 1,2
@@ -58,6 +59,7 @@ def test_bad_node_and_edge_rows_are_quarantined_naming_file_line_and_reason(inge
     assert got == {
         ("nodes.csv", 4): "node 3 has no value for feature 'f1'",
         ("nodes.csv", 6): f"duplicate node id 2 (first at {tmp / 'nodes.csv'} line 3)",
+        ("nodes.csv", 9): "node 7: feature 'f1' is 'nan', not a finite number",
         ("edges.csv", 4): "edge to unknown node id 99 (column 'target')",
         ("edges.csv", 5): "edge to unknown node id 3 (column 'target')",  # node 3 was rejected
     }
@@ -67,7 +69,7 @@ def test_bad_node_and_edge_rows_are_quarantined_naming_file_line_and_reason(inge
 def test_counts_reconcile_and_nodes_are_examples_of_their_masks_splits(ingested):
     _, ingest = ingested
     m = ingest["metrics"]
-    assert (m["read"], m["rejected"], m["nodes"], m["edges"], m["unlabelled_nodes"]) == (13, 4, 5, 4, 1)
+    assert (m["read"], m["rejected"], m["nodes"], m["edges"], m["unlabelled_nodes"]) == (14, 5, 5, 4, 1)
     assert m["read"] == m["nodes"] + m["edges"] + m["rejected"]
     assert m["splits"] == {"train": 2, "eval": 2, "test": 2}
     examples = ingest["outputs"]["examples"]
@@ -88,7 +90,7 @@ def test_counts_reconcile_and_nodes_are_examples_of_their_masks_splits(ingested)
 def test_rejections_above_the_limit_fail_ingest_naming_the_first_row(tmp_path):
     summary = _ingest(tmp_path)
     assert summary["status"] == "failed"
-    assert "4 of 13 rows" in summary["error"]
+    assert "5 of 14 rows" in summary["error"]
     assert f"{tmp_path / 'nodes.csv'} line 4: node 3 has no value for feature 'f1'" in summary["error"]
 
 
