@@ -61,7 +61,7 @@ def test_unknown_kind_is_rejected_at_load_naming_the_feature_and_the_kind(featur
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"transform.features={features}"])
     assert f"key {key!r}" in str(err.value) and fragment in str(err.value)
-    assert ("known kinds: bucketize, embed, encoded_image, hash, image, normalize, one_hot, passthrough, text, "
+    assert ("known kinds: bucketize, embed, encoded_image, graph_node, hash, image, normalize, one_hot, passthrough, text, "
             "window" in str(err.value))
 
 
