@@ -56,4 +56,6 @@ def plan(graph: dict, raw: dict) -> tuple[dict, list[dict]]:
                              f"raw feature (is it in transform.exclude?); raw features: {sorted(raw)}")
     options = {"nodes": graph["nodes"], "features": graph["features"], "x": graph["x"],
                "adjacency": normalized_adjacency(len(graph["nodes"]), graph["edges"], graph["directed"])}
-    return {node_id: raw[node_id]}, [{"feature": node_id, "kind": GRAPH_NODE, "output": node_id, "options": options}]
+    # No default: a tf.Example without the id is an error, not a question about some node.
+    return ({node_id: {**raw[node_id], "default": None}},
+            [{"feature": node_id, "kind": GRAPH_NODE, "output": node_id, "options": options}])

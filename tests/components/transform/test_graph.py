@@ -37,7 +37,8 @@ def test_plan_serves_the_id_alone_and_needs_it():
              "directed": False}
     raw = {"node_id": {"dtype": "int64", "shape": [], "default": 0}, "f": {"dtype": "float32", "shape": [], "default": 0}}
     new_raw, transforms = plan(graph, raw)
-    assert list(new_raw) == ["node_id"] and [t["kind"] for t in transforms] == ["graph_node"]
+    assert new_raw == {"node_id": {"dtype": "int64", "shape": [], "default": None}}  # a required feature
+    assert [t["kind"] for t in transforms] == ["graph_node"]
     np.testing.assert_allclose(_dense(2, transforms[0]["options"]["adjacency"]), [[0.5, 0.5], [0.5, 0.5]])
     with pytest.raises(ComponentError, match="node id 'node_id', which is not a raw feature"):
         plan(graph, {"f": raw["f"]})
