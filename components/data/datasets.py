@@ -143,9 +143,9 @@ def encode_png(images) -> list[bytes]:
     return [tf.io.encode_png(image).numpy() for image in images]
 
 
-# Graph built-ins: a graph shipped inside a package, written once as nodes and edges CSV tables
-# (in a folder under the system temp directory, named by the package version) that then go
-# through the same graph ingest (components/data/graphs.py) as a user's tables.
+# Graph built-ins: a graph shipped inside a package, written once as nodes and edges CSV tables (in
+# a folder under the system temp directory, named by the package version and the writer's code)
+# that then go through the same graph ingest (components/data/graphs.py) as a user's tables.
 @dataclass(frozen=True)
 class GraphBuiltin:
     package: str
@@ -198,6 +198,8 @@ GRAPH_BUILTINS: dict[str, GraphBuiltin] = {
 
 def _resolve_graph_builtin(cfg: IngestConfig) -> IngestConfig:
     """Graph built-in `cfg.name`: its tables written (once per package version), read as CSV."""
+    import hashlib
+    import inspect
     import os
     import tempfile
     from importlib.metadata import version
@@ -206,7 +208,9 @@ def _resolve_graph_builtin(cfg: IngestConfig) -> IngestConfig:
 
     builtin = GRAPH_BUILTINS[cfg.name]
     package_folder(builtin)  # installed, else the error says how to install it
-    folder = Path(tempfile.gettempdir()) / f"kfx-builtin-{cfg.name}-{builtin.package}-{version(builtin.package)}"
+    # Named by the package version and the writer's code: a changed writer never reads stale tables.
+    code = hashlib.sha256(inspect.getsource(builtin.write).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"kfx-builtin-{cfg.name}-{builtin.package}-{version(builtin.package)}-{code}"
     if not (folder / "edges.csv").exists():
         staging = Path(tempfile.mkdtemp(prefix=f"kfx-builtin-{cfg.name}-"))
         builtin.write(staging)
