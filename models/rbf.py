@@ -1,28 +1,33 @@
 """rbf: a radial basis function network (Gaussian RBF layer, then the task's linear head).
 
-The transformed features are laid out as one vector per row (dense features as they are, so
+The transformed features are laid out as one vector per row x (dense features as they are, so
 standardized numbers; category ids one-hot; images flattened), and `units` Gaussian functions
 exp(-||x - c_k||^2 / (2 s_k^2)) with learnable centres c_k and widths s_k
 (models/prototype_layers.RadialBasis) feed the task's head: a linear output (regression; a
-softmax for classification). With `linear_term` the vector itself joins the basis functions
-before the head (an RBF network with a linear tail).
+softmax for classification). With `linear_term` (the default) x itself joins the basis
+functions before the head: an RBF network with a linear tail, which models what is linear in x
+(most of penguin body mass) with the linear part and leaves the basis functions the rest.
 
-The `fit` hook (models/__init__.py) first places the centres: k-means (`init: kmeans`,
-scikit-learn, seeded) on up to INIT_ROWS train rows, or a random sample of them (`init:
-sample`); each width starts at the root mean square distance of its k-means members to the
-centre (with a sample: to the nearest other centre). Then all weights train by gradient descent
-on the task's loss for `epochs` epochs (the hyperparameter, as the hook does not see train.epochs;
-early stopping and the other callbacks of train apply).
+Training is the classic two stages, then a fine-tune, in the `fit` hook (models/__init__.py):
+  1. centres by k-means (`init: kmeans`, scikit-learn, seeded) on up to INIT_ROWS train rows, or
+     a random sample of them (`init: sample`); each width is the root mean square distance of
+     its k-means members to the centre (with a sample: the distance to the nearest other centre);
+  2. a regression head by ridge least squares (penalty `ridge` on the weights, in the label's
+     standardized units), on the same rows; a classification head keeps its initialisation;
+  3. `epochs` epochs of gradient descent on the task's loss over all weights (the
+     hyperparameter: the hook does not see train.epochs; 0 skips it), with train's callbacks
+     (early stopping restores the best epoch).
 """
 from __future__ import annotations
 
-from kfx.models.space import COMMON, Boolean, Choice, Int
+from kfx.models.space import COMMON, Boolean, Choice, Float, Int
 
 SPACE = COMMON + (
-    Int("units", 2, 256, default=32),
+    Int("units", 2, 256, default=16),
     Choice("init", ("kmeans", "sample"), default="kmeans"),
-    Boolean("linear_term", default=False),
-    Int("epochs", 1, 2000, default=200),
+    Boolean("linear_term", default=True),
+    Float("ridge", 0.0, 100.0, default=1.0),
+    Int("epochs", 0, 2000, default=100),
 )
 RBF, ENCODER = "rbf", "encoder"
 INIT_ROWS, INIT_SEED = 5000, 0
@@ -76,18 +81,48 @@ def initial_centres(x, units: int, init: str, seed: int = INIT_SEED):
     return centres.astype("float32"), widths.astype("float32")
 
 
+def fit_regression_head(model, batches: list, ridge: float) -> bool:
+    """Set a regression head (Dense `output_standardized` -> Rescaling `output`, models/tasks/
+    regression.py) to the ridge least squares solution on `batches` of (features, label); False
+    (nothing done) for another head."""
+    import keras
+    import numpy as np
+
+    from kfx.models.tasks.base import OUTPUT
+
+    out = model.get_layer(OUTPUT)
+    if not isinstance(out, keras.layers.Rescaling):
+        return False
+    dense = model.get_layer(f"{OUTPUT}_standardized")
+    head_in = keras.Model(model.input, dense.input)
+    a = np.concatenate([np.asarray(head_in(f, training=False), np.float64) for f, _ in batches])
+    a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+    t = (np.concatenate([np.asarray(y, np.float64).reshape(-1) for _, y in batches]) - out.offset) / out.scale
+    # Ridge as least squares on rows sqrt(ridge) * I appended (the bias not penalised): with
+    # ridge 0 the minimum-norm solution, also when columns are collinear (one-hot groups).
+    penalty = np.sqrt(ridge) * np.eye(a.shape[1])[:-1]
+    beta = np.linalg.lstsq(np.concatenate([a, penalty]), np.concatenate([t, np.zeros(len(penalty))]), rcond=None)[0]
+    dense.kernel.assign(beta[:-1, None].astype("float32"))
+    dense.bias.assign(beta[-1:].astype("float32"))
+    return True
+
+
 def fit(model, train_ds, eval_ds, hp, callbacks):
-    """Centres and widths from the train rows, then `hp["epochs"]` epochs of the task's loss."""
+    """Centres and widths by k-means, a regression head by least squares, then `hp["epochs"]`
+    epochs of gradient descent on the task's loss (see the module doc)."""
     import numpy as np
 
     encoder, rbf = model.get_layer(ENCODER), model.get_layer(RBF)
-    rows, n = [], 0
-    for features, _ in train_ds:
+    batches, rows, n = [], [], 0
+    for features, y in train_ds:
+        batches.append((features, y))
         rows.append(np.asarray(encoder(features, training=False), dtype=np.float64))
         n += len(rows[-1])
         if n >= INIT_ROWS:
             break
-    centres, widths = initial_centres(np.concatenate(rows)[:INIT_ROWS], hp["units"], hp["init"])
+    centres, widths = initial_centres(np.concatenate(rows), hp["units"], hp["init"])
     rbf.centres.assign(centres)
     rbf.log_width.assign(np.log(widths))
-    model.fit(train_ds, validation_data=eval_ds, epochs=hp["epochs"], callbacks=callbacks, verbose=0)
+    fit_regression_head(model, batches, hp["ridge"])
+    if hp["epochs"]:
+        model.fit(train_ds, validation_data=eval_ds, epochs=hp["epochs"], callbacks=callbacks, verbose=0)

@@ -69,3 +69,18 @@ def test_schedules_and_initial_centres():
     assert np.all((widths > 0.05) & (widths < 0.3))  # rms distance of a blob's rows to its centre
     centres, widths = rbf.initial_centres(x[:3], 5, "sample")  # fewer rows than units: repeated
     assert centres.shape == (5, 2) and np.all(widths > 0)
+
+
+def test_rbf_regression_head_by_least_squares_fits_a_linear_target_exactly():
+    features = {"x": {"kind": "dense", "width": 2}, "c": {"kind": "ids", "cardinality": 3, "encoding": "one_hot"}}
+    task = {"type": "regression", "label": "y", "label_dtype": "float32", "vocabulary": None, "positive": None,
+            "mean": 10.0, "std": 4.0}
+    hp = {"units": 3, "init": "kmeans", "linear_term": True, "ridge": 0.0, "epochs": 0, "learning_rate": 1e-3}
+    model = rbf.build(features, task, hp)
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(40, 2)).astype("float32"), "c": rng.integers(0, 3, 40)}
+    y = 10.0 + 3.0 * batch["x"][:, 0] - batch["x"][:, 1] + 2.0 * (batch["c"] == 1)
+    assert rbf.fit_regression_head(model, [(batch, y)], ridge=0.0)
+    np.testing.assert_allclose(model(batch)[:, 0], y, atol=1e-3)
+    classify = rbf.build(features, {"type": "binary", "vocabulary": ["no", "yes"]}, hp)
+    assert not rbf.fit_regression_head(classify, [(batch, y)], ridge=0.0)  # not a regression head: untouched
