@@ -139,7 +139,7 @@ def test_reloaded_som_answers_the_nearest_prototype_of_its_transformed_input(tra
     import tensorflow as tf
 
     loaded, out = exported["som"]
-    protos = next(v.numpy() for v in loaded.variables if v.name.startswith("prototypes"))
+    protos = next(v.numpy() for v in loaded.variables if v.name.split(":")[0].endswith("prototypes"))
     rows, cols = protos.shape[:2]
     assert (rows, cols) == (8, 8)  # the space's defaults
     examples = [tf.train.Example(features=tf.train.Features(feature={
@@ -214,5 +214,7 @@ def test_served_family_answers_grpc_and_rest_with_the_in_process_outputs(trained
                  v[i].item() if isinstance(v[i], np.generic) else v[i]) for k, v in inputs.items()} for i in range(4)]
     status, body = rest_predict(process.rest_port, family, {"instances": rest})
     assert status == 200
+    # TF Serving's row format: a dict per row, or the value itself when there is one output.
+    rows = body["predictions"] if len(want) > 1 else [{k: v for k in want} for v in body["predictions"]]
     for key, value in want.items():
-        np.testing.assert_allclose([row[key] for row in body["predictions"]], value, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose([row[key] for row in rows], value, rtol=1e-5, atol=1e-5)
