@@ -32,7 +32,7 @@ PURITY_DIFFERENCE = "purity_difference"
 class Clustering(Task):
     NAME = "clustering"
     LABEL_STATISTIC = COUNTS
-    MONITORS = {"val_loss": "min", "loss": "min"}  # the family's loss: its quantization error
+    MONITORS = {"val_loss": "min"}  # the family's loss (the SOM: its quantization error)
     METRICS = ("purity", "silhouette", "clusters_used")
     FAIRNESS_METRICS = (PURITY_DIFFERENCE,)
     HEADLINE = ("purity",)
