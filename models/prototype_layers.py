@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kfx.models.som import ENCODER, SOM
+
 
 def squared_distances(x, centres):
     """||x_n - c_k||^2 [N, K] of rows x [N, D] and centres [K, D] (clipped at 0 against rounding)."""
@@ -79,15 +81,15 @@ class SelfOrganizingMap(keras.layers.Layer):
 
 
 class SomModel(keras.Model):
-    """A functional model holding a SelfOrganizingMap layer `som` fed by a sub-model `encoder`
+    """A functional model holding a SelfOrganizingMap layer `SOM` fed by a sub-model `ENCODER`
     (transformed features -> flat rows): fit applies the SOM rule (no loss, no optimizer) and
     reports the mean quantization error as `loss`."""
 
     def train_step(self, data):
-        return {"loss": self.get_layer("som").update(self.get_layer("encoder")(data[0], training=False))}
+        return {"loss": self.get_layer(SOM).update(self.get_layer(ENCODER)(data[0], training=False))}
 
     def test_step(self, data):
-        d2 = self.get_layer("som")(self.get_layer("encoder")(data[0], training=False))
+        d2 = self.get_layer(SOM)(self.get_layer(ENCODER)(data[0], training=False))
         return {"loss": ops.mean(ops.sqrt(ops.min(d2, axis=1)))}
 
 

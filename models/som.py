@@ -27,7 +27,7 @@ SPACE = (
     Float("learning_rate_end", 0.001, 0.5, default=0.02, sampling="log"),
     Int("epochs", 1, 500, default=30),
 )
-SOM, ENCODER = "som", "encoder"  # layer names models/prototype_layers.SomModel uses
+SOM, ENCODER = "som", "encoder"  # the layers models/prototype_layers.SomModel trains
 CLUSTER, ROW, COL, DISTANCE = "cluster", "row", "col", "distance"
 INIT_SEED = 0
 
