@@ -16,6 +16,7 @@ TASKS: dict[str, str] = {
     "multiclass": "kfx.models.tasks.multiclass:Multiclass",
     "regression": "kfx.models.tasks.regression:Regression",
     "forecast": "kfx.models.tasks.forecast:Forecast",
+    "clustering": "kfx.models.tasks.clustering:Clustering",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
 AUTO = "auto"  # transform.task: pick from the label (see `auto`)
