@@ -51,13 +51,14 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return inverse, [str(n) for n in names]
 
 
-def _scored(model: str, data, label: str, cfg, where: str):
-    """(task, outcomes) of `model` on `data`."""
+def _scored(model: str, data, label: str, cfg, where: str, read_split=None):
+    """(task, outcomes) of `model` on `data`; `read_split(name)` reads another split for the task."""
     from kfx.pipeline.artifacts.scoring import score
 
     task, scores = score(model, data, cfg.batch_size, where=where)
     try:
-        return task, task.add_inputs(task.outcomes(data.frame[label], scores, cfg.threshold), data.frame)
+        o = task.add_inputs(task.outcomes(data.frame[label], scores, cfg.threshold), data.frame)
+        return task, task.add_model_inputs(o, model, data.serialized, read_split)
     except ValueError as err:
         raise ComponentError(f"{where}model {model}: {err}") from None
 
@@ -229,7 +230,8 @@ def run(ctx: Context) -> dict[str, Any]:
     if not data.rows:
         raise ComponentError(f"evaluate: split {cfg.split!r} has no rows")
     model = ctx.inputs["model"]
-    task, o = _scored(model, data, label, cfg, "evaluate: ")
+    task, o = _scored(model, data, label, cfg, "evaluate: ",
+                      lambda split: read_split(ctx.inputs["examples"], split, columns, cfg.batch_size))
     sensitive = list(cfg.fairness.sensitive) if cfg.fairness.sensitive is not None else sensitive_keys(schema)
     _check_config(cfg, columns, sensitive, task)
 
@@ -306,5 +308,6 @@ SPEC = ComponentSpec(
     code=("kfx.models.tasks", "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}),
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
-          "kfx.components.evaluation.samples",
+          "kfx.components.evaluation.samples", "kfx.components.evaluation.clusters",
+          "kfx.components.evaluation.references",
           "kfx.pipeline.artifacts.scoring"))

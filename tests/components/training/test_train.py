@@ -325,3 +325,27 @@ def test_multi_worker_mirrored_strategy_on_loopback(built, tmp_path):
     scores = [tf.saved_model.load(r["outputs"]["model"]).signatures["classify"](inputs=records)["scores"].numpy()
               for r in results]
     assert np.allclose(scores[0], scores[1], atol=1e-5)
+
+
+def test_the_export_carries_its_keras_side_and_it_gives_the_served_outputs(built, loaded, tmp_path):
+    """load_trainer rebuilds the preprocessing layer and the Keras model from the export alone
+    (what evaluate differentiates through); on raw rows it answers what serving_default does."""
+    import tensorflow as tf
+
+    from kfx.components.training.export import TRAINER_DIR, TRAINER_WEIGHTS, load_trainer
+    from kfx.models.preprocess import raw_feature_spec
+
+    model_dir = built["outputs"]["train"]["model"]
+    pre, model, spec = load_trainer(model_dir)
+    records = _serialized(built["outputs"]["ingest"]["examples"], "test", 40)
+    raw = tf.io.parse_example(tf.constant(records), raw_feature_spec(spec))
+    keras_side = model(pre(raw), training=False).numpy()
+    served = loaded.signatures["serving_default"](**raw)["probabilities"].numpy()
+    assert keras_side.shape[0] == served.shape[0] == 40
+    assert np.allclose(keras_side.reshape(40, -1)[:, -1], served[:, 1], atol=1e-5)
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    os.remove(broken / TRAINER_DIR / TRAINER_WEIGHTS)
+    with pytest.raises(FileNotFoundError, match="older kfx: re-run train"):
+        load_trainer(str(broken))
