@@ -31,6 +31,7 @@ FAMILIES: dict[str, str] = {
     "transformer": "kfx.models.transformer",
     "som": "kfx.models.som",
     "rbf": "kfx.models.rbf",
+    "gnn": "kfx.models.gnn",
 }
 BUILD_PARAMS = ("features", "task", "hp")
 HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),
