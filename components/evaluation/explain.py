@@ -518,23 +518,23 @@ def render(ex: dict) -> str:
     if ig:
         parts.append(f"<p>Completeness: median |sum of attributions &minus; (f(x) &minus; f(baseline))| is "
                      f"{ig['completeness_error']:.2%} of |f(x) &minus; f(baseline)| ({ig['steps']} steps).</p>")
-    groups = sorted(set((perm or {}).get("groups", {})) | set((ig or {}).get("groups", {})))
-    if groups and len(ex["features"]) > 1:
-        parts.append("<h3>Importance by sensitive group</h3>")
-        cols = []
-        if perm:
-            cols += [(f"{perm['metric']} drop: {g} (n={perm['groups'][g]['rows']})",
-                      perm["groups"][g]["features"]) for g in groups if g in perm["groups"]]
-        if ig:
-            cols += [(f"IG |attr|: {g} (n={ig['groups'][g]['rows']})", ig["groups"][g]["mean_abs"])
-                     for g in groups if g in ig["groups"]]
-        parts.append(table(["feature", *[c for c, _ in cols]],
-                           [[f, *[v.get(f) for _, v in cols]] for f in ex["features"]]))
+    order = sorted(ex["features"], key=lambda f: -ex["importance_share"].get(f, 0))
+    if len(order) > 1:
+        for what, by_group, title in (
+                ("permutation", {g: v["features"] for g, v in ((perm or {}).get("groups") or {}).items()},
+                 f"{(perm or {}).get('metric')} drop when shuffled"),
+                ("integrated gradients", {g: v["mean_abs"] for g, v in ((ig or {}).get("groups") or {}).items()},
+                 "mean |attribution|")):
+            if by_group:
+                counts = (perm if what == "permutation" else ig)["groups"]
+                parts.append(f"<h3>Importance by sensitive group: {what} ({_e(title)})</h3>")
+                parts.append(table(["feature", *[f"{g} (n={counts[g]['rows']})" for g in by_group]],
+                                   [[f, *[v.get(f) for v in by_group.values()]] for f in order]))
     assoc = ex.get("associations") or {}
     if assoc:
         sens = list(assoc)
         flagged = {(p["feature"], p["sensitive"]) for p in ex["proxies"]}
-        feats = sorted(ex["features"], key=lambda f: -ex["importance_share"].get(f, 0))
+        feats = order
         parts.append("<h3>Proxies for sensitive attributes</h3><p>Association of each feature with each "
                      "sensitive feature on the sampled rows (Cramér's V; correlation ratio for numbers) beside "
                      f"its share of the importance. Flagged (red): association &ge; {ex['proxy_association']} "
