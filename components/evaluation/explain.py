@@ -441,8 +441,8 @@ def _integrated(cfg, task, o, data, rows: np.ndarray, model_uri: str, config_dir
         kind = outputs.get(name, {}).get("kind")
         total = a.reshape(len(chosen), -1).sum(1)
         per_feature[raw_name] = per_feature.get(raw_name, 0) + total
-        if kind == IMAGE:
-            arrays[f"pixels__{raw_name}"] = a.astype(np.float32)
+        if kind == IMAGE:  # summed over channels: one value per pixel
+            arrays[f"pixels__{raw_name}"] = a.reshape(*a.shape[:3], -1).sum(-1).astype(np.float32)
         elif kind == SEQUENCE:
             state = next(t["state"] for t in spec["transforms"] if t["output"] == name)
             ids = transformed[name].astype(np.int64)
@@ -469,10 +469,13 @@ def _integrated(cfg, task, o, data, rows: np.ndarray, model_uri: str, config_dir
     if detailed:
         labels = task.prediction_labels(o, o.y)
         preds = task.prediction_labels(o, o.pred)
-        for i, r in enumerate(chosen[:SHOWN]):
+        order = [i for i in range(len(chosen)) if wrong[chosen[i]]][:SHOWN // 2]
+        order += [i for i in range(len(chosen)) if not wrong[chosen[i]]][:SHOWN - len(order)]
+        for i in sorted(order):
+            r = chosen[i]
             item = {"row": int(r), "label": _plain(labels[r]), "prediction": _plain(preds[r]),
                     "correct": bool(not wrong[r]), "output": float(res["output"][i]),
-                    "target": _plain(task.classes[res["target"][i]]) if task.classes else None}
+                    "target": _target_name(task, res["target"][i])}
             for f in features:
                 if f"pixels__{f}" in arrays:
                     img = stored_image(data.frame[f][r]) if not data.missing[f][r] else None
@@ -486,6 +489,13 @@ def _integrated(cfg, task, o, data, rows: np.ndarray, model_uri: str, config_dir
                                                        for x in arrays[f"token_attributions__{f}"][i][keep]]}
             shown.append(item)
     return summary, arrays
+
+
+def _target_name(task, column: int):
+    """What an output column means: a binary model's one column is P(positive)."""
+    if not task.classes:
+        return None
+    return task.info.get("positive") or task.classes[column] if len(task.classes) == 2 else task.classes[column]
 
 
 def _plain(value):
@@ -502,7 +512,11 @@ def render(ex: dict) -> str:
     parts += [f"<p><i>{_e(n)}</i></p>" for n in ex["notes"]]
     perm, ig = ex.get("permutation"), ex.get("integrated_gradients")
     plots = []
-    if perm:
+    if perm and len(ex["features"]) == 1:  # one input (an image, a text): no ranking to draw
+        v = perm["features"][ex["features"][0]]
+        parts.append(f"<p>Shuffling <b>{_e(ex['features'][0])}</b> across rows drops {perm['metric']} by "
+                     f"{_fmt(v['mean'], 3)} (from {_fmt(perm['base'], 3)}).</p>")
+    elif perm:
         feats = sorted(perm["features"], key=lambda f: -(perm["features"][f]["mean"] or 0))
         plots.append(bar_chart("explain-permutation",
                                f"Permutation importance: {perm['metric']} drop (base {_fmt(perm['base'], 3)})", feats,
@@ -510,7 +524,7 @@ def render(ex: dict) -> str:
                                {"drop": [(None if v["mean"] is None or v["std"] is None
                                           else (v["mean"] - v["std"], v["mean"] + v["std"]))
                                          for v in (perm["features"][f] for f in feats)]}))
-    if ig:
+    if ig and len(ig["mean_abs"]) > 1:
         feats = sorted(ig["mean_abs"], key=lambda f: -ig["mean_abs"][f])
         plots.append(bar_chart("explain-ig", f"Integrated gradients: mean |attribution| ({ig['rows']} rows, "
                                f"{ig['baseline']} baseline)", feats, {"mean |attr|": [ig["mean_abs"][f] for f in feats]}))
