@@ -282,7 +282,7 @@ def run(ctx: Context) -> dict[str, Any]:
         from kfx.components.evaluation.explain import explain
 
         ev["explanations"] = explain(cfg.explain, task, o, data, model, sensitive, numeric, ctx.pipeline.config_dir,
-                                     cfg.threshold, cfg.batch_size, out_eval, ctx.log)
+                                     cfg.threshold, cfg.batch_size, cfg.numeric_buckets, out_eval, ctx.log)
     ev["seconds"] = time.time() - started
 
     _write_json(f"{out_eval}/{EVALUATION_FILE}", ev)

@@ -157,7 +157,7 @@ def integrated_gradients(model, inputs: dict, steps: int = 32, baseline: str = "
 def importance_metric(task) -> tuple[str, bool]:
     """(metric, lower is better) permutation importance measures: AUC when the task has it, else
     the task's headline metric."""
-    metric = "auc" if "auc" in task.METRICS else task.HEADLINE[0]
+    metric = "auc" if "auc" in task.METRICS else (getattr(task, "HEADLINE", ()) or task.METRICS)[0]
     return metric, metric in task.LOWER_IS_BETTER
 
 
@@ -327,7 +327,7 @@ def _token_strings(ids: np.ndarray, vocabulary: list[str]) -> np.ndarray:
 
 
 def explain(cfg, task, o, data, model_uri: str, sensitive: list[str], numeric: set[str], config_dir: str,
-            threshold: float, batch_size: int, out_uri: str, log=None) -> dict:
+            threshold: float, batch_size: int, buckets: int, out_uri: str, log=None) -> dict:
     """The `explanations` section of evaluation.json; writes ATTRIBUTIONS_FILE under `out_uri`.
 
     Args:
@@ -335,12 +335,14 @@ def explain(cfg, task, o, data, model_uri: str, sensitive: list[str], numeric: s
         task, o: the model's task and its Outcomes on the evaluated split; data: the split.
         model_uri: the SavedModel; sensitive: sensitive features; numeric: numeric columns.
         config_dir: where the user's family module is looked up (load_trainer).
-        threshold, batch_size: evaluate's decision threshold and scoring batch.
+        threshold, batch_size, buckets: evaluate's decision threshold, scoring batch and quantile
+            buckets of numeric sensitive features.
         out_uri: the evaluation output directory.
     """
     import tensorflow as tf
 
-    from kfx.pipeline.artifacts.scoring import Split, feature_inputs, load, wire_name, input_specs
+    from kfx.components.evaluation.metrics import slice_values
+    from kfx.pipeline.artifacts.scoring import Split, feature_inputs, input_specs, load, wire_name
 
     started = time.time()
     fn = load(model_uri).signatures["serving_default"]
@@ -360,8 +362,8 @@ def explain(cfg, task, o, data, model_uri: str, sensitive: list[str], numeric: s
         return np.concatenate(parts).astype(np.float64)
 
     groups = {}
-    for s in sensitive:
-        codes = np.asarray(frame[s]).astype(str)
+    for s in sensitive:  # numeric ones in quantile buckets, as evaluate's fairness groups them
+        codes = slice_values(frame, (s,), numeric, buckets).astype(str)
         for value in np.unique(codes[~missing[s]]):
             groups[f"{s}={value}"] = (codes == value) & ~missing[s]
     perm = None
@@ -376,7 +378,8 @@ def explain(cfg, task, o, data, model_uri: str, sensitive: list[str], numeric: s
     try:
         ig, ig_arrays = _integrated(cfg, task, o, data, rows, model_uri, config_dir, groups)
         arrays.update(ig_arrays)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError, KeyError, NotImplementedError) as err:
+        # No Keras side (another tool's export), or a model whose inputs this cannot interpolate.
         result["notes"].append(f"integrated gradients skipped: {err}")
     result["integrated_gradients"] = ig
     tabular = [f for f in raw if np.ndim(frame[f]) == 1 and not _is_bytes(frame[f])]
@@ -579,7 +582,8 @@ def render(ex: dict) -> str:
             spans = "".join(
                 f"<span style='background:{_color(a / top)}' title='{a:+.4f}'>{_e(tok)}</span> "
                 for tok, a in zip(t["tokens"], t["attributions"]))
-            items.append(f"<li class='{'right' if s['correct'] else 'wrong'}'><b>{_e(s['label'])} &rarr; "
+            style = "" if s["correct"] else " style='color:#d62728'"
+            items.append(f"<li class='{'right' if s['correct'] else 'wrong'}'><b{style}>{_e(s['label'])} &rarr; "
                          f"{_e(s['prediction'])}</b> (row {s['row']}, attributing {_e(s['target'])}): {spans}</li>")
         parts.append("<h3>Token attributions</h3><p>Integrated gradients per token (green raises the "
                      "explained class's probability, red lowers it; hover for the value).</p>"

@@ -114,7 +114,7 @@ def test_permutation_importance_ranks_label_features_above_noise(art):
     assert perm["metric"] == "auc" and perm["base"] == pytest.approx(ev["overall"]["auc"], abs=1e-6)
     drop = {f: v["mean"] for f, v in perm["features"].items()}
     # The label depends on age and hours; race is noise (the fixture's data).
-    assert min(drop["age"], drop["hours"]) > 0.05 > abs(drop["race"])
+    assert min(drop["age"], drop["hours"]) > 0.02 > abs(drop["race"])
     assert drop["age"] > drop["race"] and drop["hours"] > drop["sex"]
     assert set(perm["groups"]) == {"sex=Female", "sex=Male", "race=Asian", "race=Black", "race=Other",
                                    "race=White"}
