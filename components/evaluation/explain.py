@@ -346,7 +346,7 @@ def explain(cfg, task, o, data, model_uri: str, sensitive: list[str], numeric: s
 
     started = time.time()
     fn = load(model_uri).signatures["serving_default"]
-    raw = [wire_name(a, s) for a, s in input_specs(fn).items()]
+    raw = sorted(wire_name(a, s) for a, s in input_specs(fn).items())  # fixed order: same shuffles each run
     rows = _sample(data.rows, cfg.rows, cfg.seed)
     frame = {k: v[rows] for k, v in data.frame.items()}
     missing = {k: v[rows] for k, v in data.missing.items()}
