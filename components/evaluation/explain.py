@@ -378,8 +378,9 @@ def explain(cfg, task, o, data, model_uri: str, sensitive: list[str], numeric: s
     try:
         ig, ig_arrays = _integrated(cfg, task, o, data, rows, model_uri, config_dir, groups)
         arrays.update(ig_arrays)
-    except (FileNotFoundError, ValueError, KeyError, NotImplementedError) as err:
-        # No Keras side (another tool's export), or a model whose inputs this cannot interpolate.
+    except (FileNotFoundError, ValueError, KeyError, NotImplementedError, TypeError) as err:
+        # No Keras side (another tool's export), or a model this cannot interpolate (not a
+        # functional model of one output): said in the report, the rest of evaluate goes on.
         result["notes"].append(f"integrated gradients skipped: {err}")
     result["integrated_gradients"] = ig
     tabular = [f for f in raw if np.ndim(frame[f]) == 1 and not _is_bytes(frame[f])]
@@ -414,6 +415,9 @@ def _integrated(cfg, task, o, data, rows: np.ndarray, model_uri: str, config_dir
     from kfx.models.preprocess import raw_feature_spec
 
     pre, model, spec = load_trainer(model_uri, config_dir)
+    if not getattr(model, "inputs", None) or len(getattr(model, "outputs", None) or ()) != 1:
+        raise ValueError(f"integrated gradients need a functional Keras model with one output; "
+                         f"{type(model).__name__} of the export is not")
     outputs = spec["outputs"]
     detailed = any(v["kind"] in (IMAGE, SEQUENCE) for v in outputs.values())
     wrong = (o.y != o.pred) if task.classes is not None else np.zeros(data.rows, bool)
