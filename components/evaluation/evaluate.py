@@ -12,7 +12,8 @@ Inputs: examples, schema, model, baseline_model (optional).
 Outputs:
     evaluation: evaluation.json (overall, slices, fairness, mitigation, baseline comparison) and
         report.html (self-contained, inline SVG plots; sample images with their predictions for
-        image models, components/evaluation/samples.py).
+        image models, components/evaluation/samples.py), and attributions.npz (feature, token and
+        pixel attributions; permutation importance: components/evaluation/explain.py).
     blessing: blessing.json ({blessed, checks, reasons, decision_thresholds}) and an empty
         BLESSED or NOT_BLESSED file (TFX's marker).
     predictions: predictions.csv.gz, one row per example: label, score, prediction (and the
@@ -278,9 +279,14 @@ def run(ctx: Context) -> dict[str, Any]:
             "feature": ev["mitigation"]["feature"], "positive_class": ev["positive_class"],
             "default": cfg.threshold, "groups": ev["mitigation"]["thresholds"],
             "applies": "predict the positive class when P(positive) >= the threshold of the row's group"}
+    out_eval, out_bless = ctx.outputs[EVALUATION], ctx.outputs[BLESSING]
+    if cfg.explain.enabled:  # components/evaluation/explain.py; attributions.npz beside the report
+        from kfx.components.evaluation.explain import explain
+
+        ev["explanations"] = explain(cfg.explain, task, o, data, model, sensitive, numeric, ctx.pipeline.config_dir,
+                                     cfg.threshold, cfg.batch_size, cfg.numeric_buckets, out_eval, ctx.log)
     ev["seconds"] = time.time() - started
 
-    out_eval, out_bless = ctx.outputs[EVALUATION], ctx.outputs[BLESSING]
     _write_json(f"{out_eval}/{EVALUATION_FILE}", ev)
     with tf.io.gfile.GFile(f"{out_eval}/{REPORT_FILE}", "w") as f:
         f.write(render(ev, blessing, task))
@@ -309,5 +315,5 @@ SPEC = ComponentSpec(
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
           "kfx.components.evaluation.samples", "kfx.components.evaluation.clusters",
-          "kfx.components.evaluation.references",
+          "kfx.components.evaluation.references", "kfx.components.evaluation.explain",
           "kfx.pipeline.artifacts.scoring"))
