@@ -29,6 +29,9 @@ FAMILIES: dict[str, str] = {
     "bilstm": "kfx.models.bilstm",
     "cnn1d": "kfx.models.cnn1d",
     "transformer": "kfx.models.transformer",
+    "som": "kfx.models.som",
+    "rbf": "kfx.models.rbf",
+    "gnn": "kfx.models.gnn",
     "gan": "kfx.models.gan",
 }
 BUILD_PARAMS = ("features", "task", "hp")

@@ -14,6 +14,12 @@ classifier.cc / regressor.cc reject that, so the method names are rewritten in s
 after saving (the same fix TFX applies). Warmup requests (PredictionLog of PredictRequests from
 real rows) go to assets.extra/tf_serving_warmup_requests, and the task description to
 assets.extra/kfx_task.json (what evaluate scores the model by).
+
+The Keras side of the same model goes to assets.extra/kfx_trainer/ (transform.json, trainer.json
+naming the family and its hyperparameters, model.weights.h5): `load_trainer` rebuilds the
+preprocessing layer and the trained Keras model from it, so evaluate can differentiate through
+them (integrated gradients, adversarial examples), which the SavedModel's graph functions,
+whose inputs are raw strings and encoded images, do not allow. TF Serving ignores the folder.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from typing import Any
 SERVING_DEFAULT = "serving_default"
 TRANSFORM_FEATURES = "transform_features"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+TRAINER_DIR = "assets.extra/kfx_trainer"
+TRAINER_SPEC, TRAINER_INFO, TRAINER_WEIGHTS = "transform.json", "trainer.json", "model.weights.h5"
 
 
 def _input_signature(spec: dict) -> dict:
@@ -71,7 +79,7 @@ def make_functions(preprocessor, model, spec: dict) -> dict[str, Any]:
 
 
 def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None = None,
-           model_name: str = "model") -> list[str]:
+           model_name: str = "model", trainer: dict | None = None) -> list[str]:
     """Write the SavedModel at `path` (a directory TF Serving serves as one version).
 
     Args:
@@ -81,6 +89,8 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
         spec: transform.json contents.
         warmup_rows: raw feature name -> array of a few real rows for warmup requests.
         model_name: model_spec.name in the warmup requests.
+        trainer: {"model": the family reference, "hyperparameters": its values}: writes the Keras
+            side of the model (`load_trainer`) when given.
 
     Returns:
         The signature names written.
@@ -104,7 +114,64 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
         # A task whose serving_default does not take the raw features gives its own requests.
         own = task.request_inputs(functions[SERVING_DEFAULT][1][0], n)
         write_warmup(path, own if own is not None else warmup_rows, model_name)
+    if trainer is not None:
+        save_trainer(path, model, spec, trainer)
     return sorted(functions)
+
+
+def save_trainer(path: str, model, spec: dict, trainer: dict) -> None:
+    """Write the Keras side of an export (read back by `load_trainer`) under `path`/TRAINER_DIR."""
+    import json
+    import os
+    import tempfile
+
+    import tensorflow as tf
+
+    out = f"{path}/{TRAINER_DIR}"
+    tf.io.gfile.makedirs(out)
+    for name, obj in ((TRAINER_SPEC, spec), (TRAINER_INFO, trainer)):
+        with tf.io.gfile.GFile(f"{out}/{name}", "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+    # Keras writes weights to local files only; the artifact root may be an object store.
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, TRAINER_WEIGHTS)
+        model.save_weights(local)
+        tf.io.gfile.copy(local, f"{out}/{TRAINER_WEIGHTS}", overwrite=True)
+
+
+def load_trainer(path: str, config_dir: str = "") -> tuple[Any, Any, dict]:
+    """(preprocessing layer, trained Keras model, transform spec) of an export written with `trainer`.
+
+    Args:
+        path: the SavedModel directory (a train output or a pushed version).
+        config_dir: the folder a user's family reference is relative to.
+
+    Raises:
+        FileNotFoundError: the export has no Keras side (written by an older kfx, or not by kfx).
+    """
+    import json
+    import os
+    import tempfile
+
+    import tensorflow as tf
+
+    from kfx import models
+    from kfx.models.preprocess import make_preprocessor
+
+    src = f"{path}/{TRAINER_DIR}"
+    if not tf.io.gfile.exists(f"{src}/{TRAINER_WEIGHTS}"):
+        raise FileNotFoundError(f"model {path} has no Keras weights ({TRAINER_DIR}/{TRAINER_WEIGHTS}); "
+                                f"it was exported by an older kfx: re-run train")
+    with tf.io.gfile.GFile(f"{src}/{TRAINER_SPEC}") as f:
+        spec = json.load(f)
+    with tf.io.gfile.GFile(f"{src}/{TRAINER_INFO}") as f:
+        trainer = json.load(f)
+    model = models.get(trainer["model"], config_dir).build(spec["outputs"], spec["task"], trainer["hyperparameters"])
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, TRAINER_WEIGHTS)
+        tf.io.gfile.copy(f"{src}/{TRAINER_WEIGHTS}", local)
+        model.load_weights(local)
+    return make_preprocessor(spec), model, spec
 
 
 def set_method_names(path: str, methods: dict[str, str]) -> None:

@@ -273,7 +273,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
     out = ctx.outputs[MODEL]
     signatures = modeling_export.export(out, pre, model, spec, _warmup_rows(examples, spec, cfg.warmup_requests),
-                                        model_name=ctx.pipeline.name)
+                                        model_name=ctx.pipeline.name,
+                                        trainer={"model": cfg.model, "hyperparameters": hp})
     functions = modeling_export.make_functions(pre, model, spec)
     metrics: dict[str, Any] = {"rows": spec["train_rows"], "model": cfg.model, "strategy": strategy_name,
                                "replicas": strategy.num_replicas_in_sync, "chief": is_chief(),
