@@ -84,15 +84,20 @@ def _plain(value):
 
 def render(samples: dict) -> str:
     """The report section: a grid of the images, each captioned 'true -> predicted' (red when wrong)."""
-    from kfx.components.evaluation.report import _e, _fmt
+    from kfx.components.evaluation.report import _e
 
-    cells = []
-    for r in samples["rows"]:
-        cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
-        cells.append(f"<figure class='sample {cls}'><img src='data:{r['mime']};base64,{r['data']}' "
-                     f"alt='row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}'>"
-                     f"<figcaption>{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
-                     f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small></figcaption></figure>")
+    cells = [figure(r) for r in samples["rows"]]
     return (f"<h2>Sample images</h2><p>{len(samples['rows'])} images of <b>{_e(samples['feature'])}</b> with "
             f"true &rarr; predicted label; misclassified first, in red ({samples['misclassified']:,} "
             f"misclassified in the split).</p><div class='samples'>{''.join(cells)}</div>")
+
+
+def figure(r: dict) -> str:
+    """One image of a samples' row, captioned 'true -> predicted' (red when wrong), row and score."""
+    from kfx.components.evaluation.report import _e, _fmt
+
+    cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
+    return (f"<figure class='sample {cls}'><img src='data:{r['mime']};base64,{r['data']}' "
+            f"alt='row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}'>"
+            f"<figcaption>{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
+            f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small></figcaption></figure>")
