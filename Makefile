@@ -43,9 +43,12 @@ $(AIRFLOW_STAMP): Makefile
 run: install
 	$(BIN)/kfx run -c $(CONFIG)
 
+# Two pytest workers, one per core, each taking whole test files (module fixtures are built once):
+# much of a test's time is spent waiting on subprocesses, servers and imports, which the other
+# worker fills. The slowest tests are listed at the end.
 test: install airflow chromium
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # Headless Chromium renders the evaluation report in tests/components/test_evaluate.py.
 chromium:
