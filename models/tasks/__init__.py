@@ -16,8 +16,10 @@ TASKS: dict[str, str] = {
     "multiclass": "kfx.models.tasks.multiclass:Multiclass",
     "regression": "kfx.models.tasks.regression:Regression",
     "forecast": "kfx.models.tasks.forecast:Forecast",
+    "anomaly": "kfx.models.tasks.anomaly:Anomaly",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
+ANOMALY = "anomaly"
 AUTO = "auto"  # transform.task: pick from the label (see `auto`)
 
 
