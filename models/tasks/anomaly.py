@@ -101,7 +101,8 @@ class Anomaly(Task):
         return mean_score, []
 
     def calibrate(self, labels, scores) -> dict:
-        """The threshold: the eval normal rows' score that leaves `false_positive_rate` of them above it.
+        """The threshold: midway between the eval normal rows' scores that leave `false_positive_rate`
+        of them above it (the highest normal score when that share is below one row).
 
         Raises:
             ValueError: the eval split has no normal row.
@@ -111,7 +112,9 @@ class Anomaly(Task):
             raise ValueError(f"the eval split has no normal row (label {self.label!r} in {self.normal}) to pick "
                              f"the anomaly threshold on")
         allowed = int(np.floor(self.info[FALSE_POSITIVE_RATE] * len(normal) + 1e-9))
-        threshold = float(normal[len(normal) - 1 - allowed])
+        cut = len(normal) - 1 - allowed
+        # Midway to the next score up: a served model's float noise does not move a row across it.
+        threshold = float(normal[cut] if allowed == 0 else (normal[cut] + normal[cut + 1]) / 2)
         observed = float(np.mean(normal > threshold))
         return {**self.info, THRESHOLD: threshold, "threshold_rows": len(normal), "eval_false_positive_rate": observed}
 

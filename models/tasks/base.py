@@ -128,7 +128,8 @@ class Task:
     def calibrate(self, labels: np.ndarray, scores: np.ndarray) -> dict:
         """The task description after training, given the eval split's labels and `SCORE_OUTPUT`
         values (train calls it before export, so the exported model carries what it picked, such as
-        a decision threshold); unchanged by default."""
+        a decision threshold); unchanged by default. What it picks must not change the
+        `SCORE_OUTPUT` values, only what is decided from them."""
         return self.info
 
     def decode_output(self, y, features):
