@@ -85,6 +85,14 @@ class AnomalyOptions(Section):
     normal_values: tuple[str, ...] = Field(min_length=1, description="Label values of normal rows, e.g. ['0'].")
     false_positive_rate: float = Field(0.05, gt=0, lt=1, description="Share of normal eval rows flagged anomalous.")
 
+    @field_validator("normal_values", mode="before")
+    @classmethod
+    def _as_text(cls, value):
+        # An integer label's values may be written as numbers: [0] means ["0"].
+        if isinstance(value, (list, tuple)):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
     @field_validator("normal_values")
     @classmethod
     def _distinct(cls, value):

@@ -93,5 +93,5 @@ def test_config_errors_name_the_key(section, message):
 
     with pytest.raises(ValidationError, match=message):
         TransformConfig.model_validate(section)
-    assert TransformConfig.model_validate({"task": "anomaly", "anomaly": {"normal_values": ["0"]}}).anomaly.\
-        false_positive_rate == 0.05
+    ok = TransformConfig.model_validate({"task": "anomaly", "anomaly": {"normal_values": [0, "7"]}}).anomaly
+    assert ok.normal_values == ("0", "7") and ok.false_positive_rate == 0.05
