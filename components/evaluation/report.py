@@ -172,6 +172,10 @@ def render(ev: dict, blessing: dict, task) -> str:
         from kfx.components.evaluation.decoded import render as render_decoded
 
         parts.append(render_decoded(ev["decoded_samples"]))
+    if ev.get("explanations"):  # components/evaluation/explain.py
+        from kfx.components.evaluation.explain import render as render_explanations
+
+        parts.append(render_explanations(ev["explanations"]))
 
     parts.append("<h2>Slices</h2>")
     slice_plots = []

@@ -16,6 +16,8 @@ TASKS: dict[str, str] = {
     "multiclass": "kfx.models.tasks.multiclass:Multiclass",
     "regression": "kfx.models.tasks.regression:Regression",
     "forecast": "kfx.models.tasks.forecast:Forecast",
+    "clustering": "kfx.models.tasks.clustering:Clustering",
+    "node_classification": "kfx.models.tasks.node_classification:NodeClassification",
     "anomaly": "kfx.models.tasks.anomaly:Anomaly",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
