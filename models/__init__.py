@@ -33,6 +33,7 @@ FAMILIES: dict[str, str] = {
     "som": "kfx.models.som",
     "rbf": "kfx.models.rbf",
     "gnn": "kfx.models.gnn",
+    "gan": "kfx.models.gan",
     "autoencoder": "kfx.models.autoencoder",
     "denoising_autoencoder": "kfx.models.denoising_autoencoder",
     "vae": "kfx.models.vae",

@@ -48,9 +48,9 @@ def _signature_names(model_uri: str) -> set[str]:
 
 def render(decoded: dict) -> str:
     """The report section: the decoded images as a grid."""
-    from kfx.components.evaluation.samples import figure
+    from kfx.components.evaluation.samples import image_figure
 
-    cells = [figure(r, f"decoded sample {i}") for i, r in enumerate(decoded["rows"])]
+    cells = [image_figure(r, f"decoded sample {i}") for i, r in enumerate(decoded["rows"])]
     return (f"<h2>Decoded samples</h2><p>{len(cells)} images the <b>{decoded['signature']}</b> signature makes "
             f"of random codes (N(0, I) in {decoded['latent_dim']} dimensions, seed {decoded['seed']}).</p>"
             f"<div class='samples decoded'>{''.join(cells)}</div>")

@@ -84,20 +84,25 @@ def _plain(value):
 
 def render(samples: dict) -> str:
     """The report section: a grid of the images, each captioned 'true -> predicted' (red when wrong)."""
-    from kfx.components.evaluation.report import _e, _fmt
+    from kfx.components.evaluation.report import _e
 
-    cells = []
-    for r in samples["rows"]:
-        cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
-        cells.append(figure(r, f"row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}",
-                            f"{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
-                            f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small>", cls))
+    cells = [figure(r) for r in samples["rows"]]
     return (f"<h2>Sample images</h2><p>{len(samples['rows'])} images of <b>{_e(samples['feature'])}</b> with "
             f"true &rarr; predicted label; misclassified first, in red ({samples['misclassified']:,} "
             f"misclassified in the split).</p><div class='samples'>{''.join(cells)}</div>")
 
 
-def figure(image: dict, alt: str, caption: str = "", cls: str = "") -> str:
+def figure(r: dict) -> str:
+    """One image of a samples' row, captioned 'true -> predicted' (red when wrong), row and score."""
+    from kfx.components.evaluation.report import _e, _fmt
+
+    cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
+    return image_figure(r, f"row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}",
+                        f"{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
+                        f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small>", cls)
+
+
+def image_figure(image: dict, alt: str, caption: str = "", cls: str = "") -> str:
     """One stored image ({"mime", "data" (base64)}) as an HTML figure; `alt` and `caption` are HTML."""
     text = f"<figcaption>{caption}</figcaption>" if caption else ""
     return (f"<figure class='sample {cls}'><img src='data:{image['mime']};base64,{image['data']}' alt='{alt}'>"

@@ -287,7 +287,8 @@ def run(ctx: Context) -> dict[str, Any]:
     functions = modeling_export.make_functions(pre, model, spec)
     # The scores do not depend on what `calibrate` picks on the eval split (e.g. a threshold),
     # which the export then carries.
-    scored = {s: split_scores(functions, examples, s, spec) for s in ("eval", "test") if s in _splits(examples)}
+    scored = {s: split_scores(functions, examples, s, spec) for s in ("eval", "test")
+              if s in _splits(examples) and tasks.of(task).SCORES_ROWS}
     if "eval" in scored:
         try:
             spec = {**spec, "task": tasks.of(task).calibrate(*scored["eval"])}

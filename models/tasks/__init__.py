@@ -19,6 +19,7 @@ TASKS: dict[str, str] = {
     "clustering": "kfx.models.tasks.clustering:Clustering",
     "node_classification": "kfx.models.tasks.node_classification:NodeClassification",
     "anomaly": "kfx.models.tasks.anomaly:Anomaly",
+    "generation": "kfx.models.tasks.generation:Generation",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
 ANOMALY = "anomaly"

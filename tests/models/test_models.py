@@ -20,7 +20,7 @@ FEATURES = {
 }
 BINARY = {"type": "binary", "vocabulary": ["no", "yes"]}
 TABULAR = ["mlp", "wide_deep"]  # the families FEATURES suits (image and sequence ones: test_families.py)
-KNOWN = ("autoencoder, bilstm, cnn, cnn1d, denoising_autoencoder, gnn, gru, lstm, mlp, rbf, resnet, rnn, som, "
+KNOWN = ("autoencoder, bilstm, cnn, cnn1d, denoising_autoencoder, gan, gnn, gru, lstm, mlp, rbf, resnet, rnn, som, "
          "transformer, vae, wide_deep")
 
 
