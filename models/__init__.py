@@ -7,7 +7,8 @@ A family is a module defining
   * optionally `SPACE`: its hyperparameters as plain data (models/space.py), defaults included;
     without it, train uses the config's hyperparameters and tune has nothing to search,
   * optionally hooks for training that supervised defaults don't cover: `compile(model, task,
-    hp)`, `fit(model, train_ds, eval_ds, hp, callbacks)`, `targets(features, label)`.
+    hp)`, `fit(model, train_ds, eval_ds, hp, callbacks)`, `targets(features, label)`, and for
+    the export `signatures(model, spec)`: more endpoints, name -> (function, input signature).
 Built-in families are registered in `FAMILIES`; a user's family is named in `train.model` by a
 dotted module path or a .py file (relative to the config file). Both are used the same way.
 Importing this package is cheap (no TensorFlow), so the config loader can validate models.
@@ -33,10 +34,13 @@ FAMILIES: dict[str, str] = {
     "rbf": "kfx.models.rbf",
     "gnn": "kfx.models.gnn",
     "gan": "kfx.models.gan",
+    "autoencoder": "kfx.models.autoencoder",
+    "denoising_autoencoder": "kfx.models.denoising_autoencoder",
+    "vae": "kfx.models.vae",
 }
 BUILD_PARAMS = ("features", "task", "hp")
 HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),
-         "targets": ("features", "label")}
+         "targets": ("features", "label"), "signatures": ("model", "spec")}
 
 
 def names() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from kfx.models.kinds.text import SEQUENCE_LENGTH
 from kfx.pipeline.config_base import Section, StageConfig
@@ -78,6 +78,29 @@ class FeatureTransform(Section):
         return value
 
 
+class AnomalyOptions(Section):
+    """Which label values mark normal rows (the anomaly task trains on those only), and the false
+    positive rate the decision threshold is picked at on the eval split's normal rows."""
+
+    normal_values: tuple[str, ...] = Field(min_length=1, description="Label values of normal rows, e.g. ['0'].")
+    false_positive_rate: float = Field(0.05, gt=0, lt=1, description="Share of normal eval rows flagged anomalous.")
+
+    @field_validator("normal_values", mode="before")
+    @classmethod
+    def _as_text(cls, value):
+        # An integer label's values may be written as numbers: [0] means ["0"].
+        if isinstance(value, (list, tuple)):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("normal_values")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a value twice: {list(value)}")
+        return value
+
+
 class TransformConfig(StageConfig):
     """Per-feature preprocessing computed with Beam analyzers over the train split."""
 
@@ -99,6 +122,8 @@ class TransformConfig(StageConfig):
                           "For binary tasks the last one is the positive class.")
     batch_size: int = Field(8192, gt=0, description="Rows parsed at once by an analyzer worker.")
     quantile_accuracy: int = Field(20000, ge=100, description="Points kept by the quantile summary.")
+    anomaly: AnomalyOptions | None = Field(None, description="task anomaly: the normal label values and the "
+                                                             "threshold's false positive rate.")
     materialize: bool = Field(False, description="Also write transformed train/eval/test examples.")
     preprocessing: str | None = Field(
         None, description="module:function (or file.py:function) applied to the transformed features inside "
@@ -133,6 +158,15 @@ class TransformConfig(StageConfig):
         if value != tasks.AUTO and value not in tasks.TASKS:
             raise ValueError(f"unknown task {value!r}; known: {tasks.AUTO}, {', '.join(tasks.names())}")
         return value
+
+    @model_validator(mode="after")
+    def _anomaly(self) -> "TransformConfig":
+        from kfx.models import tasks
+
+        if (self.task == tasks.ANOMALY) != (self.anomaly is not None):
+            raise ValueError(f"transform.anomaly (the normal label values) goes with transform.task: anomaly and only "
+                             f"with it; got task {self.task!r} and anomaly {self.anomaly and self.anomaly.model_dump()}")
+        return self
 
     @field_validator("label_vocabulary")
     @classmethod

@@ -3,7 +3,8 @@
 The server runs in a separate process (`tensorflow_model_server` when on PATH, else kfx's own
 `python -m kfx.serving`), on a free loopback port, serving a temporary base directory whose only
 version links to the candidate SavedModel. Canary requests are built from real examples of a
-split and sent over gRPC to every exported signature with the API its method name calls for
+split (or, for a signature on random codes such as a VAE's `decode`, seeded N(0, 1) noise) and
+sent over gRPC to every exported signature with the API its method name calls for
 (Predict, Classify, Regress); responses are checked for shape, finiteness and agreement with
 the same signature run in this process. The server is always shut down.
 
@@ -159,6 +160,21 @@ def _example_input(fn, data) -> str | None:
     return None
 
 
+def _noise_inputs(fn, data) -> dict | None:
+    """Seeded N(0, 1) draws, one per canary row, for a signature on random codes (a decoder's
+    `noise`: every input a float tensor of fixed size that is not a column), else None."""
+    import tensorflow as tf
+
+    from kfx.pipeline.artifacts.scoring import input_specs, wire_name
+
+    specs = input_specs(fn)
+    if not specs or any(not s.dtype.is_floating or wire_name(a, s) in data.frame or None in s.shape[1:]
+                        for a, s in specs.items()):
+        return None
+    rng = np.random.default_rng(0)
+    return {a: tf.constant(rng.standard_normal((data.rows, *s.shape[1:])), s.dtype) for a, s in specs.items()}
+
+
 def check_signature(client, model, sig: str, method: str, data, cfg, task=None) -> dict:
     """Send the canaries to one signature; returns {signature, method, api, passed, problems}.
     `task` (models/tasks/, optional) may supply inputs that are not columns of the examples."""
@@ -179,7 +195,7 @@ def check_signature(client, model, sig: str, method: str, data, cfg, task=None) 
         elif examples_input is not None:
             local_in = {examples_input: tf.constant(data.serialized)}
         else:
-            local_in = feature_inputs(fn, data, where=f"signature {sig}: ")
+            local_in = _noise_inputs(fn, data) or feature_inputs(fn, data, where=f"signature {sig}: ")
         want = {k: v.numpy() for k, v in fn(**local_in).items()}
         timeout = cfg.request_timeout_seconds
         if api == "Predict":

@@ -12,7 +12,8 @@ Inputs: examples, schema, model, baseline_model (optional).
 Outputs:
     evaluation: evaluation.json (overall, slices, fairness, mitigation, baseline comparison) and
         report.html (self-contained, inline SVG plots; sample images with their predictions for
-        image models, components/evaluation/samples.py), and attributions.npz (feature, token and
+        image models, components/evaluation/samples.py; images decoded from noise for models with a
+        `decode` signature, components/evaluation/decoded.py), and attributions.npz (feature, token and
         pixel attributions; permutation importance: components/evaluation/explain.py).
     blessing: blessing.json ({blessed, checks, reasons, decision_thresholds}) and an empty
         BLESSED or NOT_BLESSED file (TFX's marker).
@@ -215,6 +216,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
     from kfx.components.evaluation.gate import bless
     from kfx.components.evaluation.report import render
+    from kfx.components.evaluation.decoded import decoded_samples
     from kfx.components.evaluation.samples import image_samples
     from kfx.pipeline.artifacts.scoring import read_split
     from kfx.pipeline.artifacts import read_columns
@@ -256,6 +258,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "fairness": _fairness(task, o, o.pred, data, sensitive, numeric, cfg),
         "fairness_settings": {"sensitive": sensitive, **cfg.fairness.model_dump(mode="json")},
         "mitigation": None, "samples": image_samples(task, o, data.frame, data.missing, image_features(schema)),
+        "decoded_samples": decoded_samples(model),
     }
     if cfg.mitigation.method == "group_thresholds":
         feature = cfg.mitigation.feature or (sensitive[0] if sensitive else None)
@@ -327,4 +330,5 @@ SPEC = ComponentSpec(
           "kfx.components.evaluation.samples", "kfx.components.evaluation.clusters",
           "kfx.components.evaluation.references", "kfx.components.evaluation.explain",
           "kfx.components.evaluation.generation",
+          "kfx.components.evaluation.decoded",
           "kfx.pipeline.artifacts.scoring"))

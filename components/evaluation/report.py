@@ -126,7 +126,7 @@ tr.ungated td{color:#888}.verdict{font-size:20px;padding:8px 12px;display:inline
 h2{border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:28px}
 .samples{display:flex;flex-wrap:wrap;gap:10px}.sample{margin:0;text-align:center;font-size:12px}
 .sample img{width:84px;image-rendering:pixelated;border:3px solid #9c9}.sample.wrong img{border-color:#d62728}
-.sample.wrong figcaption{color:#d62728;font-weight:bold}"""
+.sample.wrong figcaption{color:#d62728;font-weight:bold}.decoded .sample img{width:56px;border:0}"""
 
 
 def render(ev: dict, blessing: dict, task) -> str:
@@ -168,6 +168,10 @@ def render(ev: dict, blessing: dict, task) -> str:
         from kfx.components.evaluation.samples import render as render_samples
 
         parts.append(render_samples(ev["samples"]))
+    if ev.get("decoded_samples"):  # generative models (components/evaluation/decoded.py)
+        from kfx.components.evaluation.decoded import render as render_decoded
+
+        parts.append(render_decoded(ev["decoded_samples"]))
     if ev.get("explanations"):  # components/evaluation/explain.py
         from kfx.components.evaluation.explain import render as render_explanations
 

@@ -97,7 +97,13 @@ def figure(r: dict) -> str:
     from kfx.components.evaluation.report import _e, _fmt
 
     cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
-    return (f"<figure class='sample {cls}'><img src='data:{r['mime']};base64,{r['data']}' "
-            f"alt='row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}'>"
-            f"<figcaption>{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
-            f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small></figcaption></figure>")
+    return image_figure(r, f"row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}",
+                        f"{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
+                        f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small>", cls)
+
+
+def image_figure(image: dict, alt: str, caption: str = "", cls: str = "") -> str:
+    """One stored image ({"mime", "data" (base64)}) as an HTML figure; `alt` and `caption` are HTML."""
+    text = f"<figcaption>{caption}</figcaption>" if caption else ""
+    return (f"<figure class='sample {cls}'><img src='data:{image['mime']};base64,{image['data']}' alt='{alt}'>"
+            f"{text}</figure>")

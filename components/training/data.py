@@ -61,7 +61,8 @@ def raw_dataset(examples_uri: str, split: str, spec: dict, batch_size: int, rows
 def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size: int, *,
             shuffle: bool = False, shuffle_buffer: int = 50000, cache: bool = True, seed: int = 42,
             rows: int | None = None, shard_by_data: bool = False, targets=None, augment=None):
-    """Batches of (transformed feature dict, training target) for `model.fit` / `evaluate`.
+    """Batches of (transformed feature dict, training target) for `model.fit` / `evaluate`, of the
+    rows the task trains on (`Task.training_rows`: all, or e.g. an anomaly task's normal rows).
 
     Args:
         examples_uri: the examples artifact.
@@ -92,7 +93,9 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
 
     parse_spec = raw_feature_spec(spec, with_label=True)
     label = spec["task"]["label"]
-    encode_target = tasks.of(spec["task"]).target_encoder()  # eagerly: its layers cannot be made in the map
+    task = tasks.of(spec["task"])
+    encode_target = task.target_encoder()  # eagerly: its layers cannot be made in the map
+    keep = task.training_rows()  # e.g. the anomaly task learns from normal rows only
 
     def parse_and_preprocess(batch):
         parsed = tf.io.parse_example(batch, parse_spec)
@@ -105,6 +108,9 @@ def dataset(examples_uri: str, split: str, spec: dict, preprocessor, batch_size:
     # The serialized rows are shuffled before they are cut into blocks (once, when the blocks are
     # cached), so data stored sorted (by class folder, by time) does not give one-class blocks.
     ds = _records(split_files(examples_uri, split), rows, spec.get("train_rows") if split == "train" else None)
+    if keep is not None:
+        label_spec = {label: parse_spec[label]}
+        ds = ds.filter(lambda r: keep(tf.io.parse_single_example(r, label_spec)[label]))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=not cache)
     ds = ds.batch(PARSE_BATCH).map(parse_and_preprocess, num_parallel_calls=tf.data.AUTOTUNE)

@@ -9,6 +9,7 @@ Signatures (the preprocessing layer is inside, so serving cannot skew from train
     scores [N, C], what TF Serving's Classify needs) for classification, `regress` (`outputs`
     [N]: the prediction, or P(positive) of a binary classifier) where a single number applies.
   * transform_features: the model's inputs for serialized examples (TFX's signature of that name).
+  * whatever the model family adds (its `signatures` hook; models/__init__.py), e.g. `decode`.
 TF2's saver writes every signature with method name tensorflow/serving/predict; TF Serving's
 classifier.cc / regressor.cc reject that, so the method names are rewritten in saved_model.pb
 after saving (the same fix TFX applies). Warmup requests (PredictionLog of PredictRequests from
@@ -79,7 +80,7 @@ def make_functions(preprocessor, model, spec: dict) -> dict[str, Any]:
 
 
 def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None = None,
-           model_name: str = "model", trainer: dict | None = None) -> list[str]:
+           model_name: str = "model", trainer: dict | None = None, extra: dict | None = None) -> list[str]:
     """Write the SavedModel at `path` (a directory TF Serving serves as one version).
 
     Args:
@@ -91,6 +92,8 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
         model_name: model_spec.name in the warmup requests.
         trainer: {"model": the family reference, "hyperparameters": its values}: writes the Keras
             side of the model (`load_trainer`) when given.
+        extra: more endpoints, name -> (function, input signature), e.g. from the family's
+            `signatures` hook (a VAE's decoder: noise -> images).
 
     Returns:
         The signature names written.
@@ -102,7 +105,7 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
     archive = keras.export.ExportArchive()
     archive.track(preprocessor)
     archive.track(model)
-    functions = make_functions(preprocessor, model, spec)
+    functions = {**make_functions(preprocessor, model, spec), **(extra or {})}
     for name, (fn, signature) in functions.items():
         archive.add_endpoint(name, fn, input_signature=signature)
     archive.write_out(path, verbose=False)

@@ -154,19 +154,31 @@ def score_split(functions: dict, examples: str, split: str, spec: dict, batch_si
 
     Uses the raw-feature serving path (preprocessing inside), so the numbers are what clients get.
     """
+    return split_metrics(spec, *split_scores(functions, examples, split, spec, batch_size))
+
+
+def split_metrics(spec: dict, y, scores) -> dict[str, float]:
+    """The task's headline metrics from a split's raw labels and scores (`split_scores`)."""
+    from kfx.models import tasks
+
+    task = tasks.of(spec["task"])
+    return {"rows": int(len(y)), **task.headline(task.outcomes(y, scores))}
+
+
+def split_scores(functions: dict, examples: str, split: str, spec: dict, batch_size: int = 4096) -> tuple:
+    """(raw labels, the task's `SCORE_OUTPUT` of the serving function) of every row of a split."""
     import numpy as np
 
     from kfx.components.training.data import raw_dataset
     from kfx.models import tasks
 
     serve = functions["serving_default"][0]
-    task = tasks.of(spec["task"])
+    key = tasks.of(spec["task"]).SCORE_OUTPUT
     ys, scores = [], []
     for features, y in raw_dataset(examples, split, spec, batch_size):
-        scores.append(serve(features)[task.SCORE_OUTPUT].numpy())
+        scores.append(serve(features)[key].numpy())
         ys.append(y.numpy())
-    y = np.concatenate(ys)
-    return {"rows": int(len(y)), **task.headline(task.outcomes(y, np.concatenate(scores)))}
+    return np.concatenate(ys), np.concatenate(scores)
 
 
 def _warmup_rows(examples: str, spec: dict, n: int) -> dict | None:
@@ -272,20 +284,28 @@ def run(ctx: Context) -> dict[str, Any]:
     fit_seconds = time.time() - started
 
     out = ctx.outputs[MODEL]
+    functions = modeling_export.make_functions(pre, model, spec)
+    # The scores do not depend on what `calibrate` picks on the eval split (e.g. a threshold),
+    # which the export then carries.
+    scored = {s: split_scores(functions, examples, s, spec) for s in ("eval", "test")
+              if s in _splits(examples) and tasks.of(task).SCORES_ROWS}
+    if "eval" in scored:
+        try:
+            spec = {**spec, "task": tasks.of(task).calibrate(*scored["eval"])}
+        except ValueError as err:
+            raise ComponentError(f"train: {err}") from None
     signatures = modeling_export.export(out, pre, model, spec, _warmup_rows(examples, spec, cfg.warmup_requests),
                                         model_name=ctx.pipeline.name,
-                                        trainer={"model": cfg.model, "hyperparameters": hp})
-    functions = modeling_export.make_functions(pre, model, spec)
+                                        trainer={"model": cfg.model, "hyperparameters": hp},
+                                        extra=family.signatures(model, spec) if hasattr(family, "signatures") else None)
     metrics: dict[str, Any] = {"rows": spec["train_rows"], "model": cfg.model, "strategy": strategy_name,
                                "replicas": strategy.num_replicas_in_sync, "chief": is_chief(),
                                "mixed_precision": mixed, "epochs_run": len(history.get("epoch", [])),
                                "resumed_from_epoch": first_epoch[0] if first_epoch else cfg.epochs,
                                "hyperparameters_source": hp_source, "fit_seconds": round(fit_seconds, 1),
                                "warm_start": warm, "fine_tune": fine_tune}
-    for split in ("eval", "test"):
-        if split in _splits(examples) and tasks.of(task).SCORES_ROWS:
-            for k, v in score_split(functions, examples, split, spec).items():
-                metrics[f"{split}_{k}"] = v
+    for split, (y, scores) in scored.items():
+        metrics.update({f"{split}_{k}": v for k, v in split_metrics(spec, y, scores).items()})
     run_dir = ctx.outputs[MODEL_RUN]
     for name, obj in ((HISTORY_FILE, history), (HPARAMS_FILE, {"family": cfg.model, "values": hp, "source": hp_source}),
                       (METRICS_FILE, {**metrics, "signatures": signatures})):

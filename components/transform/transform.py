@@ -142,6 +142,8 @@ def _task(schema, features, label, columns, cfg, string_domain) -> dict:
     name = tasks.auto(dtype, kind == "string" or features[label].HasField("int_domain")) if auto else cfg.task
     try:
         task = tasks.get(name).plan(label, dtype, vocab)
+        if cfg.anomaly is not None:  # the normal label values (models/tasks/anomaly.py)
+            task.update(cfg.anomaly.model_dump(mode="json"))
     except ValueError as err:
         raise ComponentError(f"transform: {err}") from None
     # auto picked before the label was analyzed; finalize may narrow it (two classes: binary).

@@ -18,9 +18,11 @@ TASKS: dict[str, str] = {
     "forecast": "kfx.models.tasks.forecast:Forecast",
     "clustering": "kfx.models.tasks.clustering:Clustering",
     "node_classification": "kfx.models.tasks.node_classification:NodeClassification",
+    "anomaly": "kfx.models.tasks.anomaly:Anomaly",
     "generation": "kfx.models.tasks.generation:Generation",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
+ANOMALY = "anomaly"
 AUTO = "auto"  # transform.task: pick from the label (see `auto`)
 
 

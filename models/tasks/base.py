@@ -128,6 +128,18 @@ class Task:
         target = self.target()
         return lambda y, features: target(y)
 
+    def training_rows(self) -> Callable | None:
+        """Raw label tensor of one row -> bool tensor: whether training (and the val loss) uses the row;
+        None (the default) keeps every row. The anomaly task learns from normal rows only."""
+        return None
+
+    def calibrate(self, labels: np.ndarray, scores: np.ndarray) -> dict:
+        """The task description after training, given the eval split's labels and `SCORE_OUTPUT`
+        values (train calls it before export, so the exported model carries what it picked, such as
+        a decision threshold); unchanged by default. What it picks must not change the
+        `SCORE_OUTPUT` values, only what is decided from them."""
+        return self.info
+
     def decode_output(self, y, features):
         """The model output `y` in the label's units, given the raw features (inside the exported
         model, before `serving_outputs`); unchanged by default."""

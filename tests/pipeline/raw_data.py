@@ -2,13 +2,15 @@
 
 Images: noisy 8x8 grayscale stripes, horizontal (class "h") or vertical ("v"), as encoded
 PNG/JPEG bytes in a TFRecord. Text: short synthetic reviews, fresh or rotten, in the CSV layout
-of the `reviews` built-in. Plus the data stages of an image or text pipeline graph and a REST
-Predict call to a running `kfx serve`.
+of the `reviews` built-in. Plus the data stages of an image or text pipeline graph, one
+`kfx serve` process serving several exports, and a REST Predict call to it.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -105,3 +107,24 @@ def rest_predict(port: int, model: str, body: dict) -> tuple[int, dict]:
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.status, json.loads(response.read())
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, exports: dict[str, str]):
+    """One `python -m kfx.serving` (gRPC + REST) serving each export as model <name>, version 1;
+    yields (process, client) once every model is available."""
+    from kfx.serving.client import ServingClient
+    from tests.serving.conftest import ServerProcess, write_config
+
+    for name, path in exports.items():
+        shutil.copytree(path, tmp / "models" / name / "1")
+    config = write_config(str(tmp / "models.config"), [(name, str(tmp / "models" / name), "") for name in exports])
+    process = ServerProcess(tmp, f"--model_config_file={config}", rest=True)
+    try:
+        process.wait_serving()
+        with ServingClient(process.target, timeout=30, retries=0) as client:
+            for name in exports:
+                client.wait_until_available(name, timeout=120)
+            yield process, client
+    finally:
+        process.stop()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import urllib.error
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from tests.pipeline.raw_data import (CLASSES, DATA_STAGES, GARBAGE, IMAGE, LABEL, SIZE, TEXT, TEXT_CLASSES, TEXT_LABEL,
-                                     pngs, rest_predict, train_stage, write_images, write_reviews)
+                                     pngs, rest_predict, serving, train_stage, write_images, write_reviews)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -122,22 +121,8 @@ def exported(trained) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
     """One `python -m kfx.serving` (gRPC + REST) serving every family's export as model <family>, version 1."""
-    from kfx.serving.client import ServingClient
-    from tests.serving.conftest import ServerProcess, write_config
-
-    tmp = tmp_path_factory.mktemp("family_server")
-    for name, family in trained.items():
-        shutil.copytree(family["model"], tmp / "models" / name / "1")
-    config = write_config(str(tmp / "models.config"), [(name, str(tmp / "models" / name), "") for name in trained])
-    process = ServerProcess(tmp, f"--model_config_file={config}", rest=True)
-    try:
-        process.wait_serving()
-        with ServingClient(process.target, timeout=30, retries=0) as client:
-            for name in trained:
-                client.wait_until_available(name, timeout=120)
-            yield process, client
-    finally:
-        process.stop()
+    with serving(tmp_path_factory.mktemp("family_server"), {n: f["model"] for n, f in trained.items()}) as server_:
+        yield server_
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -96,3 +96,28 @@ def test_model_that_does_not_load_at_all_is_refused_without_a_server(art):
     metrics, result, _ = infra_validate(art, "no_vars")
     assert metrics["infra_blessed"] is False and result["server"] is None
     assert "does not load in process" in result["reasons"][0]
+
+
+def _signature(output, **specs):
+    """A concrete function taking keyword inputs, as a loaded SavedModel's signatures do."""
+    import tensorflow as tf
+
+    return tf.function(lambda **kw: {"y": output(**kw)}).get_concrete_function(**specs)
+
+
+def test_a_signature_on_noise_gets_seeded_normal_draws_and_feature_signatures_none():
+    import numpy as np
+    import tensorflow as tf
+
+    from kfx.components.deploy.infra_validate import _noise_inputs
+    from kfx.pipeline.artifacts.scoring import Split
+
+    data = Split(frame={"age": np.array([30.0, 40.0, 50.0])}, missing={"age": np.zeros(3, bool)},
+                 serialized=[b"", b"", b""])
+    decode = _signature(lambda noise: noise * 2, noise=tf.TensorSpec([None, 4], tf.float32, name="noise"))
+    first, again = _noise_inputs(decode, data), _noise_inputs(decode, data)
+    assert list(first) == ["noise"] and first["noise"].shape == (3, 4) and first["noise"].dtype == tf.float32
+    np.testing.assert_array_equal(first["noise"].numpy(), again["noise"].numpy())  # seeded: the same canaries
+    serve = _signature(lambda age: age, age=tf.TensorSpec([None], tf.float32, name="age"))
+    examples = _signature(lambda inputs: inputs, inputs=tf.TensorSpec([None], tf.string, name="inputs"))
+    assert _noise_inputs(serve, data) is None and _noise_inputs(examples, data) is None
