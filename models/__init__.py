@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "bilstm": "kfx.models.bilstm",
     "cnn1d": "kfx.models.cnn1d",
     "transformer": "kfx.models.transformer",
+    "capsule": "kfx.models.capsule",
 }
 BUILD_PARAMS = ("features", "task", "hp")
 HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),
