@@ -168,6 +168,10 @@ def render(ev: dict, blessing: dict, task) -> str:
         from kfx.components.evaluation.samples import render as render_samples
 
         parts.append(render_samples(ev["samples"]))
+    if ev.get("robustness"):  # components/evaluation/robustness.py
+        from kfx.components.evaluation.robustness import render as render_robustness
+
+        parts.append(render_robustness(ev["robustness"]))
 
     parts.append("<h2>Slices</h2>")
     slice_plots = []
