@@ -82,13 +82,14 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def figure(mime: str, data: str, label, prediction, note: str, correct: bool | None) -> str:
-    """One image (base64 `data`) captioned 'label -> prediction' over `note`; red when not `correct`."""
+def figure(mime: str, data: str, label, prediction, name: str, note: str, correct: bool | None) -> str:
+    """One image (base64 `data`, called `name` in its alt text) captioned 'label -> prediction'
+    over `note`; red when not `correct`."""
     from kfx.components.evaluation.report import _e
 
     cls = {True: "right", False: "wrong", None: ""}[correct]
     return (f"<figure class='sample {cls}'><img src='data:{mime};base64,{data}' "
-            f"alt='{_e(note)}: true {_e(label)}, predicted {_e(prediction)}'>"
+            f"alt='{_e(name)}: true {_e(label)}, predicted {_e(prediction)}'>"
             f"<figcaption>{_e(label)} &rarr; {_e(prediction)}<br><small>{_e(note)}</small></figcaption></figure>")
 
 
@@ -96,8 +97,8 @@ def render(samples: dict) -> str:
     """The report section: a grid of the images, each captioned 'true -> predicted' (red when wrong)."""
     from kfx.components.evaluation.report import _e, _fmt
 
-    cells = [figure(r["mime"], r["data"], r["label"], r["prediction"], f"row {r['row']}, score {_fmt(r['score'], 2)}",
-                    r["correct"]) for r in samples["rows"]]
+    cells = [figure(r["mime"], r["data"], r["label"], r["prediction"], f"row {r['row']}",
+                    f"row {r['row']}, score {_fmt(r['score'], 2)}", r["correct"]) for r in samples["rows"]]
     return (f"<h2>Sample images</h2><p>{len(samples['rows'])} images of <b>{_e(samples['feature'])}</b> with "
             f"true &rarr; predicted label; misclassified first, in red ({samples['misclassified']:,} "
             f"misclassified in the split).</p><div class='samples'>{''.join(cells)}</div>")
