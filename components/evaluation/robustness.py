@@ -85,8 +85,8 @@ def _pixel_bounds(kind: str, state: dict, x) -> tuple[float, float]:
 
 
 def attack_images(model, x: dict, y: np.ndarray, images: dict[str, tuple[float, float, float]], epsilon: float,
-                  steps: int = 0, step_size: float | None = None, batch_size: int = 256) -> tuple[np.ndarray, dict]:
-    """Predictions after FGSM (`steps` 0) or PGD (`steps` >= 1, started from FGSM) at `epsilon`.
+                  steps: int = 0, step_size: float | None = None, batch_size: int = 256) -> dict[str, tuple]:
+    """FGSM at `epsilon`, and PGD (`steps` >= 1) continued from the FGSM images.
 
     Args:
         model: Keras model on the transformed features `x` (name -> tensor).
@@ -97,46 +97,56 @@ def attack_images(model, x: dict, y: np.ndarray, images: dict[str, tuple[float, 
         steps, step_size: PGD's iterations and step (a fraction of epsilon; 2.5 / steps by default).
 
     Returns:
-        (predicted class per row under attack, the perturbed image features). An example is fooled
-        when any iterate is; the images returned are the first fooling iterate (else the last).
+        {"fgsm": (predicted class per row, perturbed image features), "pgd": (the same) when
+        `steps` >= 1}. Under PGD an example is fooled when any iterate (the FGSM image included)
+        is; its images are the first fooling iterate, else the last.
     """
     import tensorflow as tf
 
-    n = len(y)
     alpha = (step_size if step_size is not None else 2.5 / max(steps, 1)) * epsilon
-    preds, adv_parts = [], {k: [] for k in images}
-    for i in range(0, n, batch_size):
-        base = {k: v[i:i + batch_size] for k, v in x.items()}
-        target = tf.constant(y[i:i + batch_size], tf.int64)
-        x0 = {k: base[k] for k in images}
 
-        def step(cur, size):
-            with tf.GradientTape() as tape:
-                tape.watch(cur)
-                probs = _probabilities(model({**base, **cur}, training=False))
-                loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(target, probs))
-            grads = tape.gradient(loss, cur)
-            out = {}
-            for k, (low, high, scale) in images.items():
-                moved = cur[k] + size * scale * tf.sign(grads[k])
-                ball = tf.clip_by_value(moved, x0[k] - epsilon * scale, x0[k] + epsilon * scale)
-                out[k] = tf.clip_by_value(ball, low, high)
-            return out
+    @tf.function(reduce_retracing=True)
+    def gradient(cur, rest, target):
+        # One pass gives the current predictions and the loss gradient for the next step.
+        with tf.GradientTape() as tape:
+            tape.watch(cur)
+            probs = _probabilities(model({**rest, **cur}, training=False))
+            loss = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(target, probs))
+        return tf.argmax(probs, axis=1), tape.gradient(loss, cur)
 
-        cur = step(dict(x0), epsilon)
-        pred = _predict(model, {**base, **cur}, batch_size)
-        best = dict(cur)
-        for _ in range(steps):
-            fooled = pred != y[i:i + batch_size]
-            cur = step(cur, alpha)
-            now = _predict(model, {**base, **cur}, batch_size)
-            keep = tf.constant(fooled)
-            best = {k: tf.where(tf.reshape(keep, [-1, *[1] * (len(v.shape) - 1)]), best[k], v) for k, v in cur.items()}
-            pred = np.where(fooled, pred, now)
-        preds.append(pred)
-        for k in images:
-            adv_parts[k].append(best[k].numpy())
-    return np.concatenate(preds), {k: np.concatenate(v) for k, v in adv_parts.items()}
+    def move(cur, x0, grads, size):
+        return {k: tf.clip_by_value(tf.clip_by_value(cur[k] + size * scale * tf.sign(grads[k]),
+                                                     x0[k] - epsilon * scale, x0[k] + epsilon * scale), low, high)
+                for k, (low, high, scale) in images.items()}
+
+    parts: dict[str, list] = {FGSM: [], PGD: []}
+    for i in range(0, len(y), batch_size):
+        rest = {k: v[i:i + batch_size] for k, v in x.items() if k not in images}
+        x0 = {k: x[k][i:i + batch_size] for k in images}
+        truth = y[i:i + batch_size]
+        target = tf.constant(truth, tf.int64)
+        cur = move(x0, x0, gradient(x0, rest, target)[1], epsilon)
+        for s in range(steps + 1):  # s = 0: the FGSM images; then each PGD iterate
+            if s < steps:
+                now, grads = gradient(cur, rest, target)
+                now = now.numpy()
+            else:
+                now = _predict(model, {**rest, **cur}, batch_size)
+            if s == 0:
+                parts[FGSM].append((now, cur))
+                pred, best = now, cur
+            else:
+                fooled = pred != truth
+                keep = tf.constant(fooled)
+                best = {k: tf.where(tf.reshape(keep, [-1, *[1] * (len(v.shape) - 1)]), best[k], v)
+                        for k, v in cur.items()}
+                pred = np.where(fooled, pred, now)
+            if s < steps:
+                cur = move(cur, x0, grads, alpha)
+        parts[PGD].append((pred, best))
+    out = {a: (np.concatenate([p for p, _ in ps]), {k: np.concatenate([b[k].numpy() for _, b in ps]) for k in images})
+           for a, ps in parts.items()}
+    return out if steps else {FGSM: out[FGSM]}
 
 
 def _png(x: np.ndarray, kind_state: tuple, bounds: tuple[float, float]) -> str:
@@ -166,8 +176,8 @@ def image_robustness(model, x: dict, y: np.ndarray, spec: dict, names: list[str]
            "clean_accuracy": float(np.mean(clean == y)), "accuracy": {FGSM: {}, PGD: {}}, "examples": []}
     worst = None
     for eps in epsilons:
-        for attack, steps in ((FGSM, 0), (PGD, cfg.pgd_steps)):
-            pred, adv = attack_images(model, x, y, images, eps, steps, cfg.pgd_step_size, cfg.batch_size)
+        for attack, (pred, adv) in attack_images(model, x, y, images, eps, cfg.pgd_steps, cfg.pgd_step_size,
+                                                 cfg.batch_size).items():
             out["accuracy"][attack][f"{eps:g}"] = float(np.mean(pred == y))
             worst = (eps, attack, pred, adv)
     if worst and cfg.examples:

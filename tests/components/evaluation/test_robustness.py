@@ -51,8 +51,8 @@ def image_model():
     return model, {"image": tf.constant(x)}, y
 
 
-def _accuracy(model, x, y, eps: float, steps: int = 0) -> float:
-    pred, _ = robustness.attack_images(model, x, y, IMAGES, eps, steps)
+def _accuracy(model, x, y, eps: float) -> float:
+    pred, _ = robustness.attack_images(model, x, y, IMAGES, eps)["fgsm"]
     return float(np.mean(pred == y))
 
 
@@ -60,7 +60,7 @@ def test_fgsm_at_epsilon_zero_leaves_accuracy_unchanged(image_model):
     model, x, y = image_model
     clean = np.argmax(model(x).numpy(), axis=1)
     assert np.mean(clean == y) > 0.95
-    pred, adv = robustness.attack_images(model, x, y, IMAGES, 0.0)
+    pred, adv = robustness.attack_images(model, x, y, IMAGES, 0.0)["fgsm"]
     np.testing.assert_array_equal(pred, clean)
     np.testing.assert_array_equal(adv["image"], x["image"].numpy())
 
@@ -75,8 +75,8 @@ def test_accuracy_falls_as_epsilon_grows(image_model):
 def test_pgd_is_at_least_as_strong_as_fgsm_and_stays_in_the_ball_and_the_pixel_range(image_model):
     model, x, y = image_model
     for eps in (0.05, 0.1, 0.2):
-        fgsm, _ = robustness.attack_images(model, x, y, IMAGES, eps)
-        pgd, adv = robustness.attack_images(model, x, y, IMAGES, eps, steps=5)
+        attacks = robustness.attack_images(model, x, y, IMAGES, eps, steps=5)
+        (fgsm, _), (pgd, adv) = attacks["fgsm"], attacks["pgd"]
         assert np.all((pgd != y) | (fgsm == y)), f"an example FGSM fools and PGD does not at epsilon {eps}"
         assert np.mean(pgd == y) <= np.mean(fgsm == y)
         moved = adv["image"] - x["image"].numpy()
