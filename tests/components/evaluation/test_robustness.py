@@ -46,7 +46,7 @@ def image_model():
     model = keras.Model({"image": inp}, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inp)))
     model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
     x, y = _images(ROWS, 0)
-    model.fit({"image": x}, y, epochs=30, batch_size=40, verbose=0)
+    model.fit({"image": x}, y, epochs=10, batch_size=ROWS, verbose=0)
     x, y = _images(ROWS, 1)
     return model, {"image": tf.constant(x)}, y
 
@@ -147,7 +147,7 @@ def test_text_token_drop_at_rate_zero_leaves_accuracy_unchanged_and_falls_with_r
     emb = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(inp))
     model = keras.Model({"text": inp}, keras.layers.Dense(2, activation="softmax")(emb))
     model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
-    model.fit({"text": ids}, y, epochs=40, batch_size=50, verbose=0)
+    model.fit({"text": ids}, y, epochs=25, batch_size=200, verbose=0)
     spec = {"outputs": {"text": {"kind": "sequence", "cardinality": 20, "length": 6}}}
     cfg = RobustnessConfig(enabled=True, token_rates=[0.0, 0.9])
     rob = robustness.text_robustness(model, {"text": tf.constant(ids)}, y, spec, ["text"], cfg, None)
