@@ -274,7 +274,7 @@ def run(ctx: Context) -> dict[str, Any]:
 
         rob_gate = cfg.gate.robustness
         ev["robustness"] = robustness.evaluate(model, data.frame, o.y, task, cfg.robustness,
-                                               rob_gate.epsilon if rob_gate else None, ctx.pipeline.config_dir)
+                                               rob_gate, ctx.pipeline.config_dir)
         if rob_gate:
             checks.append(robustness.gate_check(ev["robustness"], rob_gate))
             if not checks[-1]["passed"]:

@@ -162,7 +162,10 @@ def _png(x: np.ndarray, kind_state: tuple, bounds: tuple[float, float]) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def image_robustness(model, x: dict, y: np.ndarray, spec: dict, names: list[str], cfg, gated, task) -> dict:
+def image_robustness(model, x: dict, y: np.ndarray, spec: dict, names: list[str], cfg, gated: float | None,
+                     task) -> dict:
+    """Accuracy of `model` on the transformed images `x` (true classes `y`) under FGSM and PGD at each
+    of cfg.epsilons and `gated`, plus up to cfg.examples images the strongest attack flipped."""
     states = _states(spec)
     bounds = {k: _pixel_bounds(states[k][0], states[k][1], x[k]) for k in names}
     images = {k: ((bounds[k][0] - states[k][1]["mean"]) / states[k][1]["std"],
@@ -215,7 +218,9 @@ def perturb_tokens(ids: np.ndarray, rate: float, mode: str, cardinality: int, rn
     return out
 
 
-def text_robustness(model, x: dict, y: np.ndarray, spec: dict, names: list[str], cfg, gated) -> dict:
+def text_robustness(model, x: dict, y: np.ndarray, spec: dict, names: list[str], cfg, gated: float | None) -> dict:
+    """Accuracy of `model` on the transformed features `x` (true classes `y`) with the token ids of
+    the sequence features `names` dropped or replaced at each of cfg.token_rates and `gated`."""
     import tensorflow as tf
 
     clean = _predict(model, x, cfg.batch_size)
@@ -232,8 +237,7 @@ def text_robustness(model, x: dict, y: np.ndarray, spec: dict, names: list[str],
 
 
 # ------------------------------------------------------------------ stage entry points
-def evaluate(model_uri: str, frame: dict, y: np.ndarray, task, cfg, gated: float | None = None,
-             config_dir: str = "") -> dict:
+def evaluate(model_uri: str, frame: dict, y: np.ndarray, task, cfg, gate=None, config_dir: str = "") -> dict:
     """The robustness section of evaluation.json for the rows of `frame` with true classes `y`.
 
     Args:
@@ -242,7 +246,7 @@ def evaluate(model_uri: str, frame: dict, y: np.ndarray, task, cfg, gated: float
         y: the task's class index per row (Outcomes.y).
         task: the model's task; robustness applies to classifiers (tasks with classes).
         cfg: evaluate.robustness (pipeline/config_evaluation.py RobustnessConfig).
-        gated: the gate's epsilon (or rate), measured besides the configured ones.
+        gate: evaluate.gate.robustness (or None): its epsilon (or rate) is measured too.
         config_dir: where a user's family is found.
 
     Returns:
@@ -264,6 +268,8 @@ def evaluate(model_uri: str, frame: dict, y: np.ndarray, task, cfg, gated: float
     rows = np.sort(np.random.default_rng(cfg.seed).permutation(n)[:cfg.rows]) if cfg.rows < n else np.arange(n)
     x = preprocessor(raw_inputs(spec, frame, rows))
     y = np.asarray(y)[rows].astype(np.int64)
+    attacks = IMAGE_ATTACKS if images else TEXT_ATTACKS
+    gated = gate.epsilon if gate is not None and gate.attack in attacks else None
     out = (image_robustness(model, x, y, spec, images, cfg, gated, task) if images
            else text_robustness(model, x, y, spec, texts, cfg, gated))
     return {"rows": int(len(rows)), "of": int(n), "seed": cfg.seed, **out}
