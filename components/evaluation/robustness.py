@@ -257,7 +257,10 @@ def evaluate(model_uri: str, frame: dict, y: np.ndarray, task, cfg, gate=None, c
 
     if task.classes is None:
         return {"skipped": f"robustness measures classifiers; the model's task is {task.NAME}"}
-    preprocessor, model, spec = load_trainer(model_uri, config_dir)
+    try:
+        preprocessor, model, spec = load_trainer(model_uri, config_dir)
+    except FileNotFoundError as err:
+        return {"skipped": str(err)}
     kinds = {k: v["kind"] for k, v in spec["outputs"].items()}
     images = sorted(k for k, v in kinds.items() if v == IMAGE)
     texts = sorted(k for k, v in kinds.items() if v == SEQUENCE)

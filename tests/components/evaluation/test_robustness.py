@@ -168,3 +168,13 @@ def test_robustness_settings_are_checked_at_config_load(section, message):
 
     with pytest.raises(pydantic.ValidationError, match=message):
         EvaluateConfig(**section)
+
+
+def test_a_model_without_its_keras_side_is_skipped_with_the_reason(tmp_path):
+    from tests.components.evaluation.evaluation_fixtures import CLASSES, export_model
+
+    task = SimpleNamespace(classes=CLASSES, NAME="binary")
+    model = export_model(str(tmp_path / "model"), {"bias": 0.0, "age": 0.1, "hours": 0.0, "male": 0.0, "white": 0.0})
+    rob = robustness.evaluate(model, {}, np.zeros(3), task, RobustnessConfig(enabled=True))
+    assert set(rob) == {"skipped"} and "has no Keras weights" in rob["skipped"]
+    assert robustness.summary(rob) == {} and "Skipped: model" in robustness.render(rob)
