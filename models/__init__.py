@@ -30,6 +30,9 @@ FAMILIES: dict[str, str] = {
     "cnn1d": "kfx.models.cnn1d",
     "transformer": "kfx.models.transformer",
     "capsule": "kfx.models.capsule",
+    "som": "kfx.models.som",
+    "rbf": "kfx.models.rbf",
+    "gnn": "kfx.models.gnn",
 }
 BUILD_PARAMS = ("features", "task", "hp")
 HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),

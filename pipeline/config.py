@@ -22,6 +22,8 @@ class ConfigError(ValueError):
 
 from kfx.pipeline.config_base import Section, StageConfig, relative_to_config  # noqa: E402
 from kfx.pipeline.config_timeseries import TimeseriesOptions, check_ingest  # noqa: E402
+from kfx.pipeline.config_graph import GraphOptions  # noqa: E402
+from kfx.pipeline.config_graph import check_ingest as check_graph_ingest  # noqa: E402
 
 
 # ---------------------------------------------------------------- ingest
@@ -107,12 +109,16 @@ class IngestConfig(StageConfig):
         (), description="Text columns holding base64 bytes (CSV images), decoded at ingest; bad base64 is rejected.")
     timeseries: TimeseriesOptions | None = Field(
         None, description="Window timestamped series into forecasting examples, split by time (CSV sources).")
+    graph: GraphOptions | None = Field(
+        None, description="A graph: nodes and edges tables; one example per node, split by mask columns.")
 
     @model_validator(mode="after")
     def _source_complete(self) -> "IngestConfig":
         if self.format in ("builtin", "tfds") and not self.name:
             raise ValueError(f"format {self.format!r} needs ingest.name")
-        if self.format not in ("builtin", "tfds") and not self.inputs:
+        if self.graph is not None:
+            check_graph_ingest(self)
+        elif self.format not in ("builtin", "tfds") and not self.inputs:
             raise ValueError(f"format {self.format!r} needs at least one entry in ingest.inputs")
         if self.label_values and not self.label:
             raise ValueError(f"label_values {list(self.label_values)} needs ingest.label")

@@ -170,6 +170,21 @@ class RobustnessConfig(Section):
         return _fractions(v, "token rate")
 
 
+class ExplainConfig(Section):
+    """Explaining the model (components/evaluation/explain.py): permutation importance on `rows`
+    sampled rows, integrated gradients on `samples` of them, proxies of sensitive features."""
+
+    enabled: bool = True
+    rows: int = Field(2000, ge=10, description="Sampled rows for permutation importance and associations.")
+    samples: int = Field(200, ge=1, description="Rows explained by integrated gradients (of the sampled rows).")
+    steps: int = Field(64, ge=2, le=1024, description="Integrated gradients' path steps.")
+    baseline: Literal["zero", "mean"] = "zero"
+    permutation_repeats: int = Field(3, ge=0, le=100, description="Shuffles per feature; 0 skips it.")
+    proxy_association: float = Field(0.3, ge=0.0, le=1.0, description="Association flagging a proxy.")
+    proxy_importance: float = Field(0.05, ge=0.0, le=1.0, description="Importance share flagging a proxy.")
+    seed: int = 0
+
+
 class EvaluateConfig(StageConfig):
     """Metrics, slices, fairness and the blessing thresholds."""
 
@@ -184,6 +199,7 @@ class EvaluateConfig(StageConfig):
     fairness: FairnessConfig = FairnessConfig()
     mitigation: MitigationConfig = MitigationConfig()
     robustness: RobustnessConfig = RobustnessConfig()
+    explain: ExplainConfig = ExplainConfig()
     gate: GateConfig = GateConfig()
 
     @field_validator("confusion_thresholds")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from kfx.pipeline.component import ComponentError
 from kfx.pipeline.config import CsvOptions, IngestConfig, InputSpec
@@ -142,7 +143,93 @@ def encode_png(images) -> list[bytes]:
     return [tf.io.encode_png(image).numpy() for image in images]
 
 
-def package_folder(builtin: Builtin | ImageBuiltin) -> Path:
+# Graph built-ins: a graph shipped inside a package, written once as nodes and edges CSV tables (in
+# a folder under the system temp directory, named by the package version and the writer's code)
+# that then go through the same graph ingest (components/data/graphs.py) as a user's tables.
+@dataclass(frozen=True)
+class GraphBuiltin:
+    package: str
+    write: Callable[[Path], None]  # writes nodes.csv and edges.csv into a folder
+    label: str
+    install: str
+    folder: str = ""  # (package_folder) the tables are not files of the package
+
+
+KARATE_LABELLED_PER_FACTION = 2
+
+
+def write_karate(folder: Path) -> None:
+    """nodes.csv (node_id, x0..x33, club, train_mask, eval_mask, test_mask) and edges.csv
+    (source, target) of the karate club graph.
+
+    Features are the one-hot identity (x<i> = 1 for node i), as in Kipf & Welling's karate
+    experiment: the members have no attributes, so everything the model learns comes from the
+    friendships (it cannot be told the answer by a feature). Labelled (train) nodes: the
+    `KARATE_LABELLED_PER_FACTION` members of highest degree in each faction (ties by id), i.e.
+    the two leaders (0, 33) and their best-connected followers (2, 32), a rule fixed before any
+    result; the other 30 members are the test split. With 4 labels there is nothing to hold out,
+    so the eval split is the labelled nodes again (it monitors the training fit, not generalization).
+    """
+    import networkx as nx
+
+    g = nx.karate_club_graph()
+    nodes = sorted(g.nodes)
+    labelled = set()
+    for club in sorted({g.nodes[n]["club"] for n in nodes}):
+        members = sorted((n for n in nodes if g.nodes[n]["club"] == club), key=lambda n: (-g.degree[n], n))
+        labelled.update(members[:KARATE_LABELLED_PER_FACTION])
+    features = [f"x{i}" for i in nodes]
+    lines = [",".join(["node_id", *features, "club", "train_mask", "eval_mask", "test_mask"])]
+    for n in nodes:
+        onehot = ["1" if m == n else "0" for m in nodes]
+        lab = int(n in labelled)
+        lines.append(",".join([str(n), *onehot, g.nodes[n]["club"], str(lab), str(lab), str(1 - lab)]))
+    (folder / "nodes.csv").write_text("\n".join(lines) + "\n")
+    (folder / "edges.csv").write_text("source,target\n" + "".join(f"{a},{b}\n" for a, b in sorted(g.edges)))
+
+
+GRAPH_BUILTINS: dict[str, GraphBuiltin] = {
+    # Zachary's karate club (networkx.karate_club_graph): 34 members, 78 friendships, label the
+    # faction ('Mr. Hi' or 'Officer') each joined after the split. See `write_karate`.
+    "karate": GraphBuiltin(package="networkx", write=write_karate, label="club",
+                           install="pip install networkx==3.6.1"),
+}
+
+
+def _resolve_graph_builtin(cfg: IngestConfig) -> IngestConfig:
+    """Graph built-in `cfg.name`: its tables written (once per package version), read as CSV."""
+    import hashlib
+    import inspect
+    import os
+    import tempfile
+    from importlib.metadata import version
+
+    from kfx.pipeline.config_graph import GraphOptions
+
+    builtin = GRAPH_BUILTINS[cfg.name]
+    package_folder(builtin)  # installed, else the error says how to install it
+    # Named by the package version and the writer's code: a changed writer never reads stale tables.
+    code = hashlib.sha256(inspect.getsource(builtin.write).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"kfx-builtin-{cfg.name}-{builtin.package}-{version(builtin.package)}-{code}"
+    if not (folder / "edges.csv").exists():
+        staging = Path(tempfile.mkdtemp(prefix=f"kfx-builtin-{cfg.name}-"))
+        builtin.write(staging)
+        try:
+            os.replace(staging, folder)  # atomic: a concurrent writer's complete folder is as good
+        except OSError:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)
+    graph = GraphOptions(nodes=str(folder / "nodes.csv"), edges=str(folder / "edges.csv"))
+    if cfg.graph is not None:  # the user's keys on the built-in's
+        graph = graph.model_copy(update={k: getattr(cfg.graph, k) for k in cfg.graph.model_fields_set
+                                         if k not in ("nodes", "edges")})
+    base = dict(format="csv", label=builtin.label, graph=graph)
+    base.update({k: getattr(cfg, k) for k in cfg.model_fields_set if k not in ("format", "name", "graph")})
+    return IngestConfig(**base)
+
+
+def package_folder(builtin: Builtin | ImageBuiltin | GraphBuiltin) -> Path:
     spec = importlib.util.find_spec(builtin.package)
     if spec is None or not spec.submodule_search_locations:
         raise ComponentError(f"built-in dataset needs package {builtin.package!r}: {builtin.install}")
@@ -157,9 +244,11 @@ def resolve_builtin(cfg: IngestConfig) -> IngestConfig:
     """
     if cfg.name in IMAGE_BUILTINS:
         return _resolve_image_builtin(cfg)
+    if cfg.name in GRAPH_BUILTINS:
+        return _resolve_graph_builtin(cfg)
     if cfg.name not in BUILTINS:
         raise ComponentError(f"unknown built-in dataset {cfg.name!r}; built-ins are: "
-                             f"{', '.join([*BUILTINS, *IMAGE_BUILTINS])}")
+                             f"{', '.join([*BUILTINS, *IMAGE_BUILTINS, *GRAPH_BUILTINS])}")
     builtin = BUILTINS[cfg.name]
     folder = package_folder(builtin)
     base = dict(builtin.config)

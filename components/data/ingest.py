@@ -5,7 +5,8 @@ Parquet, any TFDS dataset by name, folders of image files with one subfolder per
 (`image_folder`, components/data/images.py), and the offline built-ins (components/datasets.py;
 image built-ins are pixel files encoded here to PNG bytes). Columns named in `image_columns` must
 hold decodable images (PNG, JPEG, GIF, BMP) of the `image_shape` given, else the row is rejected
-with the reason; `base64_columns` are decoded from base64 text (images in CSV).
+with the reason; `base64_columns` are decoded from base64 text (images in CSV). A graph (`graph`: nodes and edges
+tables, one example per node) is read by components/data/graphs.py.
 Rows are read in chunks (one Beam element per
 chunk of rows, not per row: Beam's per-element cost dominates otherwise) and parsed in
 parallel by Beam workers. Each row goes to exactly one split by a deterministic hash, or to
@@ -28,7 +29,7 @@ import math
 import struct
 from typing import Any, Iterable
 
-from kfx.components.data import images
+from kfx.components.data import graphs, images
 from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir, write_columns  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
@@ -582,7 +583,7 @@ def source_fingerprint(cfg: IngestConfig) -> str:
     if cfg.format == "tfds":
         return hashlib.sha256(json.dumps([cfg.name, cfg.data_dir, str(tfds_version(cfg))]).encode()).hexdigest()
     h = hashlib.sha256()
-    for files in _match(cfg):
+    for files in _match(cfg) + graphs.tables(cfg):
         for path in files:
             h.update("/".join(path.rsplit("/", 2)[-2 if cfg.format == "image_folder" else -1:]).encode())  # class/file
             with tf.io.gfile.GFile(path, "rb") as f:
@@ -614,6 +615,8 @@ def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
     cfg = _resolved(ctx.config)
+    if cfg.graph is not None:  # nodes + edges tables, one example per node (components/data/graphs.py)
+        return graphs.run(ctx, cfg)
     if cfg.format == "tfds":
         from kfx.pipeline.config import InputSpec
 
@@ -746,4 +749,5 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
                      source_fingerprint=source_fingerprint,
                      code=("kfx.pipeline.artifacts", "kfx.components.data.datasets", "kfx.components.data.images",
-                           "kfx.components.data.timeseries"))
+                           "kfx.components.data.timeseries", "kfx.components.data.graphs",
+                           "kfx.pipeline.artifacts.graph"))

@@ -13,7 +13,8 @@ Outputs:
     evaluation: evaluation.json (overall, slices, fairness, mitigation, baseline comparison,
         robustness when evaluate.robustness.enabled: components/evaluation/robustness.py) and
         report.html (self-contained, inline SVG plots; sample images with their predictions for
-        image models, components/evaluation/samples.py).
+        image models, components/evaluation/samples.py), and attributions.npz (feature, token and
+        pixel attributions; permutation importance: components/evaluation/explain.py).
     blessing: blessing.json ({blessed, checks, reasons, decision_thresholds}) and an empty
         BLESSED or NOT_BLESSED file (TFX's marker).
     predictions: predictions.csv.gz, one row per example: label, score, prediction (and the
@@ -52,13 +53,14 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     return inverse, [str(n) for n in names]
 
 
-def _scored(model: str, data, label: str, cfg, where: str):
-    """(task, outcomes) of `model` on `data`."""
+def _scored(model: str, data, label: str, cfg, where: str, read_split=None):
+    """(task, outcomes) of `model` on `data`; `read_split(name)` reads another split for the task."""
     from kfx.pipeline.artifacts.scoring import score
 
     task, scores = score(model, data, cfg.batch_size, where=where)
     try:
-        return task, task.add_inputs(task.outcomes(data.frame[label], scores, cfg.threshold), data.frame)
+        o = task.add_inputs(task.outcomes(data.frame[label], scores, cfg.threshold), data.frame)
+        return task, task.add_model_inputs(o, model, data.serialized, read_split)
     except ValueError as err:
         raise ComponentError(f"{where}model {model}: {err}") from None
 
@@ -230,7 +232,8 @@ def run(ctx: Context) -> dict[str, Any]:
     if not data.rows:
         raise ComponentError(f"evaluate: split {cfg.split!r} has no rows")
     model = ctx.inputs["model"]
-    task, o = _scored(model, data, label, cfg, "evaluate: ")
+    task, o = _scored(model, data, label, cfg, "evaluate: ",
+                      lambda split: read_split(ctx.inputs["examples"], split, columns, cfg.batch_size))
     sensitive = list(cfg.fairness.sensitive) if cfg.fairness.sensitive is not None else sensitive_keys(schema)
     _check_config(cfg, columns, sensitive, task)
 
@@ -287,9 +290,14 @@ def run(ctx: Context) -> dict[str, Any]:
             "feature": ev["mitigation"]["feature"], "positive_class": ev["positive_class"],
             "default": cfg.threshold, "groups": ev["mitigation"]["thresholds"],
             "applies": "predict the positive class when P(positive) >= the threshold of the row's group"}
+    out_eval, out_bless = ctx.outputs[EVALUATION], ctx.outputs[BLESSING]
+    if cfg.explain.enabled:  # components/evaluation/explain.py; attributions.npz beside the report
+        from kfx.components.evaluation.explain import explain
+
+        ev["explanations"] = explain(cfg.explain, task, o, data, model, sensitive, numeric, ctx.pipeline.config_dir,
+                                     cfg.threshold, cfg.batch_size, cfg.numeric_buckets, out_eval, ctx.log)
     ev["seconds"] = time.time() - started
 
-    out_eval, out_bless = ctx.outputs[EVALUATION], ctx.outputs[BLESSING]
     _write_json(f"{out_eval}/{EVALUATION_FILE}", ev)
     with tf.io.gfile.GFile(f"{out_eval}/{REPORT_FILE}", "w") as f:
         f.write(render(ev, blessing, task))
@@ -322,4 +330,6 @@ SPEC = ComponentSpec(
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
           "kfx.components.evaluation.samples", "kfx.components.evaluation.robustness",
+          "kfx.components.evaluation.clusters", "kfx.components.evaluation.references",
+          "kfx.components.evaluation.explain",
           "kfx.pipeline.artifacts.scoring"))

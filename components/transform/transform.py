@@ -9,6 +9,8 @@ feature-level analyses (missing values, the train mean that fills missing number
 task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
 parses a whole batch with tf.io.parse_example and emits one partial accumulator per batch, and
 a CombineFn merges them (per-element Beam would be ~10x slower).
+Graph examples (ingest.graph) are served by node id: their id feature gets the whole graph (node
+features, normalised adjacency) as its state (components/transform/graph.py).
 
 Outputs:
     transform_graph: transform.json (what models/preprocess.py rebuilds the Keras
@@ -418,11 +420,17 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.pipeline.artifacts import read_columns
     from kfx.models.preprocess import ANALYZERS_FILE, TRANSFORM_FILE, TRANSFORMED_DIR
     from kfx.pipeline.artifacts import load_schema
+    from kfx.pipeline.artifacts.graph import read_graph
 
     cfg = ctx.config
     examples, out = ctx.inputs["examples"], ctx.outputs[TRANSFORM_GRAPH]
     columns = read_columns(examples)
     raw, transforms, task = plan(load_schema(ctx.inputs["schema"]), columns["columns"], cfg)
+    graph = read_graph(examples)
+    if graph is not None:  # a graph: node ids in, the graph as the id's state (components/transform/graph.py)
+        from kfx.components.transform import graph as graphs
+
+        raw, transforms = graphs.plan(graph, raw)
     files = _files(examples, "train")
     with beam.Pipeline(options=ctx.beam_options()) as p:
         _ = (p | "Files" >> beam.Create(files)
@@ -472,7 +480,8 @@ def _code() -> tuple[str, ...]:
     kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
     from kfx.models import kinds, tasks
 
-    return ("kfx.models.preprocess", *kinds.modules(), *tasks.modules())
+    return ("kfx.models.preprocess", "kfx.components.transform.graph", "kfx.pipeline.artifacts.graph",
+            *kinds.modules(), *tasks.modules())
 
 
 SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,

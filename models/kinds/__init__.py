@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "image": "kfx.models.kinds.image:Image",
     "encoded_image": "kfx.models.kinds.image:EncodedImage",
     "window": "kfx.models.kinds.window:Window",
+    "graph_node": "kfx.models.kinds.graph:GraphNode",
 }
 TEXT = "text"  # what natural-language string features get by default
 # what schema image features (image_domain) get by default: encoded bytes, pixel arrays

@@ -16,6 +16,8 @@ TASKS: dict[str, str] = {
     "multiclass": "kfx.models.tasks.multiclass:Multiclass",
     "regression": "kfx.models.tasks.regression:Regression",
     "forecast": "kfx.models.tasks.forecast:Forecast",
+    "clustering": "kfx.models.tasks.clustering:Clustering",
+    "node_classification": "kfx.models.tasks.node_classification:NodeClassification",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
 AUTO = "auto"  # transform.task: pick from the label (see `auto`)

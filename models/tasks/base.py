@@ -40,7 +40,10 @@ class Outcomes:
         score: one number per row for the predictions file (P(positive), top probability, value).
         pred: the decisions (class index, 0/1) or predicted values.
         probs: class probabilities [N, C] (classification only).
-        baselines: reference predictions of the same rows by name (forecast: naive, seasonal_naive).
+        baselines: reference predictions of the same rows by name (forecast: naive, seasonal_naive;
+            regression: linear).
+        model_data: what `add_model_inputs` read from the model itself by name (clustering: the rows'
+            transformed inputs, the map's prototypes).
     """
 
     y: np.ndarray
@@ -48,6 +51,7 @@ class Outcomes:
     pred: np.ndarray
     probs: np.ndarray | None = None
     baselines: dict | None = None
+    model_data: dict | None = None
 
 
 class Task:
@@ -169,6 +173,14 @@ class Task:
     def add_inputs(self, o: Outcomes, frame: dict) -> Outcomes:
         """`o` with what the task derives from the rows' raw columns (`frame`: column -> values), such as
         baseline predictions; unchanged by default."""
+        return o
+
+    def add_model_inputs(self, o: Outcomes, model_uri: str, serialized: list[bytes],
+                         read_split: Callable | None = None) -> Outcomes:
+        """`o` with what the task derives from the model itself on the rows (`serialized`: their
+        tf.Examples, e.g. through its transform_features signature) or from another split of the
+        examples (`read_split(name)` -> pipeline.artifacts.scoring.Split; None: not available);
+        unchanged by default."""
         return o
 
     def metrics(self, o: Outcomes, mask: np.ndarray | None = None, pred: np.ndarray | None = None,

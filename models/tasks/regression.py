@@ -5,7 +5,10 @@ transform's analysis), so the model starts at the mean predictor and learns in s
 units while it outputs (and is scored in) the label's own units.
 
 Evaluation reports MAE, RMSE, R2 and the mean predictor's RMSE (the train label mean as a
-constant) with `rmse_reduction` = 1 - rmse / mean_predictor_rmse. Fairness: per group, MAE and
+constant) with `rmse_reduction` = 1 - rmse / mean_predictor_rmse, and a linear regression's RMSE
+on the same rows, `linear_rmse` (least squares fitted on the train split's rows, on the model's
+own transformed inputs: components/evaluation/references.py) with `rmse_vs_linear` = rmse /
+linear_rmse (below 1: the model beats it), which a gate can bound. Fairness: per group, MAE and
 mean residual (prediction - label); gaps `mae_difference` and `mean_residual_difference` are
 max - min over groups, with bootstrap intervals.
 """
@@ -20,6 +23,7 @@ from kfx.models.tasks.base import MOMENTS, OUTPUT, REGRESS, REGRESS_METHOD, Outc
 PREDICTIONS, OUTPUTS = "predictions", "outputs"
 MAE, MEAN_RESIDUAL = "mae", "mean_residual"
 MAE_DIFFERENCE, MEAN_RESIDUAL_DIFFERENCE = "mae_difference", "mean_residual_difference"
+LINEAR, FIT_SPLIT = "linear", "train"  # the linear reference, fitted on the train split
 
 
 class NumericLabel:
@@ -54,8 +58,8 @@ class NumericLabel:
 
 class Regression(NumericLabel, Task):
     NAME = "regression"
-    METRICS = ("mae", "rmse", "r2", "mean_predictor_rmse", "rmse_reduction")
-    LOWER_IS_BETTER = frozenset({"mae", "rmse", "mean_predictor_rmse"})
+    METRICS = ("mae", "rmse", "r2", "mean_predictor_rmse", "rmse_reduction", "linear_rmse", "rmse_vs_linear")
+    LOWER_IS_BETTER = frozenset({"mae", "rmse", "mean_predictor_rmse", "linear_rmse", "rmse_vs_linear"})
     FAIRNESS_METRICS = (MAE_DIFFERENCE, MEAN_RESIDUAL_DIFFERENCE)
     HEADLINE = ("rmse",)
     SLICE_PLOT = ("mae", "rmse")
@@ -94,11 +98,31 @@ class Regression(NumericLabel, Task):
             raise ValueError(f"the model returns {len(pred)} predictions for {len(y)} rows")
         return Outcomes(y=y, score=pred, pred=pred)
 
+    def add_model_inputs(self, o, model_uri, serialized, read_split=None) -> Outcomes:
+        """The linear reference's predictions of the rows (`o.baselines["linear"]`), fitted on the
+        train split's labelled rows; none without `read_split`."""
+        from kfx.components.evaluation.references import design_matrix, linear_predictions, model_inputs
+
+        if read_split is None:
+            return o
+        fit = read_split(FIT_SPLIT)
+        y = np.asarray(fit.frame[self.label], dtype=np.float64).reshape(-1)
+        known = np.isfinite(y)
+        x_fit, categories = design_matrix(model_inputs(model_uri, fit.serialized))
+        x, _ = design_matrix(model_inputs(model_uri, serialized), categories)
+        o.baselines = {**(o.baselines or {}), LINEAR: linear_predictions(x_fit[known], y[known], x)}
+        return o
+
     def metrics(self, o, mask=None, pred=None, bins=10, confusion_thresholds=()) -> dict:
         from kfx.components.evaluation.metrics import regression_metrics
 
         m = slice(None) if mask is None else mask
-        return regression_metrics(o.y[m], o.pred[m], self.info.get("mean"))
+        out = regression_metrics(o.y[m], o.pred[m], self.info.get("mean"))
+        linear = (o.baselines or {}).get(LINEAR)
+        if linear is not None and out["count"]:
+            out["linear_rmse"] = float(np.sqrt(np.mean((linear[m] - o.y[m]) ** 2)))
+            out["rmse_vs_linear"] = out["rmse"] / out["linear_rmse"] if out["linear_rmse"] else None
+        return out
 
     def fairness(self, o, pred, groups, names, boot, confidence) -> dict:
         from kfx.components.evaluation.fairness import ratio_fairness
@@ -113,5 +137,6 @@ class Regression(NumericLabel, Task):
         from kfx.components.evaluation.report import bar_chart
 
         o = ev["overall"]
-        shown = [m for m in ("mae", "rmse", "mean_predictor_rmse") if o.get(m) is not None]
-        return [], [bar_chart("errors", "Errors: model vs the mean predictor", shown, {"error": [o[m] for m in shown]})]
+        shown = [m for m in ("mae", "rmse", "linear_rmse", "mean_predictor_rmse") if o.get(m) is not None]
+        return [], [bar_chart("errors", "Errors: model vs linear regression and the mean predictor", shown,
+                              {"error": [o[m] for m in shown]})]

@@ -43,7 +43,7 @@ def keras_out(name: str, state: dict, dtype: str, values) -> np.ndarray:
 def test_registry_names_match_classes_and_dtypes():
     for name in kinds.names():
         assert kinds.get(name).NAME == name
-    assert kinds.accepting(STRING) == ["embed", "encoded_image", "hash", "one_hot", "text"]
+    assert kinds.accepting(STRING) == ["embed", "encoded_image", "graph_node", "hash", "one_hot", "text"]
     assert "text" not in kinds.accepting(FLOAT) and "normalize" in kinds.accepting(INT)
     with pytest.raises(KeyError, match="unknown kind 'scale'; known kinds: bucketize, embed"):
         kinds.get("scale")
@@ -61,7 +61,7 @@ def test_unknown_kind_is_rejected_at_load_naming_the_feature_and_the_kind(featur
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"transform.features={features}"])
     assert f"key {key!r}" in str(err.value) and fragment in str(err.value)
-    assert ("known kinds: bucketize, embed, encoded_image, hash, image, normalize, one_hot, passthrough, text, "
+    assert ("known kinds: bucketize, embed, encoded_image, graph_node, hash, image, normalize, one_hot, passthrough, text, "
             "window" in str(err.value))
 
 

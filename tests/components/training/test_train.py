@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.models import tiny_pipeline as tiny
@@ -349,3 +350,32 @@ def test_the_export_carries_its_keras_side_and_it_gives_the_served_outputs(built
     os.remove(broken / TRAINER_DIR / TRAINER_WEIGHTS)
     with pytest.raises(FileNotFoundError, match="older kfx: re-run train"):
         load_trainer(str(broken))
+
+
+def test_evaluate_explains_the_trained_model_through_its_preprocessing(built, tmp_path):
+    """evaluate's explanations (components/evaluation/explain.py) of this trained export: the
+    attributions file's layout, and integrated gradients' completeness through the real
+    preprocessing (one-hot strings, bucketized and normalized numbers)."""
+    from tests.components.evaluation.test_evaluate import evaluate
+
+    art = {"dir": tmp_path, "examples": built["outputs"]["ingest"]["examples"],
+           "schema": built["outputs"]["schema"]["schema"], "model": built["outputs"]["train"]["model"]}
+    _, ev, _, out = evaluate(art, "explain", "model", slices=[], explain={"samples": 50, "steps": 512,
+                                                                         "permutation_repeats": 1})
+    ex, ig = ev["explanations"], ev["explanations"]["integrated_gradients"]
+    features = sorted(tiny.COLUMNS[:-1])
+    with np.load(out / "evaluation" / "attributions.npz") as z:
+        n = len(z["rows"])
+        assert n == ig["rows"] == 50 and len(set(z["rows"])) == n and z["rows"].max() < ev["rows"]
+        assert list(z["features"]) == features and z["feature_attributions"].shape == (n, 5)
+        assert all(z[k].shape == (n,) for k in ("target", "output", "baseline_output", "delta"))
+        assert list(z["permutation_features"]) == features and z["permutation_drops"].shape == (5, 1)
+        # Completeness within 1% (of at least 0.05: a ReLU network's kinks on the path make the
+        # sum's error shrink as 1/steps, which matters only where the output barely moves).
+        diff = np.abs(z["output"] - z["baseline_output"])
+        assert np.all(np.abs(z["delta"]) <= 0.01 * np.maximum(diff, 0.05))
+        # The explained output is the served P(pos) of those rows.
+        served = pd.read_csv(out / "predictions" / "predictions.csv.gz")["score"].to_numpy()
+        assert np.allclose(z["output"], served[z["rows"]], atol=1e-5)
+    assert {g.split("=")[0] for g in ig["groups"]} == {"color"}  # the tiny schema's sensitive feature
+    assert set(ex["associations"]["color"]) == set(features) and ex["associations"]["color"]["color"] is None
