@@ -33,6 +33,7 @@ FAMILIES: dict[str, str] = {
     "som": "kfx.models.som",
     "rbf": "kfx.models.rbf",
     "gnn": "kfx.models.gnn",
+    "gan": "kfx.models.gan",
 }
 BUILD_PARAMS = ("features", "task", "hp")
 HOOKS = {"compile": ("model", "task", "hp"), "fit": ("model", "train_ds", "eval_ds", "hp", "callbacks"),

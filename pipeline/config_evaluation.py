@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from kfx.models import tasks
-from kfx.pipeline.config_base import Section, StageConfig
+from kfx.pipeline.config_base import Section, StageConfig, relative_to_config
 
 # What evaluate can compute, over every task (models/tasks/); each task offers its own part,
 # and evaluate rejects a threshold on a metric the model's task does not report. Lower-is-better
@@ -185,6 +185,23 @@ class ExplainConfig(Section):
     seed: int = 0
 
 
+class GenerationConfig(Section):
+    """How a generation model is judged (components/evaluation/generation.py): `samples` images
+    generated for uniformly requested classes from seeded noise, scored by a classifier."""
+
+    classifier: str = Field(description="A pushed classifier: its base directory (the highest version is used) "
+                                        "or one version directory; relative paths as other kfx paths.")
+    samples: int = Field(1000, ge=10, le=100000)
+    seed: int = 0
+    batch_size: int = Field(256, gt=0)
+    shown_per_class: int = Field(8, ge=0, le=64, description="Generated images per class in the report.")
+
+    @field_validator("classifier")
+    @classmethod
+    def _beside_config(cls, value: str, info: ValidationInfo) -> str:
+        return relative_to_config(value, info.context)
+
+
 class EvaluateConfig(StageConfig):
     """Metrics, slices, fairness and the blessing thresholds."""
 
@@ -201,6 +218,7 @@ class EvaluateConfig(StageConfig):
     robustness: RobustnessConfig = RobustnessConfig()
     explain: ExplainConfig = ExplainConfig()
     gate: GateConfig = GateConfig()
+    generation: GenerationConfig | None = Field(None, description="Generation models: the samples' classifier.")
 
     @field_validator("confusion_thresholds")
     @classmethod

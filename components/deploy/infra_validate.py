@@ -136,8 +136,9 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, cfg) -> list[str]:
         if not np.array_equal(got, want):
             problems.append(f"{name}: differs from the in-process result")
     else:
-        g = [v.decode() if isinstance(v, bytes) else str(v) for v in got.ravel().tolist()]
-        w = [v.decode() if isinstance(v, bytes) else str(v) for v in want.ravel().tolist()]
+        # Compared as bytes: a string output may be binary (a generated image's PNG), not UTF-8.
+        g = [v if isinstance(v, bytes) else str(v).encode() for v in got.ravel().tolist()]
+        w = [v if isinstance(v, bytes) else str(v).encode() for v in want.ravel().tolist()]
         if g != w:
             problems.append(f"{name}: differs from the in-process result")
     return problems
@@ -158,8 +159,9 @@ def _example_input(fn, data) -> str | None:
     return None
 
 
-def check_signature(client, model, sig: str, method: str, data, cfg) -> dict:
-    """Send the canaries to one signature; returns {signature, method, api, passed, problems}."""
+def check_signature(client, model, sig: str, method: str, data, cfg, task=None) -> dict:
+    """Send the canaries to one signature; returns {signature, method, api, passed, problems}.
+    `task` (models/tasks/, optional) may supply inputs that are not columns of the examples."""
     import grpc
     import tensorflow as tf
     from tensorflow.core.example import example_pb2
@@ -171,7 +173,10 @@ def check_signature(client, model, sig: str, method: str, data, cfg) -> dict:
     problems: list[str] = []
     api = {CLASSIFY: "Classify", REGRESS: "Regress"}.get(method, "Predict")
     try:
-        if examples_input is not None:
+        own = task.request_inputs(input_specs(fn), data.rows) if task is not None else None
+        if own is not None:  # inputs that are not columns of the examples (generation: noise, class)
+            local_in = {k: tf.constant(v) for k, v in own.items()}
+        elif examples_input is not None:
             local_in = {examples_input: tf.constant(data.serialized)}
         else:
             local_in = feature_inputs(fn, data, where=f"signature {sig}: ")
@@ -208,6 +213,16 @@ def check_signature(client, model, sig: str, method: str, data, cfg) -> dict:
             "passed": not problems, "problems": problems}
 
 
+def _task(model_uri: str):
+    """The model's task (models/tasks/), or None for a model without a task description."""
+    from kfx.models import tasks
+
+    try:
+        return tasks.of(tasks.load(model_uri))
+    except (FileNotFoundError, KeyError):
+        return None
+
+
 def validate(model_uri: str, data, cfg, log_path: str) -> dict:
     """Start a server on the model, check every signature, stop the server. Never raises for
     a bad model: returns {blessed, server, checks, reasons}."""
@@ -240,7 +255,7 @@ def validate(model_uri: str, data, cfg, log_path: str) -> dict:
                 if served != sorted(methods):
                     reasons.append(f"the server lists signatures {served}, the SavedModel has {sorted(methods)}")
                 for sig, method in sorted(methods.items()):
-                    check = check_signature(client, model, sig, method, data, cfg)
+                    check = check_signature(client, model, sig, method, data, cfg, _task(model_uri))
                     checks.append(check)
                     reasons += [f"signature {sig!r} ({check['api']}): {p}" for p in check["problems"]]
             except InfraFailure as err:

@@ -65,6 +65,13 @@ def _scored(model: str, data, label: str, cfg, where: str, read_split=None):
         raise ComponentError(f"{where}model {model}: {err}") from None
 
 
+def _task_of(model: str):
+    try:
+        return tasks.of(tasks.load(model))
+    except (FileNotFoundError, KeyError) as err:
+        raise ComponentError(f"evaluate: {err}") from None
+
+
 def _overall(task, o, cfg, pred=None) -> dict:
     return task.metrics(o, pred=pred, bins=cfg.calibration_bins, confusion_thresholds=cfg.confusion_thresholds)
 
@@ -227,6 +234,9 @@ def run(ctx: Context) -> dict[str, Any]:
     if label not in columns:
         raise ComponentError(f"evaluate: label {label!r} is not a column of the examples")
     numeric = {c for c, kind in columns.items() if kind != "string"}
+    own = _task_of(ctx.inputs["model"]).evaluate(ctx, ctx.inputs["model"])  # e.g. generation's samples
+    if own is not None:
+        return own
 
     data = read_split(ctx.inputs["examples"], cfg.split, columns, cfg.batch_size)
     if not data.rows:
@@ -331,5 +341,5 @@ SPEC = ComponentSpec(
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
           "kfx.components.evaluation.samples", "kfx.components.evaluation.robustness",
           "kfx.components.evaluation.clusters", "kfx.components.evaluation.references",
-          "kfx.components.evaluation.explain",
+          "kfx.components.evaluation.explain", "kfx.components.evaluation.generation",
           "kfx.pipeline.artifacts.scoring"))

@@ -330,10 +330,12 @@ def render(rob: dict) -> str:
     if rob.get("examples"):
         cells = []
         for ex in rob["examples"]:
-            cells.append(figure("image/png", ex["original"], ex["label"], ex["clean_prediction"], "original",
-                                "original", True))
-            cells.append(figure("image/png", ex["perturbed"], ex["label"], ex["adversarial_prediction"], "perturbed",
-                                f"{ex['attack']}, epsilon {ex['epsilon']:g}", False))
+            shared = {"mime": "image/png", "label": ex["label"]}
+            cells.append(figure({**shared, "data": ex["original"], "prediction": ex["clean_prediction"],
+                                 "name": "original", "note": "original", "correct": True}))
+            cells.append(figure({**shared, "data": ex["perturbed"], "prediction": ex["adversarial_prediction"],
+                                 "name": "perturbed", "note": f"{ex['attack']}, epsilon {ex['epsilon']:g}",
+                                 "correct": False}))
         parts.append(f"<h3>Adversarial examples</h3><p>Correctly classified images and their perturbed copies "
                      f"that the model gets wrong (true &rarr; predicted).</p><div class='samples'>{''.join(cells)}</div>")
     return "".join(parts)

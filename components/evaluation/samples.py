@@ -82,23 +82,25 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def figure(mime: str, data: str, label, prediction, name: str, note: str, correct: bool | None) -> str:
-    """One image (base64 `data`, called `name` in its alt text) captioned 'label -> prediction'
-    over `note`; red when not `correct`."""
-    from kfx.components.evaluation.report import _e
-
-    cls = {True: "right", False: "wrong", None: ""}[correct]
-    return (f"<figure class='sample {cls}'><img src='data:{mime};base64,{data}' "
-            f"alt='{_e(name)}: true {_e(label)}, predicted {_e(prediction)}'>"
-            f"<figcaption>{_e(label)} &rarr; {_e(prediction)}<br><small>{_e(note)}</small></figcaption></figure>")
-
-
 def render(samples: dict) -> str:
     """The report section: a grid of the images, each captioned 'true -> predicted' (red when wrong)."""
-    from kfx.components.evaluation.report import _e, _fmt
+    from kfx.components.evaluation.report import _e
 
-    cells = [figure(r["mime"], r["data"], r["label"], r["prediction"], f"row {r['row']}",
-                    f"row {r['row']}, score {_fmt(r['score'], 2)}", r["correct"]) for r in samples["rows"]]
+    cells = [figure(r) for r in samples["rows"]]
     return (f"<h2>Sample images</h2><p>{len(samples['rows'])} images of <b>{_e(samples['feature'])}</b> with "
             f"true &rarr; predicted label; misclassified first, in red ({samples['misclassified']:,} "
             f"misclassified in the split).</p><div class='samples'>{''.join(cells)}</div>")
+
+
+def figure(r: dict) -> str:
+    """One image of a samples' row, captioned 'true -> predicted' (red when wrong), row and score;
+    `name` (alt text) and `note` (under the caption), when given, replace the row and score."""
+    from kfx.components.evaluation.report import _e, _fmt
+
+    cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
+    name = r.get("name") or f"row {r['row']}"
+    note = r.get("note") or f"row {r['row']}, score {_fmt(r['score'], 2)}"
+    return (f"<figure class='sample {cls}'><img src='data:{r['mime']};base64,{r['data']}' "
+            f"alt='{_e(name)}: true {_e(r['label'])}, predicted {_e(r['prediction'])}'>"
+            f"<figcaption>{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
+            f"<small>{_e(note)}</small></figcaption></figure>")

@@ -51,6 +51,9 @@ def make_functions(preprocessor, model, spec: dict) -> dict[str, Any]:
     from kfx.models.preprocess import raw_feature_spec
 
     task = tasks.of(spec["task"])
+    own = task.serving_functions(preprocessor, model, spec)
+    if own is not None:
+        return own
     parse_spec = raw_feature_spec(spec)
     examples_signature = [tf.TensorSpec([None], tf.string, name="examples")]
 
@@ -107,7 +110,10 @@ def export(path: str, preprocessor, model, spec: dict, warmup_rows: dict | None 
     set_method_names(path, {name: method for name, (method, _) in task.example_signatures().items()})
     tasks.save(path, task.info)
     if warmup_rows:
-        write_warmup(path, warmup_rows, model_name)
+        n = len(next(iter(warmup_rows.values())))
+        # A task whose serving_default does not take the raw features gives its own requests.
+        own = task.request_inputs(functions[SERVING_DEFAULT][1][0], n)
+        write_warmup(path, own if own is not None else warmup_rows, model_name)
     if trainer is not None:
         save_trainer(path, model, spec, trainer)
     return sorted(functions)

@@ -187,7 +187,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.training import export as modeling_export
     from kfx.components.training.data import dataset
     from kfx.components.training.fit import choose_strategy, class_weight, is_chief, steps_per_epoch, use_mixed_precision
-    from kfx.models import compat
+    from kfx.models import compat, tasks
     from kfx.models.augment import augmenter
     from kfx.models.preprocess import load_transform, make_preprocessor
 
@@ -283,7 +283,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                "hyperparameters_source": hp_source, "fit_seconds": round(fit_seconds, 1),
                                "warm_start": warm, "fine_tune": fine_tune}
     for split in ("eval", "test"):
-        if split in _splits(examples):
+        if split in _splits(examples) and tasks.of(task).SCORES_ROWS:
             for k, v in score_split(functions, examples, split, spec).items():
                 metrics[f"{split}_{k}"] = v
     run_dir = ctx.outputs[MODEL_RUN]

@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "forecast": "kfx.models.tasks.forecast:Forecast",
     "clustering": "kfx.models.tasks.clustering:Clustering",
     "node_classification": "kfx.models.tasks.node_classification:NodeClassification",
+    "generation": "kfx.models.tasks.generation:Generation",
 }
 BINARY, MULTICLASS, REGRESSION = "binary", "multiclass", "regression"
 AUTO = "auto"  # transform.task: pick from the label (see `auto`)

@@ -8,10 +8,13 @@ of transform.json, also saved inside every exported model as `TASK_ASSET`) and s
     (`compile_args`), the monitors tune and early stopping may watch (`MONITORS`, `objective`),
     class weights;
   * export: the serving outputs and the tf.Example signatures (`serving_outputs`,
-    `example_signatures`: Classify only for classification, Regress where it applies);
+    `example_signatures`: Classify only for classification, Regress where it applies), or the
+    task's own endpoints and their warmup/canary inputs (`serving_functions`, `request_inputs`:
+    generation maps noise and a class to images);
   * evaluation: scoring of the serving outputs (`SCORE_OUTPUT`, `outcomes`), metrics and the
     names the gate may use (`METRICS`, `LOWER_IS_BETTER`), fairness metrics with bootstrap
-    intervals (`fairness`, `FAIRNESS_METRICS`), curves and the report's sections.
+    intervals (`fairness`, `FAIRNESS_METRICS`), curves and the report's sections; or the task's
+    own evaluation (`evaluate`, with `SCORES_ROWS` false when the export does not score rows).
 Nothing here imports TensorFlow at module level: the config loader reads the class attributes.
 """
 from __future__ import annotations
@@ -67,6 +70,7 @@ class Task:
     SLICE_PLOT: ClassVar[tuple[str, ...]]  # metrics plotted per slice in the report
     SCORE_OUTPUT: ClassVar[str]  # the serving_default output evaluate scores
     MITIGABLE: ClassVar[bool] = False  # per-group decision thresholds apply
+    SCORES_ROWS: ClassVar[bool] = True  # serving_default scores a split's rows (train's eval/test metrics)
 
     def __init__(self, info: dict):
         if info.get("type") != self.NAME:
@@ -161,7 +165,25 @@ class Task:
         """Signatures on serialized tf.Example: name -> (method name, model output -> outputs)."""
         return {}
 
+    def serving_functions(self, preprocessor, model, spec: dict) -> dict | None:
+        """The export's endpoints, name -> (function, input signature), when this task's model is
+        not served on the raw features (generation: noise and a class in, images out); None by
+        default: serving_default on the raw features through `preprocessor` (training/export.py)."""
+        return None
+
+    def request_inputs(self, specs: dict, n: int) -> dict | None:
+        """`n` requests' inputs (argument name -> numpy array) for a signature whose inputs `specs`
+        (argument name -> tf.TensorSpec) are not columns of the examples, for warmup and canary
+        requests; None by default: real rows of the examples."""
+        return None
+
     # ------------------------------------------------------------ evaluation
+    def evaluate(self, ctx, model: str) -> dict | None:
+        """The evaluate stage's run (outputs written, run-summary metrics returned) for a task
+        whose model is not judged by scoring the split's rows with serving_default (generation:
+        samples scored by a classifier); None by default: evaluate scores the rows."""
+        return None
+
     def outcomes(self, labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> Outcomes:
         """Labels (strings, bytes or numbers) and the `SCORE_OUTPUT` values -> Outcomes.
 

@@ -20,7 +20,7 @@ FEATURES = {
 }
 BINARY = {"type": "binary", "vocabulary": ["no", "yes"]}
 TABULAR = ["mlp", "wide_deep"]  # the families FEATURES suits (image and sequence ones: test_families.py)
-KNOWN = "bilstm, capsule, cnn, cnn1d, gnn, gru, lstm, mlp, rbf, resnet, rnn, som, transformer, wide_deep"
+KNOWN = "bilstm, capsule, cnn, cnn1d, gan, gnn, gru, lstm, mlp, rbf, resnet, rnn, som, transformer, wide_deep"
 
 
 def test_registry_lists_families_and_rejects_unknown_names():

@@ -15,9 +15,9 @@ REG = {"type": tasks.REGRESSION, "label": "mass", "label_dtype": "float32", "voc
 
 
 def test_registry_names_and_errors():
-    assert tasks.names() == ["binary", "clustering", "forecast", "multiclass", "node_classification", "regression"]
+    assert tasks.names() == ["binary", "clustering", "forecast", "generation", "multiclass", "node_classification", "regression"]
     assert tasks.of(MULTI).NAME == tasks.MULTICLASS and tasks.of(tasks.of(MULTI)).classes == CLASSES
-    with pytest.raises(KeyError, match="unknown task 'ranking'; known tasks: binary, clustering, forecast, multiclass, "
+    with pytest.raises(KeyError, match="unknown task 'ranking'; known tasks: binary, clustering, forecast, generation, multiclass, "
                                         "node_classification, regression"):
         tasks.get("ranking")
     with pytest.raises(ValueError, match="type 'binary' given to task 'regression'"):
