@@ -30,6 +30,7 @@ FAMILIES: dict[str, str] = {
     "bilstm": "kfx.models.bilstm",
     "cnn1d": "kfx.models.cnn1d",
     "transformer": "kfx.models.transformer",
+    "capsule": "kfx.models.capsule",
     "som": "kfx.models.som",
     "rbf": "kfx.models.rbf",
     "gnn": "kfx.models.gnn",

@@ -89,6 +89,18 @@ class FairnessThreshold(Section):
         return self
 
 
+ROBUSTNESS_ATTACKS = ("fgsm", "pgd", "token_drop", "token_replace")  # components/evaluation/robustness.py
+
+
+class RobustnessThreshold(Section):
+    """Accuracy under `attack` at `epsilon` (on [0, 1] pixels for fgsm/pgd, the token rate for
+    token_drop/token_replace) must be >= min_accuracy; needs evaluate.robustness.enabled."""
+
+    epsilon: float = Field(gt=0.0, le=1.0)
+    min_accuracy: float = Field(ge=0.0, le=1.0)
+    attack: Literal[ROBUSTNESS_ATTACKS] = "pgd"
+
+
 class GateConfig(Section):
     """The blessing: every check must pass."""
 
@@ -96,6 +108,7 @@ class GateConfig(Section):
     change: tuple[ChangeThreshold, ...] = ()
     slices: tuple[SliceThreshold, ...] = ()
     fairness: tuple[FairnessThreshold, ...] = ()
+    robustness: RobustnessThreshold | None = None
 
 
 class FairnessConfig(Section):
@@ -121,6 +134,40 @@ class MitigationConfig(Section):
     feature: str | None = Field(None, description="Sensitive feature; default the first one.")
     gate: bool = Field(False, description="Gate fairness and decision metrics on the mitigated decisions.")
     split: str = "eval"
+
+
+def _fractions(v: tuple[float, ...], what: str) -> tuple[float, ...]:
+    for x in v:
+        if not 0.0 <= x <= 1.0:
+            raise ValueError(f"{what} {x} must be in [0, 1]")
+    return v
+
+
+class RobustnessConfig(Section):
+    """Accuracy under perturbation of image and text classifiers (components/evaluation/robustness.py):
+    FGSM and PGD at each epsilon (a fraction of the pixel range), tokens dropped or replaced at
+    each rate; on `rows` rows of the split drawn with `seed`. Off by default; skipped, saying
+    so, for other models (tabular)."""
+
+    enabled: bool = False
+    epsilons: tuple[float, ...] = Field((0.05, 0.1), min_length=1)
+    pgd_steps: int = Field(10, ge=1, le=1000)
+    pgd_step_size: float | None = Field(None, gt=0.0, le=1.0, description="Fraction of epsilon; 2.5 / pgd_steps.")
+    token_rates: tuple[float, ...] = Field((0.1, 0.2), min_length=1)
+    rows: int = Field(500, ge=1, description="Rows of the split attacked (a seeded sample when fewer).")
+    seed: int = 0
+    examples: int = Field(4, ge=0, le=64, description="Adversarial examples shown in the report.")
+    batch_size: int = Field(256, gt=0)
+
+    @field_validator("epsilons")
+    @classmethod
+    def _eps(cls, v):
+        return _fractions(v, "epsilon")
+
+    @field_validator("token_rates")
+    @classmethod
+    def _rates(cls, v):
+        return _fractions(v, "token rate")
 
 
 class ExplainConfig(Section):
@@ -168,6 +215,7 @@ class EvaluateConfig(StageConfig):
     calibration_bins: int = Field(10, ge=2, le=100)
     fairness: FairnessConfig = FairnessConfig()
     mitigation: MitigationConfig = MitigationConfig()
+    robustness: RobustnessConfig = RobustnessConfig()
     explain: ExplainConfig = ExplainConfig()
     gate: GateConfig = GateConfig()
     generation: GenerationConfig | None = Field(None, description="Generation models: the samples' classifier.")
@@ -187,6 +235,13 @@ class EvaluateConfig(StageConfig):
             if not s:
                 raise ValueError("a slice needs at least one feature (the overall slice is always computed)")
         return v
+
+    @model_validator(mode="after")
+    def _robustness_gate(self):
+        if self.gate.robustness is not None and not self.robustness.enabled:
+            raise ValueError(f"gate.robustness ({self.gate.robustness.attack} at epsilon "
+                             f"{self.gate.robustness.epsilon}) needs robustness.enabled: true")
+        return self
 
 
 class InfraValidateConfig(StageConfig):

@@ -10,7 +10,8 @@ same rows. The gate (evaluation_gate.py) turns the configured thresholds into ch
 
 Inputs: examples, schema, model, baseline_model (optional).
 Outputs:
-    evaluation: evaluation.json (overall, slices, fairness, mitigation, baseline comparison) and
+    evaluation: evaluation.json (overall, slices, fairness, mitigation, baseline comparison,
+        robustness when evaluate.robustness.enabled: components/evaluation/robustness.py) and
         report.html (self-contained, inline SVG plots; sample images with their predictions for
         image models, components/evaluation/samples.py; images decoded from noise for models with a
         `decode` signature, components/evaluation/decoded.py), and attributions.npz (feature, token and
@@ -214,7 +215,7 @@ def _write_json(path: str, obj: Any) -> None:
 def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
-    from kfx.components.evaluation.gate import bless
+    from kfx.components.evaluation.gate import bless, reason
     from kfx.components.evaluation.report import render
     from kfx.components.evaluation.decoded import decoded_samples
     from kfx.components.evaluation.samples import image_samples
@@ -284,6 +285,16 @@ def run(ctx: Context) -> dict[str, Any]:
         gate_fairness = {**ev["fairness"], ev["mitigation"]["feature"]: ev["mitigation"]["fairness"]}
     blessed, checks, reasons = bless(cfg.gate, gate_overall, baseline.get("overall"), ev["slices"],
                                      cfg.min_slice_size, gate_fairness, cfg.fairness.confidence)
+    if cfg.robustness.enabled:  # components/evaluation/robustness.py
+        from kfx.components.evaluation import robustness
+
+        rob_gate = cfg.gate.robustness
+        ev["robustness"] = robustness.evaluate(model, data.frame, o.y, task, cfg.robustness,
+                                               rob_gate, ctx.pipeline.config_dir)
+        if rob_gate:
+            checks.append(robustness.gate_check(ev["robustness"], rob_gate))
+            if not checks[-1]["passed"]:
+                blessed, reasons = False, [*reasons, reason(checks[-1])]
     blessing = {"blessed": blessed, "checks": checks, "reasons": reasons, "model": model,
                 "baseline": baseline["uri"], "baseline_note": baseline["note"],
                 "decision_thresholds": None}
@@ -314,6 +325,10 @@ def run(ctx: Context) -> dict[str, Any]:
     for m in ev["metric_names"]:
         if isinstance(overall.get(m), float):
             metrics[m] = round(overall[m], 4)
+    if ev.get("robustness"):
+        from kfx.components.evaluation.robustness import summary
+
+        metrics.update(summary(ev["robustness"]))
     headline = task.FAIRNESS_METRICS[0]
     for feature, fr in ev["fairness"].items():
         metrics[f"{feature}_{headline}"] = fr["gaps"][headline]["value"]
@@ -330,5 +345,5 @@ SPEC = ComponentSpec(
           "kfx.components.evaluation.samples", "kfx.components.evaluation.clusters",
           "kfx.components.evaluation.references", "kfx.components.evaluation.explain",
           "kfx.components.evaluation.generation",
-          "kfx.components.evaluation.decoded",
+          "kfx.components.evaluation.decoded", "kfx.components.evaluation.robustness",
           "kfx.pipeline.artifacts.scoring"))

@@ -172,6 +172,10 @@ def render(ev: dict, blessing: dict, task) -> str:
         from kfx.components.evaluation.decoded import render as render_decoded
 
         parts.append(render_decoded(ev["decoded_samples"]))
+    if ev.get("robustness"):  # components/evaluation/robustness.py
+        from kfx.components.evaluation.robustness import render as render_robustness
+
+        parts.append(render_robustness(ev["robustness"]))
     if ev.get("explanations"):  # components/evaluation/explain.py
         from kfx.components.evaluation.explain import render as render_explanations
 

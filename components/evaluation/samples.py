@@ -93,13 +93,15 @@ def render(samples: dict) -> str:
 
 
 def figure(r: dict) -> str:
-    """One image of a samples' row, captioned 'true -> predicted' (red when wrong), row and score."""
+    """One image of a samples' row, captioned 'true -> predicted' (red when wrong), row and score;
+    `name` (alt text) and `note` (under the caption), when given, replace the row and score."""
     from kfx.components.evaluation.report import _e, _fmt
 
     cls = {True: "right", False: "wrong", None: ""}[r["correct"]]
-    return image_figure(r, f"row {r['row']}: true {_e(r['label'])}, predicted {_e(r['prediction'])}",
-                        f"{_e(r['label'])} &rarr; {_e(r['prediction'])}<br>"
-                        f"<small>row {r['row']}, score {_fmt(r['score'], 2)}</small>", cls)
+    name = r.get("name") or f"row {r['row']}"
+    note = r.get("note") or f"row {r['row']}, score {_fmt(r['score'], 2)}"
+    return image_figure(r, f"{_e(name)}: true {_e(r['label'])}, predicted {_e(r['prediction'])}",
+                        f"{_e(r['label'])} &rarr; {_e(r['prediction'])}<br><small>{_e(note)}</small>", cls)
 
 
 def image_figure(image: dict, alt: str, caption: str = "", cls: str = "") -> str:

@@ -20,8 +20,8 @@ FEATURES = {
 }
 BINARY = {"type": "binary", "vocabulary": ["no", "yes"]}
 TABULAR = ["mlp", "wide_deep"]  # the families FEATURES suits (image and sequence ones: test_families.py)
-KNOWN = ("autoencoder, bilstm, cnn, cnn1d, denoising_autoencoder, gan, gnn, gru, lstm, mlp, rbf, resnet, rnn, som, "
-         "transformer, vae, wide_deep")
+KNOWN = ("autoencoder, bilstm, capsule, cnn, cnn1d, denoising_autoencoder, gan, gnn, gru, lstm, mlp, rbf, resnet, rnn, "
+         "som, transformer, vae, wide_deep")
 
 
 def test_registry_lists_families_and_rejects_unknown_names():
