@@ -336,9 +336,17 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
+def source_fingerprint(cfg: EvaluateConfig) -> str:
+    """The generation classifier read from outside the artifact store (its resolved version), else ""."""
+    from kfx.components.evaluation.generation import classifier_fingerprint
+
+    return classifier_fingerprint(cfg.generation.classifier) if cfg.generation is not None else ""
+
+
 SPEC = ComponentSpec(
     name="evaluate", config=EvaluateConfig, inputs=("examples", "schema", "model", "baseline_model"),
     outputs=(EVALUATION, BLESSING, PREDICTIONS), run=run, optional_inputs=("baseline_model",),
+    source_fingerprint=source_fingerprint,
     code=("kfx.models.tasks", "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}),
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",
