@@ -50,14 +50,22 @@ MAX_LEVELS = 50  # a string column with more distinct values (free text) gets no
 # ------------------------------------------------------------------ integrated gradients
 def _entry_layers(model) -> dict[str, list]:
     """Integer model input name -> the layers reading it (their outputs are the first
-    differentiable representation)."""
+    differentiable representation), found inside a nested functional model that reads it too
+    (e.g. the rbf and som families' "encoder")."""
+    import keras
+
     ints = {id(t): t.name for t in model.inputs if "int" in str(t.dtype)}
     out: dict[str, list] = {}
     for layer in model.layers:
         for node in getattr(layer, "_inbound_nodes", []):
-            for t in node.input_tensors:
-                if id(t) in ints:
-                    out.setdefault(ints[id(t)], []).append(layer)
+            read = [ints[id(t)] for t in node.input_tensors if id(t) in ints]
+            if read and isinstance(layer, keras.Model) and getattr(layer, "inputs", None):
+                for name, inner in _entry_layers(layer).items():  # matched by input name
+                    if name in read:
+                        out.setdefault(name, []).extend(inner)
+                continue
+            for name in read:
+                out.setdefault(name, []).append(layer)
     return out
 
 
