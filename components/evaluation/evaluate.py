@@ -140,8 +140,9 @@ def _check_config(cfg, columns: dict, sensitive: list[str], task) -> None:
                                      f"model (its metrics: {', '.join(names)})")
 
 
-def _baseline(uri: str | None, data, label: str, cfg) -> dict:
-    """The baseline's overall metrics and curves on the same rows (or why there are none)."""
+def _baseline(uri: str | None, data, label: str, cfg, task_name: str) -> dict:
+    """The baseline's overall metrics and curves on the same rows (or why there are none, e.g. the
+    last pushed model is of another task than the candidate's `task_name`)."""
     import tensorflow as tf
 
     from kfx.models import tasks
@@ -152,6 +153,10 @@ def _baseline(uri: str | None, data, label: str, cfg) -> dict:
         return {"uri": None, "note": f"the last pushed model {uri} no longer exists: change checks pass"}
     if not tf.io.gfile.exists(f"{uri}/{tasks.TASK_ASSET}"):
         return {"uri": None, "note": f"the last pushed model {uri} has no task description ({tasks.TASK_ASSET}): "
+                                     f"change checks pass"}
+    kind = tasks.load(uri).get("type")
+    if kind != task_name:
+        return {"uri": None, "note": f"the last pushed model {uri} is a {kind} model, not {task_name}: "
                                      f"change checks pass"}
     task, o = _scored(uri, data, label, cfg, "evaluate (baseline): ")
     out = {"uri": uri, "note": f"the last pushed model, {uri}", "task": task.NAME, "overall": _overall(task, o, cfg)}
@@ -268,7 +273,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                  f"(the schema has no sensitive features)")
         ev["mitigation"] = _mitigate(cfg, task, o, data, ctx.inputs["examples"], columns, label, model,
                                      feature, numeric)
-    baseline = _baseline(ctx.inputs.get("baseline_model"), data, label, cfg)
+    baseline = _baseline(ctx.inputs.get("baseline_model"), data, label, cfg, task.NAME)
     ev["baseline"] = baseline
     if baseline.get("overall"):
         ev["baseline"]["comparison"] = {
@@ -336,9 +341,17 @@ def run(ctx: Context) -> dict[str, Any]:
     return metrics
 
 
+def source_fingerprint(cfg: EvaluateConfig) -> str:
+    """The generation classifier read from outside the artifact store (its resolved version), else ""."""
+    from kfx.components.evaluation.generation import classifier_fingerprint
+
+    return classifier_fingerprint(cfg.generation.classifier) if cfg.generation is not None else ""
+
+
 SPEC = ComponentSpec(
     name="evaluate", config=EvaluateConfig, inputs=("examples", "schema", "model", "baseline_model"),
     outputs=(EVALUATION, BLESSING, PREDICTIONS), run=run, optional_inputs=("baseline_model",),
+    source_fingerprint=source_fingerprint,
     code=("kfx.models.tasks", "kfx.models.tasks.base", *sorted({v.split(":")[0] for v in tasks.TASKS.values()}),
           "kfx.components.evaluation.metrics", "kfx.components.evaluation.fairness", "kfx.components.evaluation.gate",
           "kfx.components.evaluation.mitigation", "kfx.components.evaluation.report",

@@ -50,14 +50,22 @@ MAX_LEVELS = 50  # a string column with more distinct values (free text) gets no
 # ------------------------------------------------------------------ integrated gradients
 def _entry_layers(model) -> dict[str, list]:
     """Integer model input name -> the layers reading it (their outputs are the first
-    differentiable representation)."""
+    differentiable representation), found inside a nested functional model that reads it too
+    (e.g. the rbf and som families' "encoder")."""
+    import keras
+
     ints = {id(t): t.name for t in model.inputs if "int" in str(t.dtype)}
     out: dict[str, list] = {}
     for layer in model.layers:
         for node in getattr(layer, "_inbound_nodes", []):
-            for t in node.input_tensors:
-                if id(t) in ints:
-                    out.setdefault(ints[id(t)], []).append(layer)
+            read = [ints[id(t)] for t in node.input_tensors if id(t) in ints]
+            if read and isinstance(layer, keras.Model) and getattr(layer, "inputs", None):
+                for name, inner in _entry_layers(layer).items():  # matched by input name
+                    if name in read:
+                        out.setdefault(name, []).extend(inner)
+                continue
+            for name in read:
+                out.setdefault(name, []).append(layer)
     return out
 
 
@@ -412,6 +420,7 @@ def _integrated(cfg, task, o, data, rows: np.ndarray, model_uri: str, config_dir
     from kfx.components.evaluation.samples import stored_image
     from kfx.components.training.export import load_trainer
     from kfx.models.kinds.base import IMAGE, SEQUENCE
+    from kfx.models.kinds.graph import GRAPH
     from kfx.models.preprocess import raw_feature_spec
 
     pre, model, spec = load_trainer(model_uri, config_dir)
@@ -419,6 +428,10 @@ def _integrated(cfg, task, o, data, rows: np.ndarray, model_uri: str, config_dir
         raise ValueError(f"integrated gradients need a functional Keras model with one output; "
                          f"{type(model).__name__} of the export is not")
     outputs = spec["outputs"]
+    nodes = [k for k, v in outputs.items() if v["kind"] == GRAPH]
+    if nodes:
+        raise ValueError(f"the model's input {nodes[0]!r} is a graph node id (kind graph_node): the prediction "
+                         f"comes from the graph the model holds, so attributions over node ids are not meaningful")
     detailed = any(v["kind"] in (IMAGE, SEQUENCE) for v in outputs.values())
     wrong = (o.y != o.pred) if task.classes is not None else np.zeros(data.rows, bool)
     # Tabular: the first `samples` rows of the sample; images and texts: right and wrong ones.

@@ -18,6 +18,7 @@ images per requested class, captioned `requested -> classified`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
 from typing import Any
@@ -56,6 +57,24 @@ def classifier_dir(path: str) -> str:
         raise ComponentError(f"{where}: {resolved} is neither a SavedModel (no saved_model.pb) nor a base "
                              f"directory of model versions (all-digit subdirectories holding one)")
     return f"{resolved}/{versions[-1]}"
+
+
+def classifier_fingerprint(path: str) -> str:
+    """Hash of the classifier `classifier_dir(path)` resolves to: its directory, saved_model.pb and
+    variables/variables.index (size and modification time of each), so a re-pushed classifier
+    invalidates evaluate's cache. A classifier that cannot be resolved hashes its error (evaluate fails
+    on it anyway, uncached)."""
+    import tensorflow as tf
+
+    try:
+        uri = classifier_dir(path)
+    except ComponentError as err:
+        return hashlib.sha256(str(err).encode()).hexdigest()
+    parts = [uri]
+    for name in ("saved_model.pb", "variables/variables.index"):
+        st = tf.io.gfile.stat(f"{uri}/{name}") if tf.io.gfile.exists(f"{uri}/{name}") else None
+        parts.append(f"{name}:{st.length}:{st.mtime_nsec}" if st else f"{name}:-")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def load_classifier(path: str) -> tuple[Any, list[str], str]:

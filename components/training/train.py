@@ -209,6 +209,7 @@ def run(ctx: Context) -> dict[str, Any]:
     spec = load_transform(ctx.inputs["transform_graph"])
     task = spec["task"]
     examples = ctx.inputs["examples"]
+    check_splits(tasks.of(task), _splits(examples))
     hp, hp_source = resolve_hyperparameters(cfg, ctx.inputs.get("hyperparameters"), ctx.pipeline.config_dir)
     family = models.get(cfg.model, ctx.pipeline.config_dir)
     keras.utils.set_random_seed(cfg.seed)
@@ -228,7 +229,8 @@ def run(ctx: Context) -> dict[str, Any]:
                            augment=augmenter(cfg.augmentation, spec["outputs"], cfg.seed))
         eval_ds = dataset(examples, "eval", spec, pre, global_batch, cache=cfg.cache_dataset, shard_by_data=multi,
                           targets=targets)
-        steps = steps_per_epoch(spec["train_rows"], global_batch)
+        rows = tasks.of(task).training_row_count(spec["train_rows"], spec["train_rows"])
+        steps = steps_per_epoch(rows, global_batch)
         if cfg.fine_tune and hasattr(family, "fit"):
             raise ComponentError(f"train.fine_tune: model {cfg.model!r} trains with its own fit hook; "
                                  f"the fine-tune phase needs Keras fit")
@@ -323,6 +325,17 @@ def _compile(model, family, task: dict, cfg, hp: dict, lr: float, steps: int) ->
         family.compile(model, task, {**hp, "learning_rate": lr})
     else:
         compile_model(model, task, cfg, lr, steps)
+
+
+def check_splits(task, splits: list[str]) -> None:
+    """A task that calibrates on the eval split (e.g. anomaly's threshold) needs one.
+
+    Raises:
+        ComponentError: no eval split; the message names the task and the splits present.
+    """
+    if task.CALIBRATES and "eval" not in splits:
+        raise ComponentError(f"train: task {task.NAME!r} picks its decision threshold on an 'eval' split, and the "
+                             f"examples have none (splits: {list(splits)}); add one to ingest's splits")
 
 
 def _splits(examples: str) -> list[str]:

@@ -185,7 +185,8 @@ def run(ctx: Context) -> dict[str, Any]:
         import keras
 
         keras.utils.set_random_seed(cfg.seed)
-        steps = steps_per_epoch(min(cfg.train_rows or spec["train_rows"], spec["train_rows"]), cfg.batch_size)
+        rows = min(cfg.train_rows or spec["train_rows"], spec["train_rows"])
+        steps = steps_per_epoch(tasks.of(spec["task"]).training_row_count(rows, spec["train_rows"]), cfg.batch_size)
         deadline = started + cfg.max_seconds
         workdir = tempfile.mkdtemp(prefix="kfx-tune-")
         try:

@@ -36,6 +36,7 @@ class Anomaly(Task):
     HEADLINE = ("anomaly_auc",)
     SLICE_PLOT = ("recall", "false_positive_rate")
     SCORE_OUTPUT = SCORE
+    CALIBRATES = True  # the threshold is picked on the eval split
 
     @property
     def normal(self) -> list[str]:
@@ -81,6 +82,11 @@ class Anomaly(Task):
             return lambda y: tf.reduce_any(tf.equal(tf.reshape(y, [-1]), tf.constant(values, tf.string)))
         ints = [int(v) for v in self.normal]
         return lambda y: tf.reduce_any(tf.equal(tf.cast(tf.reshape(y, [-1]), tf.int64), tf.constant(ints, tf.int64)))
+
+    def training_row_count(self, rows: int, train_rows: int) -> int:
+        """The normal share of `rows` (the counted `normal_rows` of the train split's `train_rows`)."""
+        normal = self.info.get("normal_rows")
+        return rows if normal is None or not train_rows else max(1, round(rows * normal / train_rows))
 
     def target_encoder(self):
         import tensorflow as tf

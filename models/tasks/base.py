@@ -71,6 +71,7 @@ class Task:
     SCORE_OUTPUT: ClassVar[str]  # the serving_default output evaluate scores
     MITIGABLE: ClassVar[bool] = False  # per-group decision thresholds apply
     SCORES_ROWS: ClassVar[bool] = True  # serving_default scores a split's rows (train's eval/test metrics)
+    CALIBRATES: ClassVar[bool] = False  # `calibrate` needs the eval split: train fails without one
 
     def __init__(self, info: dict):
         if info.get("type") != self.NAME:
@@ -132,6 +133,11 @@ class Task:
         """Raw label tensor of one row -> bool tensor: whether training (and the val loss) uses the row;
         None (the default) keeps every row. The anomaly task learns from normal rows only."""
         return None
+
+    def training_row_count(self, rows: int, train_rows: int) -> int:
+        """Rows an epoch trains on (its steps, the learning-rate schedule) when `rows` of the
+        `train_rows` train rows are read: all of them by default (see `training_rows`)."""
+        return rows
 
     def calibrate(self, labels: np.ndarray, scores: np.ndarray) -> dict:
         """The task description after training, given the eval split's labels and `SCORE_OUTPUT`

@@ -95,3 +95,11 @@ def test_config_errors_name_the_key(section, message):
         TransformConfig.model_validate(section)
     ok = TransformConfig.model_validate({"task": "anomaly", "anomaly": {"normal_values": [0, "7"]}}).anomaly
     assert ok.normal_values == ("0", "7") and ok.false_positive_rate == 0.05
+
+
+def test_an_epoch_trains_on_the_normal_rows_only():
+    task = tasks.of({**INFO, "normal_rows": 300})
+    assert task.training_row_count(1000, 1000) == 300  # train: the whole split, its normal rows
+    assert task.training_row_count(100, 1000) == 30  # tune on a sample: its normal share
+    assert tasks.of(INFO).training_row_count(1000, 1000) == 1000  # not counted: every row
+    assert tasks.of({**INFO, "type": tasks.REGRESSION}).training_row_count(100, 1000) == 100

@@ -117,6 +117,23 @@ def test_reloaded_export_gives_the_keras_model_outputs_for_node_ids(trained, exp
     np.testing.assert_allclose(p, keras_out["probabilities"].numpy(), atol=1e-5)
 
 
+def test_integrated_gradients_are_skipped_for_node_ids_with_a_note_saying_why(trained, tmp_path):
+    from kfx.components.evaluation.explain import explain
+    from kfx.models import tasks
+    from kfx.pipeline.artifacts.scoring import Split
+    from kfx.pipeline.config_evaluation import ExplainConfig
+
+    task = tasks.of(tasks.load(trained["model"]))
+    data = Split({"node_id": IDS, "side": np.array(["a", "a", "b", "b", "a"])},
+                 {"node_id": np.zeros(len(IDS), bool), "side": np.zeros(len(IDS), bool)}, [b""] * len(IDS))
+    out = explain(ExplainConfig(permutation_repeats=0), task, None, data, trained["model"], [], set(), ".", 0.5,
+                  64, 4, str(tmp_path))
+    assert out["integrated_gradients"] is None
+    assert out["notes"] == ["integrated gradients skipped: the model's input 'node_id' is a graph node id (kind "
+                            "graph_node): the prediction comes from the graph the model holds, so attributions "
+                            "over node ids are not meaningful"]
+
+
 def test_gnn_refuses_features_that_are_not_a_graph():
     from kfx import models
 

@@ -232,3 +232,13 @@ def test_report_renders_in_headless_chromium(art):
     assert "NOT BLESSED" in dom and "sex: equalized_odds_difference" in dom
     # Self-contained: nothing fetched from elsewhere.
     assert not re.search(r'(src|href)="(http|//)', report.read_text())
+
+
+def test_a_baseline_of_another_task_is_not_scored_and_change_checks_pass(tmp_path):
+    from kfx.components.evaluation.evaluate import _baseline
+    from kfx.models import tasks
+
+    tasks.save(str(tmp_path / "gan"), {"type": "generation", "label": "y", "vocabulary": ["a", "b"]})
+    out = _baseline(str(tmp_path / "gan"), None, "y", None, "binary")  # never scored: no data needed
+    assert out == {"uri": None, "note": f"the last pushed model {tmp_path / 'gan'} is a generation model, "
+                                        f"not binary: change checks pass"}

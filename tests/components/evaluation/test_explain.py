@@ -62,6 +62,24 @@ def test_integrated_gradients_complete_for_categorical_and_token_inputs(baseline
         integrated_gradients(model, inputs, baseline="blur")
 
 
+def test_integrated_gradients_complete_through_a_nested_encoder_reading_ids():
+    import keras
+
+    from kfx.components.evaluation.explain import integrated_gradients
+    from kfx.models import rbf
+
+    keras.utils.set_random_seed(3)  # rbf wraps its inputs' encoding in a nested keras.Model
+    features = {"num": {"kind": "dense", "width": 2}, "cat": {"kind": "ids", "cardinality": 4, "encoding": "one_hot"}}
+    model = rbf.build(features, {"type": "regression", "label": "y"}, {"units": 4, "linear_term": True})
+    inputs = {k: v for k, v in _tabular_inputs(12).items() if k in features}
+    res = integrated_gradients(model, inputs, steps=64)
+    a = res["attributions"]
+    assert a["num"].shape == (12, 2) and a["cat"].shape == (12,) and np.abs(a["cat"]).max() > 0
+    np.testing.assert_allclose(res["output"], model(inputs).numpy().reshape(-1), rtol=1e-5)
+    diff = res["output"] - res["baseline_output"]
+    np.testing.assert_array_less(np.abs(a["num"].sum(1) + a["cat"] - diff), 0.01 * np.abs(diff) + 1e-5)
+
+
 def test_integrated_gradients_complete_for_an_image_model():
     import keras
 

@@ -80,3 +80,21 @@ def test_bad_classifier_paths_fail_naming_the_path(tmp_path):
     (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a protobuf")
     with pytest.raises(ComponentError, match=f"classifier {tmp_path / 'broken' / '1'}: the model does not load"):
         load_classifier(str(tmp_path / "broken"))
+
+
+def test_re_pushing_the_classifier_changes_evaluates_source_fingerprint(tmp_path):
+    from kfx.components.evaluation.evaluate import SPEC
+    from kfx.pipeline.config_evaluation import EvaluateConfig
+
+    cfg = EvaluateConfig(generation={"classifier": str(tmp_path / "clf")})
+    assert SPEC.source_fingerprint(EvaluateConfig()) == ""  # no generation: nothing outside the store
+    missing = SPEC.source_fingerprint(cfg)
+    (tmp_path / "clf" / "1").mkdir(parents=True)
+    (tmp_path / "clf" / "1" / "saved_model.pb").write_bytes(b"v1")
+    first = SPEC.source_fingerprint(cfg)
+    assert first not in ("", missing) and SPEC.source_fingerprint(cfg) == first
+    (tmp_path / "clf" / "2").mkdir()
+    (tmp_path / "clf" / "2" / "saved_model.pb").write_bytes(b"v2")  # a new version
+    second = SPEC.source_fingerprint(cfg)
+    (tmp_path / "clf" / "2" / "saved_model.pb").write_bytes(b"v2, overwritten")  # the same version re-pushed
+    assert len({first, second, SPEC.source_fingerprint(cfg)}) == 3

@@ -379,3 +379,16 @@ def test_evaluate_explains_the_trained_model_through_its_preprocessing(built, tm
         assert np.allclose(z["output"], served[z["rows"]], atol=1e-5)
     assert {g.split("=")[0] for g in ig["groups"]} == {"color"}  # the tiny schema's sensitive feature
     assert set(ex["associations"]["color"]) == set(features) and ex["associations"]["color"]["color"] is None
+
+
+def test_a_task_that_calibrates_needs_an_eval_split():
+    from kfx.components.training.train import check_splits
+    from kfx.models import tasks
+    from kfx.pipeline.component import ComponentError
+
+    anomaly = tasks.of({"type": tasks.ANOMALY, "label": "y", "label_dtype": "int64", "normal_values": ["0"]})
+    with pytest.raises(ComponentError, match=r"task 'anomaly' picks its decision threshold on an 'eval' split, "
+                                             r"and the examples have none \(splits: \['train', 'test'\]\)"):
+        check_splits(anomaly, ["train", "test"])
+    check_splits(anomaly, ["train", "eval"])
+    check_splits(tasks.of({"type": tasks.REGRESSION, "label": "y"}), ["train"])  # no calibration: no eval needed
