@@ -33,6 +33,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 CASES = {"predict": 0, "classify": 0, "rest": 0, "valid": 0}
 _STATE = {}
+SAMPLES = {}  # one error message per kind of bad request, printed at the end
 
 # DataType enum values TensorFlow does not define (and DT_INVALID).
 KNOWN_DTYPES = set(types_pb2.DataType.values())
@@ -186,6 +187,7 @@ def test_bad_predict_requests(server, stub, case):
     code, details = _code(stub.Predict, _request(inputs))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (kind, code, details)
     assert details, kind
+    SAMPLES.setdefault(kind, details)
     _tick("predict", server, stub)
 
 
@@ -237,6 +239,7 @@ def test_bad_classify_requests(server, stub, case, good, signature):
     call = stub.Classify if signature == "classify" else stub.Regress
     code, details = _code(call, request)
     assert code == grpc.StatusCode.INVALID_ARGUMENT, (kind, code, details)
+    SAMPLES.setdefault(f"{signature}_{kind}", details)
     _tick("classify", server, stub)
 
 
@@ -293,6 +296,7 @@ def test_bad_rest_bodies(server, stub, case):
     status, payload = _rest(server, body)
     assert status == 400, (kind, status, payload)
     assert isinstance(payload, dict) and payload.get("error"), (kind, payload)
+    SAMPLES.setdefault("rest_" + kind, payload["error"])
     _tick("rest", server, stub)
 
 
@@ -309,6 +313,8 @@ def test_counts_and_memory(server, stub):
     _valid(server, stub)
     growth = server.rss() - _STATE["rss_start"]
     print(f"\nfuzz cases tried: {CASES}; RSS growth {growth / 2**20:.1f} MB")
+    for kind, message in sorted(SAMPLES.items()):
+        print(f"  {kind}: {message[:160]}")
     assert CASES["predict"] == 2 * EXAMPLES and CASES["classify"] == EXAMPLES, CASES
     assert CASES["rest"] == EXAMPLES + 1 and CASES["valid"] >= (4 * EXAMPLES) // VALID_EVERY, CASES
     assert growth < RSS_BOUND, f"RSS grew {growth / 2**20:.1f} MB (bound {RSS_BOUND / 2**20:.0f} MB)"
