@@ -300,6 +300,22 @@ def test_bad_rest_bodies(server, stub, case):
     _tick("rest", server, stub)
 
 
+REST_EXAMPLES = 60
+
+
+@settings(FUZZ, max_examples=REST_EXAMPLES)
+@given(age=st.one_of(st.none(), st.text(max_size=4), st.floats(allow_nan=False), st.lists(st.text(max_size=2), max_size=2),
+                     st.dictionaries(st.text(max_size=3), JSON_LEAF, max_size=2)),
+       signature=st.sampled_from(["classify", "regress"]))
+def test_bad_rest_examples(server, stub, age, signature):
+    # REST :classify / :regress with a malformed example: wrong feature type, null, nested list or object.
+    status, payload = _rest(server, json.dumps({"signature_name": signature, "examples": [{"age": age}]}).encode(),
+                            path=f"/v1/models/tf2:{signature}")
+    assert status == 400, (age, status, payload)
+    SAMPLES.setdefault(f"rest_{signature}", payload["error"])
+    _tick("rest", server, stub)
+
+
 def test_rest_100mb_body(server, stub):
     # One ~100 MB body: a single string of 100 MB in a wrongly typed field (age must be an int).
     body = b'{"instances": [{"age": "' + b"a" * (100 * 2**20) + b'", "name": "x"}]}'
@@ -316,5 +332,5 @@ def test_counts_and_memory(server, stub):
     for kind, message in sorted(SAMPLES.items()):
         print(f"  {kind}: {message[:160]}")
     assert CASES["predict"] == 2 * EXAMPLES and CASES["classify"] == EXAMPLES, CASES
-    assert CASES["rest"] == EXAMPLES + 1 and CASES["valid"] >= (4 * EXAMPLES) // VALID_EVERY, CASES
+    assert CASES["rest"] == EXAMPLES + REST_EXAMPLES + 1 and CASES["valid"] >= (4 * EXAMPLES) // VALID_EVERY, CASES
     assert growth < RSS_BOUND, f"RSS grew {growth / 2**20:.1f} MB (bound {RSS_BOUND / 2**20:.0f} MB)"
