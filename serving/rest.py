@@ -196,6 +196,8 @@ def _parse(body: bytes):
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.invalid_argument(f"JSON Parse error: {exc}") from None
+    except RecursionError:  # deeply nested arrays/objects: a client error, not a 500
+        raise errors.invalid_argument("JSON Parse error: The document is nested too deeply") from None
     if not isinstance(doc, dict):
         raise errors.invalid_argument(f"JSON Value: {_text(doc)} Is not object")
     if "signature_name" in doc and not isinstance(doc["signature_name"], str):
