@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -179,22 +178,10 @@ def test_evaluate_reports_the_linear_reference_beside_the_rbf_network(trained, e
 @pytest.fixture(scope="module")
 def server(trained, tmp_path_factory):
     """ONE `python -m kfx.serving` (gRPC + REST) serving both exports as model <family>, version 1."""
-    from kfx.serving.client import ServingClient
-    from tests.serving.conftest import ServerProcess, write_config
+    from tests.pipeline.raw_data import serving
 
-    tmp = tmp_path_factory.mktemp("cluster_server")
-    for family in FAMILIES:
-        shutil.copytree(trained[family]["model"], tmp / "models" / family / "1")
-    config = write_config(str(tmp / "models.config"), [(f, str(tmp / "models" / f), "") for f in FAMILIES])
-    process = ServerProcess(tmp, f"--model_config_file={config}", rest=True)
-    try:
-        process.wait_serving()
-        with ServingClient(process.target, timeout=30, retries=0) as client:
-            for family in FAMILIES:
-                client.wait_until_available(family, timeout=120)
-            yield process, client
-    finally:
-        process.stop()
+    with serving(tmp_path_factory.mktemp("cluster_server"), {f: trained[f]["model"] for f in FAMILIES}) as server_:
+        yield server_
 
 
 @pytest.mark.parametrize("family", FAMILIES)
