@@ -44,6 +44,8 @@ _SERVE_FLAGS = [
     ("saved_model_tags", str, "serve", "Comma separated MetaGraph tags to load."),
     ("enable_signature_method_name_check", bool, False, "Check SignatureDef method names as TF1 did."),
     ("num_load_threads", int, 0, "Threads loading models (0: 2)."),
+    ("shutdown_grace_seconds", float, 10.0, "On SIGTERM/SIGINT, seconds in-flight requests get to finish "
+     "(kfx addition; TF Serving ignores SIGTERM)."),
 ]
 
 
@@ -58,7 +60,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Runs the model server until SIGINT/SIGTERM. Returns the exit code."""
+    """Runs the model server until SIGINT/SIGTERM, then drains it (see ModelServer.stop). Returns the exit code."""
     import logging
     import signal
 
