@@ -62,6 +62,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def serve(args: argparse.Namespace) -> int:
     """Runs the model server until SIGINT/SIGTERM, then drains it (see ModelServer.stop). Returns the exit code."""
     import logging
+    import os
     import signal
 
     from kfx.pipeline import logs
@@ -82,7 +83,12 @@ def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server._stop.set())
     server.wait()
-    server.stop()
+    if not server.stop():
+        # A model run outlived the grace period: its request is already cancelled, and waiting for
+        # the thread would hold the exit past the grace period that the operator gave.
+        logging.getLogger(__name__).warning("Model runs still going after --shutdown_grace_seconds; exiting")
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -233,12 +233,16 @@ class ModelServer:
         """Blocks until `stop` is called."""
         self._stop.wait()
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None) -> bool:
         """Stops accepting requests, lets in-flight ones finish, unloads the models.
 
         New gRPC calls get UNAVAILABLE, new REST connections are refused (a request on an open
         keep-alive connection gets 503); requests already running get up to `grace` seconds
         (default --shutdown_grace_seconds), after which gRPC cancels them.
+
+        Returns:
+            False when model runs were still going at the end of the grace period (their
+            threads are left running; the caller may exit without waiting for them).
         """
         grace = self.options.shutdown_grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
@@ -255,4 +259,4 @@ class ModelServer:
             self._grpc.stop(max(deadline - time.monotonic(), 0)).wait()
         if self._batching is not None:
             self._batching.stop()
-        self.manager.stop()
+        return self.manager.stop(deadline)

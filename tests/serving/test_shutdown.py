@@ -59,13 +59,15 @@ def build_gated(path: str, gate: str) -> str:
 
 
 @pytest.fixture
-def gated_server(tmp_path):
+def gated_server(tmp_path, request):
+    """A server of the gated model; the grace period is GRACE unless parametrized indirectly."""
+    grace = getattr(request, "param", GRACE)
     gate = tmp_path / "gate"
     gate.mkdir()
     build_gated(str(tmp_path / "gated" / "1"), str(gate))
     (tmp_path / "batching.config").write_text(BATCHING)
     server = ServerProcess(tmp_path, f"--model_base_path={tmp_path / 'gated'}", "--model_name=gated",
-                           f"--shutdown_grace_seconds={GRACE}", "--enable_batching",
+                           f"--shutdown_grace_seconds={grace}", "--enable_batching",
                            f"--batching_parameters_file={tmp_path / 'batching.config'}", rest=True)
     try:
         yield server.wait_serving(), gate
@@ -93,8 +95,9 @@ def _rest(port: int, model: str, body: dict, timeout: float = 120) -> tuple:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(gated_server):
-    server, gate = gated_server
+def start_gated_batch(server, gate) -> tuple:
+    """Sends the 4 gated requests (ids 1-3 over gRPC, 4 over REST); returns (threads, results)
+    once their batch runs inside the model."""
     results = {}
 
     def grpc_call(request_id):
@@ -118,6 +121,12 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(gated_server):
         return {int(i) for name in os.listdir(gate) if name.startswith("started-") for i in name[8:].split("-")}
 
     _wait_for(lambda: started() == {*IDS, 4}, "the batch of 4 requests to run in the model")
+    return threads, results
+
+
+def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(gated_server):
+    server, gate = gated_server
+    threads, results = start_gated_batch(server, gate)
     with ServingClient(server.target, retries=0, timeout=30) as client:
         assert client.status("gated") == [(1, "AVAILABLE", 0, "")]
     kept_alive = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
@@ -163,3 +172,18 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(gated_server):
     assert "Traceback" not in log, log
     print(f"\nSIGTERM: {len(IDS)} gRPC + 1 REST in-flight requests completed; new requests refused "
           f"({refused[0].name}, REST {status}); exit code 0")
+
+
+@pytest.mark.parametrize("gated_server", [2], indirect=True)
+def test_requests_outliving_the_grace_period_are_cancelled_and_the_process_exits(gated_server):
+    server, gate = gated_server
+    threads, results = start_gated_batch(server, gate)
+    server.process.send_signal(signal.SIGTERM)
+    # Never released: after the 2 s grace gRPC cancels the calls, and the process exits 0 without
+    # waiting for the model run (which would spin for minutes). The bound only guards against a hang.
+    assert server.process.wait(GRACE) == 0
+    for thread in threads:
+        thread.join(GRACE)
+    assert {results[i] for i in IDS} <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}, results
+    assert isinstance(results[4], str)  # the REST connection was closed without an answer
+    assert "Model runs still going after --shutdown_grace_seconds; exiting" in server.log()
