@@ -84,6 +84,10 @@ _RACE_MESSAGES = ("database is locked", "database table is locked", "already exi
                   "UNIQUE constraint failed")
 
 
+class MetadataError(RuntimeError):
+    """The metadata store cannot be opened; the message names the URL (password hidden) and the cause."""
+
+
 def _is_race(err: sa.exc.DBAPIError) -> bool:
     code = getattr(err.orig, "sqlstate", None) or getattr(err.orig, "pgcode", None)
     return code in _RACE_SQLSTATES or any(m in str(err.orig) for m in _RACE_MESSAGES)
@@ -108,8 +112,15 @@ class MetadataStore:
     def __init__(self, url: str):
         sqlite = url.startswith("sqlite")
         args = {"timeout": 60, "check_same_thread": False} if sqlite else {}
-        # pool_pre_ping: a server-side database may drop idle connections between stages.
-        self.engine = sa.create_engine(url, connect_args=args, pool_pre_ping=not sqlite)
+        try:
+            shown = sa.make_url(url).render_as_string(hide_password=True)
+            # pool_pre_ping: a server-side database may drop idle connections between stages.
+            self.engine = sa.create_engine(url, connect_args=args, pool_pre_ping=not sqlite)
+        except sa.exc.ArgumentError as err:  # not a URL, or an unknown dialect
+            raise MetadataError(f"metadata_url {url!r} cannot be used: {err}") from None
+        except ImportError as err:  # a known dialect whose driver is not installed
+            raise MetadataError(f"metadata_url {shown}: its database driver is not installed ({err}); "
+                                f"postgresql:// URLs use psycopg, installed with kfx") from None
         if sqlite:
             # WAL lets Airflow tasks in separate processes read while one writes.
             @sa.event.listens_for(self.engine, "connect")
@@ -119,7 +130,11 @@ class MetadataStore:
         self._lock = threading.Lock()
         # Writers starting together on an empty database race to create the tables: the loser's
         # CREATE fails (SQLite: locked; Postgres: duplicate table or type), and its retry finds them.
-        self._retry("creating the metadata tables", lambda: _meta.create_all(self.engine))
+        try:
+            self._retry("creating the metadata tables", lambda: _meta.create_all(self.engine))
+        except sa.exc.DBAPIError as err:
+            raise MetadataError(f"metadata store {shown} cannot be opened: "
+                                f"{str(err.orig).strip()}") from None
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
         """Run `fn` (one whole transaction), again if it lost a race with another writer."""
@@ -195,10 +210,18 @@ class MetadataStore:
     def commit_execution(self, execution_id: int, outputs: dict[str, tuple[str, str]],
                          metrics: dict, status: str = "succeeded",
                          cached_from: int | None = None) -> None:
-        """Mark an execution committed and register its outputs {name: (uri, fingerprint)}."""
+        """Mark an execution committed and register its outputs {name: (uri, fingerprint)}.
+
+        Raises:
+            MetadataError: the execution is not running (missing, or committed or failed already).
+        """
         now = time.time()
 
         def write(c: sa.Connection) -> None:
+            row = c.execute(sa.select(executions.c.status).where(executions.c.id == execution_id)).first()
+            if row is None or row.status != "running":
+                raise MetadataError(f"execution {execution_id} cannot be committed: its status is "
+                                    f"{row.status if row else 'missing'!r}, not 'running'")
             for name, (uri, fp) in outputs.items():
                 art = c.execute(sa.select(artifacts.c.id).where(artifacts.c.uri == uri)).first()
                 if art is None:

@@ -20,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from kfx.pipeline.metadata import MetadataStore, artifacts, events, executions, runs
+from kfx.pipeline.metadata import MetadataError, MetadataStore, artifacts, events, executions, runs
 from tests.pipeline.postgres import postgres_server
 from tests.pipeline.toy_writer import FILES
 
@@ -179,14 +179,27 @@ def test_postgres_writers_racing_on_empty_database_and_one_run_id(postgres_url):
     assert [(r["run_id"], r["status"]) for r in stores[0].list_runs()] == [("scheduled__2026-11-29", "running")]
     ex_id = stores[0].start_execution("toy", "scheduled__2026-11-29", "a", "f" * 64, {}, "v")
     stores[1].commit_execution(ex_id, {"out": ("/nowhere/a/out", "fp")}, {})
-    with pytest.raises(sa.exc.IntegrityError):  # a second commit cannot add a second output event
-        stores[2].commit_execution(ex_id, {"out": ("/nowhere/a/out", "fp")}, {})
-    assert list(stores[3].outputs_of(ex_id)) == ["out"]
+    with pytest.raises(MetadataError, match=f"execution {ex_id} cannot be committed: its status is 'succeeded'"):
+        stores[2].commit_execution(ex_id, {"out": ("/nowhere/a/out2", "fp")}, {})
+    with stores[3].engine.begin() as c:  # even a writer bypassing that check cannot add a second output
+        with pytest.raises(sa.exc.IntegrityError):
+            c.execute(events.insert().values(execution_id=ex_id, artifact_id=1, kind="output", name="out"))
+    assert {k: a.uri for k, a in stores[3].outputs_of(ex_id).items()} == {"out": "/nowhere/a/out"}
     for s in stores:
         s.engine.dispose()
 
 
-def test_unreachable_postgres_is_a_clear_error(tmp_path):
-    url = f"postgresql://kfx@/postgres?host={tmp_path}"  # no server listens there
-    with pytest.raises(sa.exc.OperationalError, match=str(tmp_path)):
-        MetadataStore(url)
+@pytest.mark.parametrize("url, needle", [
+    ("postgresql://kfx:secret@/postgres?host={tmp}", "cannot be opened: connection is bad: connection to server on socket \"{tmp}/"),
+    ("mysql://kfx:secret@localhost/db", "its database driver is not installed"),
+    ("not-a-url", "'not-a-url' cannot be used: Could not parse"),
+])
+def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path, url, needle):
+    from kfx.pipeline.config import load_config
+    from kfx.pipeline.runner import RunError, open_store
+
+    cfg = load_config(None, [f"metadata_url={url.format(tmp=tmp_path)}"])  # no server listens in tmp_path
+    with pytest.raises(RunError) as err:
+        open_store(cfg, str(tmp_path))
+    assert needle.format(tmp=tmp_path) in str(err.value)
+    assert "secret" not in str(err.value)
