@@ -39,8 +39,8 @@ def postgres_server(timeout: float = 60.0) -> Iterator[str]:
             pytest.skip("PostgreSQL server not installed (apt package postgresql) and not root to install it")
         raise RuntimeError("PostgreSQL server binaries missing under /usr/lib/postgresql/*/bin: "
                            "run `make postgresql` (apt-get install postgresql)")
-    # Short path: a Unix socket path must stay under ~100 bytes.
-    home = tempfile.mkdtemp(prefix="kfxpg")
+    # /tmp: a short path (a Unix socket path must stay under ~100 bytes) that `nobody` can reach.
+    home = tempfile.mkdtemp(prefix="kfxpg", dir="/tmp")
     run_as: dict = {}
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
@@ -50,9 +50,11 @@ def postgres_server(timeout: float = 60.0) -> Iterator[str]:
     log = open(os.path.join(home, "server.log"), "w")  # noqa: SIM115 - kept open for the server's life
     proc = None
     try:
-        subprocess.run([f"{bindir}/initdb", "-D", data, "-U", USER, "--auth=trust", "--no-sync",
-                        "-E", "UTF8", "--locale=C"], check=True, capture_output=True, timeout=120,
-                       cwd=home, **run_as)
+        init = subprocess.run([f"{bindir}/initdb", "-D", data, "-U", USER, "--auth=trust", "--no-sync",
+                               "-E", "UTF8", "--locale=C"], capture_output=True, text=True, timeout=120,
+                              cwd=home, **run_as)
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb -D {data} failed (exit {init.returncode}): {init.stderr[-2000:]}")
         proc = subprocess.Popen(
             [f"{bindir}/postgres", "-D", data, "-k", home, "-c", "listen_addresses=",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
