@@ -20,6 +20,8 @@ from typing import Any, Callable, TypeVar
 
 import sqlalchemy as sa
 
+from kfx.pipeline.config import ConfigError
+
 _meta = sa.MetaData()
 
 runs = sa.Table(
@@ -84,8 +86,10 @@ _RACE_MESSAGES = ("database is locked", "database table is locked", "already exi
                   "UNIQUE constraint failed")
 
 
-class MetadataError(RuntimeError):
-    """The metadata store cannot be opened; the message names the URL (password hidden) and the cause."""
+class MetadataError(ConfigError):
+    """The configured store (`metadata_url`, or SQLite under root) cannot be opened or written as
+    asked; the message names the URL (password hidden) and the cause. A ConfigError, so the CLI
+    reports it in one line and exits 2."""
 
 
 def _is_race(err: sa.exc.DBAPIError) -> bool:

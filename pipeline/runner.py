@@ -25,7 +25,7 @@ from kfx.pipeline import __version__
 from kfx.pipeline.component import ComponentError, Context
 from kfx.pipeline.config import PipelineConfig
 from kfx.pipeline.graph import BUILTIN_COMPONENTS, History, Stage, Upstream, downstream_closure, get_stage, upstream_closure
-from kfx.pipeline.metadata import MetadataError, MetadataStore
+from kfx.pipeline.metadata import MetadataStore
 from kfx.pipeline.resolvers import RESOLVERS
 
 BUILTIN_MODULES = set(BUILTIN_COMPONENTS.values())
@@ -48,10 +48,7 @@ def _is_local(uri: str) -> bool:
 def open_store(cfg: PipelineConfig, root: str | None = None) -> MetadataStore:
     root = root or cfg.root
     if cfg.metadata_url:
-        try:
-            return MetadataStore(cfg.metadata_url)
-        except MetadataError as err:
-            raise RunError(str(err)) from None
+        return MetadataStore(cfg.metadata_url)
     if not _is_local(root):
         raise RunError(f"root {root!r} is not local: set metadata_url to a shared database (e.g. Postgres)")
     Path(root).mkdir(parents=True, exist_ok=True)

@@ -195,11 +195,11 @@ def test_postgres_writers_racing_on_empty_database_and_one_run_id(postgres_url):
     ("not-a-url", "'not-a-url' cannot be used: Could not parse"),
 ])
 def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path, url, needle):
-    from kfx.pipeline.config import load_config
-    from kfx.pipeline.runner import RunError, open_store
+    from kfx.pipeline.config import ConfigError, load_config
+    from kfx.pipeline.runner import open_store
 
     cfg = load_config(None, [f"metadata_url={url.format(tmp=tmp_path)}"])  # no server listens in tmp_path
-    with pytest.raises(RunError) as err:
+    with pytest.raises(ConfigError) as err:
         open_store(cfg, str(tmp_path))
     assert needle.format(tmp=tmp_path) in str(err.value)
     assert "secret" not in str(err.value)
