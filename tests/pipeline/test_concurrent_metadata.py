@@ -56,7 +56,7 @@ def _run_together(tmp: Path, metadata_url: str | None = None) -> list[dict]:
             [sys.executable, "-m", "kfx.pipeline.cli", "run", "-c", str(config),
              "--summary-json", str(tmp / f"summary{i}.json"), *extra],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 1], outputs
     return [json.loads((tmp / f"summary{i}.json").read_text()) for i in range(2)]
 

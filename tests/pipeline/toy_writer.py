@@ -15,7 +15,7 @@ import time
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 FILES = ("part-0.txt", "part-1.txt", "part-2.txt")
-BARRIER_SECONDS = 120
+BARRIER_SECONDS = 300  # a loaded machine may take minutes to import TensorFlow in each run
 
 
 def _barrier(ctx: Context) -> None:
