@@ -56,7 +56,13 @@ def _run_together(tmp: Path, metadata_url: str | None = None) -> list[dict]:
             [sys.executable, "-m", "kfx.pipeline.cli", "run", "-c", str(config),
              "--summary-json", str(tmp / f"summary{i}.json"), *extra],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    try:
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:  # after a timeout: nothing left running
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=60)
     assert [p.returncode for p in procs] == [0, 1], outputs
     return [json.loads((tmp / f"summary{i}.json").read_text()) for i in range(2)]
 
