@@ -9,11 +9,15 @@ an existing artifact, and every artifact's files complete and written by its pro
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,27 +46,34 @@ def _config(tmp: Path, metadata_url: str | None) -> Path:
     return path
 
 
-def _run_together(tmp: Path, metadata_url: str | None = None) -> list[dict]:
-    """Start both `kfx run` processes at once; their summaries (cached run first)."""
-    config = _config(tmp, metadata_url)
-    barrier = tmp / "barrier"
-    barrier.mkdir()
-    procs = []
-    for i, extra in enumerate(([], ["--no-cache"])):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KFX_TOY_BARRIER": f"{barrier}:2"}
-        if extra:
-            env["KFX_TOY_FAIL_DEPTH"] = str(FAIL_DEPTH)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "kfx.pipeline.cli", "run", "-c", str(config),
-             "--summary-json", str(tmp / f"summary{i}.json"), *extra],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+def _start(tmp: Path, config: Path, i: int, no_cache: bool, **env: str) -> subprocess.Popen:
+    """Start `kfx run` number i (summary in summary{i}.json); all runs meet at the first stage."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KFX_TOY_BARRIER": f"{tmp / 'barrier'}:2", **env}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kfx.pipeline.cli", "run", "-c", str(config),
+         "--summary-json", str(tmp / f"summary{i}.json"), *(["--no-cache"] if no_cache else [])],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@contextlib.contextmanager
+def _reaped(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """Whatever happens in the block, no run is left running after it."""
     try:
-        outputs = [p.communicate(timeout=600)[0] for p in procs]
+        yield
     finally:
-        for p in procs:  # after a timeout: nothing left running
+        for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(timeout=60)
+
+
+def _run_together(tmp: Path, metadata_url: str | None = None) -> list[dict]:
+    """Start both `kfx run` processes at once; their summaries (cached run first)."""
+    config = _config(tmp, metadata_url)
+    (tmp / "barrier").mkdir()
+    procs = [_start(tmp, config, 0, False), _start(tmp, config, 1, True, KFX_TOY_FAIL_DEPTH=str(FAIL_DEPTH))]
+    with _reaped(procs):
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 1], outputs
     return [json.loads((tmp / f"summary{i}.json").read_text()) for i in range(2)]
 
@@ -78,8 +89,9 @@ def _lines(uri: str) -> list[str]:
     return texts[0].splitlines()
 
 
-def _assert_consistent(store: MetadataStore, summaries: list[dict]) -> None:
-    """The store holds exactly what both runs report, and its lineage matches the files."""
+def _assert_consistent(store: MetadataStore, summaries: list[dict], killed: int = 0) -> None:
+    """The store holds exactly what the finished runs report (plus `killed` runs that never
+    finished), and its lineage matches the files."""
     exs = {e["id"]: e for e in _rows(store, executions)}
     arts = {a["id"]: a for a in _rows(store, artifacts)}
     evs = _rows(store, events)
@@ -89,8 +101,12 @@ def _assert_consistent(store: MetadataStore, summaries: list[dict]) -> None:
         for name, c in s["components"].items():
             if c["execution_id"] is not None:
                 reported[c["execution_id"]] = (s["run_id"], name, c["status"])
-    assert {i: (e["run_id"], e["component"], e["status"]) for i, e in exs.items()} == reported
-    assert {(r["run_id"], r["status"]) for r in _rows(store, runs)} == {(s["run_id"], s["status"]) for s in summaries}
+    finished = {s["run_id"] for s in summaries}
+    assert {i: (e["run_id"], e["component"], e["status"])
+            for i, e in exs.items() if e["run_id"] in finished} == reported
+    run_rows = {r["run_id"]: r["status"] for r in _rows(store, runs)}
+    assert {r: st for r, st in run_rows.items() if r in finished} == {s["run_id"]: s["status"] for s in summaries}
+    assert sorted(run_rows.values()).count("running") == killed == len(run_rows) - len(finished)
     # Every event links an existing execution to an existing artifact, once per (kind, name).
     assert all(e["execution_id"] in exs and e["artifact_id"] in arts for e in evs)
     keys = [(e["execution_id"], e["kind"], e["name"]) for e in evs]
@@ -136,6 +152,42 @@ def test_two_runs_at_once_on_one_sqlite_store(tmp_path):
     summaries = _run_together(tmp_path)
     _assert_runs(summaries)
     _assert_consistent(MetadataStore(f"sqlite:///{tmp_path}/root/metadata.sqlite"), summaries)
+
+
+def test_a_run_killed_mid_stage_commits_nothing_and_spoils_nothing(tmp_path):
+    """SIGKILL one run while its stages write (and its other threads write metadata): what it
+    was running stays uncommitted and invisible; the other run, running alongside, succeeds."""
+    config = _config(tmp_path, None)
+    (tmp_path / "barrier").mkdir()
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    survivor = _start(tmp_path, config, 0, False)
+    victim = _start(tmp_path, config, 1, True, KFX_TOY_HANG=f"{hang}:2")
+    kills = 0
+    with _reaped([survivor, victim]):
+        deadline = time.monotonic() + 600
+        while not os.listdir(hang):  # a b stage of the victim has written part of its output
+            assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()[0]
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        kills += 1
+        victim.wait(timeout=60)
+        out = survivor.communicate(timeout=600)[0]
+    print(f"SIGKILLs of a run mid-stage: {kills}")
+    assert survivor.returncode == 0, out
+    summary = json.loads((tmp_path / "summary0.json").read_text())
+    assert {c["status"] for c in summary["components"].values()} == {"succeeded"}  # none of the victim's
+    store = MetadataStore(f"sqlite:///{tmp_path}/root/metadata.sqlite")
+    _assert_consistent(store, [summary], killed=1)
+    victim_run = next(r["run_id"] for r in store.list_runs() if r["status"] == "running")
+    left = {e["id"]: e for e in store.run_executions("toy", victim_run)}
+    hung = {int(name) for name in os.listdir(hang)}
+    assert hung <= {i for i, e in left.items() if e["status"] == "running"}
+    for i, e in left.items():
+        if e["status"] == "running":  # never committed: no outputs in the store or in place
+            assert store.outputs_of(i) == {} and not (tmp_path / "root" / "toy" / e["component"] / str(i)).exists()
+    for i in hung:  # what it was writing is only in its temporary folder
+        assert (tmp_path / "root" / "toy" / left[i]["component"] / f".tmp-{i}" / "out" / FILES[0]).exists()
 
 
 @pytest.fixture(scope="module")

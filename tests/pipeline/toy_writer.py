@@ -5,7 +5,8 @@ short file) is detectable and the content records which execution produced it.
 Two environment variables steer it from the test that starts the runs:
 KFX_TOY_BARRIER=DIR:N makes a stage without input wait until N runs have reached it (so runs really
 overlap); KFX_TOY_FAIL_DEPTH=K makes the stages K steps from the start fail after writing part of
-their output.
+their output; KFX_TOY_HANG=DIR:K makes them hang there instead (after leaving a file named by the
+execution id in DIR), for the test to SIGKILL the run mid-stage.
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ def run(ctx: Context) -> dict:
             f.write("\n".join(lines) + "\n")
         if os.environ.get("KFX_TOY_FAIL_DEPTH") == str(len(lines)):
             raise ComponentError(f"toy failure at depth {len(lines)} after writing {name}")
+        if os.environ.get("KFX_TOY_HANG", ":").rsplit(":", 1)[1] == str(len(lines)):
+            open(os.path.join(os.environ["KFX_TOY_HANG"].rsplit(":", 1)[0], str(ctx.execution_id)), "w").close()
+            time.sleep(BARRIER_SECONDS)  # until killed; bounded all the same
+            raise ComponentError(f"toy hang at depth {len(lines)} was not killed within {BARRIER_SECONDS}s")
     return {"rows": len(lines)}
 
 
