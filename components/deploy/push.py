@@ -8,8 +8,11 @@ Atomicity: the SavedModel is copied into a staging directory first (inside this 
 own output, so a crash leaves nothing in the serving tree; beside the versions, with a
 non-numeric name servers ignore, if the serving base is on another filesystem) and renamed to
 its version directory in one step, so a server polling the base path never sees a half-written
-version. models.config is written to a temporary file and renamed over the old one. (On object
-stores a rename is a copy: there only the numeric directory name appearing last protects readers.)
+version. models.config is written to a temporary file and renamed over the old one, under an
+exclusive lock on a local serving base, so concurrent pushers of different models do not drop each
+other's entries; the kernel releases the lock of a killed push. (On object stores a rename is a
+copy: there only the numeric directory name appearing last protects readers, and concurrent pushes
+to one serving base must be serialized by the orchestrator.)
 
 A model that is not blessed (or not infra-blessed) is not pushed; that is not an error: the
 stage succeeds with metrics {"pushed": None, "reasons": [...]}.
@@ -19,7 +22,9 @@ Output `pushed_model`: pushed.json ({pushed: {model_name, version, path} or null
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -30,6 +35,8 @@ from kfx.pipeline.artifacts import PUSHED_FILE, PUSHED_MODEL, load_blessing, loa
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 MODELS_CONFIG = "models.config"
+CONFIG_LOCK = f".{MODELS_CONFIG}.lock"
+CONFIG_TMP_PREFIX = f".{MODELS_CONFIG}.tmp-"
 THRESHOLDS_ASSET = "assets.extra/kfx_decision_thresholds.json"
 _RENAME_ATTEMPTS = 5
 
@@ -81,6 +88,15 @@ def _rename(src: str, dst: str) -> None:
         tf.io.gfile.rename(src, dst, overwrite=False)
 
 
+def _replace(src: str, dst: str) -> None:
+    import tensorflow as tf
+
+    if _is_local(src):
+        os.replace(src, dst)  # atomic: readers see the old file or the new one
+    else:
+        tf.io.gfile.rename(src, dst, overwrite=True)
+
+
 def publish_version(model_uri: str, model_dir: str, staging_root: str, extra_files: dict[str, str]) -> int:
     """Copy the SavedModel to <model_dir>/<next version> atomically; returns the version.
 
@@ -126,8 +142,34 @@ def _claim_version(stage: str, model_dir: str) -> int:
                          f"attempts (other pushers?)")
 
 
+@contextlib.contextmanager
+def _config_lock(serving_base: str):
+    """Exclusive lock on a local serving base's models.config; yields whether one is held.
+
+    flock, so the kernel releases it when its holder dies: a killed push never blocks the next.
+    Object stores have no such lock (yields False).
+    """
+    if not _is_local(serving_base):
+        yield False
+        return
+    os.makedirs(serving_base, exist_ok=True)
+    with open(f"{serving_base}/{CONFIG_LOCK}", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield True  # closing the file releases the lock
+
+
 def update_models_config(serving_base: str, model_name: str, base_path: str) -> str:
     """Add or update the model's entry in <serving_base>/models.config, atomically; returns its path."""
+    serving_base = _local(serving_base)
+    with _config_lock(serving_base) as locked:
+        if locked:  # no other pusher is writing now: temporary files left are from killed pushes
+            for name in os.listdir(serving_base):
+                if name.startswith(CONFIG_TMP_PREFIX):
+                    os.remove(f"{serving_base}/{name}")
+        return _rewrite_models_config(serving_base, model_name, base_path)
+
+
+def _rewrite_models_config(serving_base: str, model_name: str, base_path: str) -> str:
     import tensorflow as tf
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -144,13 +186,10 @@ def update_models_config(serving_base: str, model_name: str, base_path: str) -> 
     entry = next((e for e in entries if e.name == model_name), None) or entries.add(name=model_name)
     entry.base_path = base_path
     entry.model_platform = "tensorflow"
-    tmp = f"{serving_base}/.{MODELS_CONFIG}.tmp-{secrets.token_hex(4)}"
+    tmp = f"{serving_base}/{CONFIG_TMP_PREFIX}{secrets.token_hex(4)}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text_format.MessageToString(config))
-    if _is_local(tmp):
-        os.replace(tmp, path)
-    else:
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+    _replace(tmp, path)
     return path
 
 
