@@ -168,8 +168,8 @@ class ModelServer:
         self.core = ServingCore(self.manager, self.metrics)
         config = model_server_config(opts)
         self.manager.reload_config(config, wait=False)
+        self.manager.start_polling()  # before waiting: a base path with no version yet gets one later
         self.manager.wait_until_available([m.name for m in config.model_config_list.config])
-        self.manager.start_polling()
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             with open(opts.model_config_file, encoding="utf-8") as handle:
                 self._config_text = handle.read()
