@@ -105,10 +105,37 @@ def _imported_names(tree: ast.AST, package: str) -> set[str]:
 
 
 def _is_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError, AttributeError):
-        return False
+    return _module_file(name) is not None
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of module `name` (a package's __init__.py), found without importing
+    anything: from its longest already imported parent package, else from its top-level name
+    (looking that up runs no code), walking the rest on disk. importlib.util.find_spec("keras.layers")
+    would import keras, and TensorFlow with it, while the cache key is computed."""
+    parts = name.split(".")
+    known = next((i for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in sys.modules), 0)
+    if known:
+        spec = sys.modules[".".join(parts[:known])].__spec__
+    else:
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError, AttributeError):
+            return None
+        known = 1
+    if spec is None:
+        return None
+    rest = parts[known:]
+    if not rest:
+        return Path(spec.origin) if spec.has_location and spec.origin and spec.origin.endswith(".py") else None
+    folders = [Path(p) for p in spec.submodule_search_locations or ()]
+    for part in rest[:-1]:
+        folders = [folder / part for folder in folders if (folder / part).is_dir()]
+    for folder in folders:  # the import system's order: package, module (a namespace has no file)
+        for candidate in (folder / rest[-1] / "__init__.py", folder / f"{rest[-1]}.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def source_files(module: ModuleType) -> list[Path]:
@@ -124,13 +151,11 @@ def source_files(module: ModuleType) -> list[Path]:
             continue
         seen[path] = None
         for name in _imported_names(ast.parse(path.read_text(), str(path)), package):
-            try:
-                spec = importlib.util.find_spec(name)
-            except (ImportError, ValueError, AttributeError):
-                continue
-            origin = Path(spec.origin).resolve() if spec and spec.origin and spec.has_location else None
-            if origin and origin.suffix == ".py" and folder in origin.parents:
-                todo.append((origin, spec.parent or ""))
+            origin = _module_file(name)
+            origin = origin.resolve() if origin else None
+            if origin and folder in origin.parents:
+                # The package relative imports in that file start from (find_spec's spec.parent).
+                todo.append((origin, name if origin.name == "__init__.py" else name.rpartition(".")[0]))
     return sorted(seen)
 
 

@@ -1,0 +1,93 @@
+"""A cached `kfx component` task (what an Airflow task runs) finishes without importing TensorFlow.
+
+The real CLI runs in a subprocess under `python -X importtime`, which writes one stderr line per
+imported module; TensorFlow counts as imported when its top-level package's line is there.
+Every run must also show kfx.pipeline.runner's line, so an empty importtime output cannot pass.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, read_json, tiny_config, write_tiny_csv
+
+
+def imported(stderr: str) -> set[str]:
+    """Module names of the `-X importtime` lines in `stderr`."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+
+
+def component(*args: str, summary) -> tuple[dict, set[str]]:
+    """`kfx component ARGS --summary-json SUMMARY` as an Airflow task runs it; (summary, modules)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kfx.pipeline.cli", "component", *args,
+                           "--summary-json", str(summary)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules = imported(proc.stderr)
+    assert "kfx.pipeline.runner" in modules, proc.stderr[-3000:]
+    return read_json(summary), modules
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """ingest then statistics executed as two Airflow-style tasks of run r1: (config, tmp, summaries)."""
+    tmp = tmp_path_factory.mktemp("cache")
+    write_tiny_csv(tmp / "data" / "part.csv", rows=200)
+    cfg = tiny_config(tmp, str(tmp / "data" / "*.csv"))
+    ingest, ingest_modules = component("ingest", "-c", str(cfg), "--run-id", "r1", summary=tmp / "i1.json")
+    examples = ingest["components"]["ingest"]["outputs"]["examples"]
+    stats, stats_modules = component("statistics", "-c", str(cfg), "--run-id", "r1",
+                                     "--input", f"examples={examples}", summary=tmp / "s1.json")
+    return cfg, tmp, {"ingest": (ingest, ingest_modules), "statistics": (stats, stats_modules)}
+
+
+@pytest.mark.parametrize("stage", ["ingest", "statistics"])
+def test_cached_task_does_not_import_tensorflow(executed, stage):
+    cfg, tmp, first = executed
+    summary, modules = first[stage]
+    assert summary["components"][stage]["status"] == "succeeded"
+    assert "tensorflow" in modules  # an executed stage does import it: the probe sees it
+
+    inputs = [] if stage == "ingest" else [
+        "--input", f"examples={first['ingest'][0]['components']['ingest']['outputs']['examples']}"]
+    again, modules = component(stage, "-c", str(cfg), "--run-id", "r2", *inputs, summary=tmp / f"{stage}2.json")
+    assert again["components"][stage]["status"] == "cached"
+    assert again["components"][stage]["outputs"] == summary["components"][stage]["outputs"]
+    heavy = sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "apache_beam"))
+    assert heavy == [], f"a cached {stage} imported {heavy[:10]}"
+
+
+def test_new_data_under_the_same_name_changes_the_fingerprint(tmp_path):
+    """The TensorFlow-free source fingerprint still sees new data in the same file."""
+    from kfx.components.data.ingest import source_fingerprint
+    from kfx.pipeline.config import load_config
+
+    write_tiny_csv(tmp_path / "data" / "part.csv", rows=20)
+    cfg = load_config(tiny_config(tmp_path, str(tmp_path / "data" / "*.csv"))).stage("ingest")
+    first = source_fingerprint(cfg)
+    assert source_fingerprint(cfg) == first
+    write_tiny_csv(tmp_path / "data" / "part.csv", rows=20, seed=5)
+    assert source_fingerprint(cfg) != first
+
+
+def test_fingerprints_of_every_stage_import_no_tensorflow(tmp_path):
+    """Code versions and source fingerprints of all ten stages, computed without importing
+    TensorFlow, Keras or Beam; the cache key hashes the family's source files, so a family that
+    imports `from keras import ops` inside its functions (capsule) adds no import either."""
+    write_tiny_csv(tmp_path / "data" / "part.csv", rows=10)
+    cfg = tiny_config(tmp_path, str(tmp_path / "data" / "*.csv"), train={"model": "capsule"})
+    code = ("import sys\n"
+            "from kfx.pipeline.config import load_config\n"
+            "from kfx.pipeline.runner import code_version\n"
+            f"cfg = load_config({str(cfg)!r})\n"
+            "versions = {s.name: code_version(s, cfg) for s in cfg.stages}\n"
+            "sources = [s.spec.source_fingerprint(cfg.stage(s.name)) for s in cfg.stages if s.spec.source_fingerprint]\n"
+            "print(len(set(versions.values())), len(sources), sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'apache_beam')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["10", "4", "[]"], proc.stdout
