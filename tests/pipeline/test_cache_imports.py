@@ -21,9 +21,9 @@ def imported(stderr: str) -> set[str]:
             if line.startswith("import time:") and line.count("|") == 2}
 
 
-def component(*args: str, summary) -> tuple[dict, set[str]]:
-    """`kfx component ARGS --summary-json SUMMARY` as an Airflow task runs it; (summary, modules)."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kfx.pipeline.cli", "component", *args,
+def kfx(*args: str, summary) -> tuple[dict, set[str]]:
+    """`kfx ARGS --summary-json SUMMARY` in a new process; (summary, imported modules)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kfx.pipeline.cli", *args,
                            "--summary-json", str(summary)], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,29 +34,31 @@ def component(*args: str, summary) -> tuple[dict, set[str]]:
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    """ingest then statistics executed as two Airflow-style tasks of run r1: (config, tmp, summaries)."""
+    """ingest and statistics executed by `kfx run --to statistics` (run r1): (config, tmp, summary, modules)."""
     tmp = tmp_path_factory.mktemp("cache")
     write_tiny_csv(tmp / "data" / "part.csv", rows=200)
     cfg = tiny_config(tmp, str(tmp / "data" / "*.csv"))
-    ingest, ingest_modules = component("ingest", "-c", str(cfg), "--run-id", "r1", summary=tmp / "i1.json")
-    examples = ingest["components"]["ingest"]["outputs"]["examples"]
-    stats, stats_modules = component("statistics", "-c", str(cfg), "--run-id", "r1",
-                                     "--input", f"examples={examples}", summary=tmp / "s1.json")
-    return cfg, tmp, {"ingest": (ingest, ingest_modules), "statistics": (stats, stats_modules)}
+    summary, modules = kfx("run", "-c", str(cfg), "--to", "statistics", "--run-id", "r1", summary=tmp / "r1.json")
+    return cfg, tmp, summary, modules
+
+
+def test_executed_stages_import_tensorflow(executed):
+    """The probe sees TensorFlow when stages execute."""
+    _, _, summary, modules = executed
+    assert [c["status"] for c in summary["components"].values()] == ["succeeded", "succeeded"]
+    assert "tensorflow" in modules
 
 
 @pytest.mark.parametrize("stage", ["ingest", "statistics"])
 def test_cached_task_does_not_import_tensorflow(executed, stage):
-    cfg, tmp, first = executed
-    summary, modules = first[stage]
-    assert summary["components"][stage]["status"] == "succeeded"
-    assert "tensorflow" in modules  # an executed stage does import it: the probe sees it
-
-    inputs = [] if stage == "ingest" else [
-        "--input", f"examples={first['ingest'][0]['components']['ingest']['outputs']['examples']}"]
-    again, modules = component(stage, "-c", str(cfg), "--run-id", "r2", *inputs, summary=tmp / f"{stage}2.json")
+    """`kfx component STAGE --run-id r2 [--input NAME=URI]` as the DAG's task runs it: a cache hit
+    with the executed outputs, and not one module of TensorFlow, Keras or Beam imported."""
+    cfg, tmp, first, _ = executed
+    outputs = {name: c["outputs"] for name, c in first["components"].items()}
+    inputs = [] if stage == "ingest" else ["--input", f"examples={outputs['ingest']['examples']}"]
+    again, modules = kfx("component", stage, "-c", str(cfg), "--run-id", "r2", *inputs, summary=tmp / f"{stage}.json")
     assert again["components"][stage]["status"] == "cached"
-    assert again["components"][stage]["outputs"] == summary["components"][stage]["outputs"]
+    assert again["components"][stage]["outputs"] == outputs[stage]
     heavy = sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "apache_beam"))
     assert heavy == [], f"a cached {stage} imported {heavy[:10]}"
 
