@@ -190,12 +190,13 @@ class Reporter:
 
 
 def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: str, root: str,
-              inputs: dict[str, str | None], use_cache: bool = True) -> StageResult:
+              inputs: dict[str, str | None], use_cache: bool = True, execute: bool = True) -> StageResult:
     """Execute one stage: reuse a cached execution, or run it and commit its outputs atomically.
 
     The cache is checked before TensorFlow is imported (the fingerprint hashes source files and
     metadata, pipeline/fs.py checks local outputs), so a cached stage on a local root costs no
-    TensorFlow import: an Airflow task of a cached stage finishes in about a second.
+    TensorFlow import: an Airflow task of a cached stage finishes in about a second. With
+    `execute` False a cache miss returns status "uncached" and records nothing.
     """
     spec = stage.spec
     stage_cfg = cfg.stage(stage.name)
@@ -224,6 +225,8 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
                                        metrics, status="cached", cached_from=hit["id"])
                 return StageResult("cached", ex_id, time.time() - started,
                                    {k: a.uri for k, a in outs.items()}, metrics)
+    if not execute:
+        return StageResult("uncached")
 
     import tensorflow as tf
 
@@ -279,7 +282,8 @@ def select_stages(stages: tuple[Stage, ...], from_stage: str | None, to_stage: s
 def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | None = None,
                  from_stage: str | None = None, to_stage: str | None = None, use_cache: bool = True,
                  only: list[str] | None = None, given_inputs: dict[str, str] | None = None,
-                 stages: tuple[Stage, ...] | None = None, reporter: Reporter | None = None) -> dict:
+                 stages: tuple[Stage, ...] | None = None, reporter: Reporter | None = None,
+                 cached_only: bool = False) -> dict | None:
     """Run the selected stages of the graph; returns the run summary (never raises for a stage).
 
     Args:
@@ -293,6 +297,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
         given_inputs: input URIs given by hand (`--input NAME=URI`), for `only` runs.
         stages: the stage graph (default: the config's; tests pass small graphs).
         reporter: progress printer.
+        cached_only: only reuse cached executions: None, with no execution recorded, unless
+            every selected stage is a cache hit (`kfx component` tries this first).
     """
     root = root or cfg.root
     if fs.is_local(root):
@@ -314,7 +320,7 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
         reporter.start(stage.name)
         def work():
             inputs = resolve_inputs(stage, cfg, store, produced, given_inputs or {}, run_id)
-            return run_stage(stage, cfg, store, run_id, root, inputs, use_cache)
+            return run_stage(stage, cfg, store, run_id, root, inputs, use_cache, execute=not cached_only)
         return pool.submit(work)
 
     with reporter, cf.ThreadPoolExecutor(max_workers=cfg.max_parallel) as pool:
@@ -343,6 +349,8 @@ def run_pipeline(cfg: PipelineConfig, *, root: str | None = None, run_id: str | 
                     produced[stage.name] = res.outputs
                 elif failed is None:
                     failed = stage.name
+    if cached_only and any(res.status != "cached" for res in results.values()):
+        return None
     for stage in pending:
         results[stage.name] = StageResult("skipped")
     summary["components"] = {n: results[n].as_dict() for n in selected if n in results}

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -73,11 +74,45 @@ def load_module(ref: str, config_dir: str = "", what: str = "module") -> ModuleT
         raise UserCodeError(f"{what} {ref!r} cannot be imported: {type(err).__name__}: {err}") from None
 
 
-def load_function(ref: str, config_dir: str = "", what: str = "function") -> Callable:
-    """`module:function` or `file.py:function`."""
+@dataclass(frozen=True)
+class Source:
+    """A user module located without importing it: its file and the package its relative imports
+    start from (as the module's __package__ would be once imported)."""
+
+    path: Path
+    package: str
+
+
+def locate(ref: str, config_dir: str = "", what: str = "module") -> Source:
+    """Where the module `ref` (dotted path or .py file) is, without importing it: `kfx component`
+    fingerprints the user's code this way before it knows whether the stage must run.
+
+    Raises:
+        UserCodeError: no such file or module; names `ref`.
+    """
+    add_import_path(config_dir)
+    if is_file_ref(ref):
+        path = Path(ref) if os.path.isabs(ref) else Path(config_dir or ".") / ref
+        if not path.is_file():
+            raise UserCodeError(f"{what} {ref!r}: file {path} does not exist")
+        return Source(path.resolve(), "")
+    path = _module_file(ref)
+    if path is None:
+        raise UserCodeError(f"{what} {ref!r}: no module {ref!r} on the import path (config folder first)")
+    return Source(path.resolve(), ref if path.name == "__init__.py" else ref.rpartition(".")[0])
+
+
+def split_function_ref(ref: str, what: str = "function") -> tuple[str, str]:
+    """(module reference, function name) of `module:function` or `file.py:function`."""
     module_ref, sep, attr = ref.rpartition(":")
     if not sep or not module_ref or not attr:
         raise UserCodeError(f"{what} {ref!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    return module_ref, attr
+
+
+def load_function(ref: str, config_dir: str = "", what: str = "function") -> Callable:
+    """`module:function` or `file.py:function`."""
+    module_ref, attr = split_function_ref(ref, what)
     module = load_module(module_ref, config_dir, what)
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -138,13 +173,16 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def source_files(module: ModuleType) -> list[Path]:
+def source_files(module: ModuleType | Source) -> list[Path]:
     """The module's file and, transitively, the files of the modules it imports that live in its
-    own folder (or below it), sorted."""
-    first = Path(module.__file__).resolve()
+    own folder (or below it), sorted. Nothing is imported."""
+    if isinstance(module, Source):
+        first, package = module.path, module.package
+    else:
+        first, package = Path(module.__file__).resolve(), module.__package__ or ""
     folder = first.parent
     seen: dict[Path, None] = {}
-    todo = [(first, module.__package__ or "")]
+    todo = [(first, package)]
     while todo:
         path, package = todo.pop()
         if path in seen:
@@ -159,8 +197,8 @@ def source_files(module: ModuleType) -> list[Path]:
     return sorted(seen)
 
 
-def fingerprint(modules: list[ModuleType]) -> str:
-    """sha256 over the sources of `modules` and their same-folder imports."""
+def fingerprint(modules: list[ModuleType | Source]) -> str:
+    """sha256 over the sources of `modules` (imported or located) and their same-folder imports."""
     h = hashlib.sha256()
     for path in sorted({p for m in modules for p in source_files(m)}):
         h.update(path.name.encode())

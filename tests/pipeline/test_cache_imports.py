@@ -6,12 +6,14 @@ Every run must also show kfx.pipeline.runner's line, so an empty importtime outp
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from kfx.pipeline import init
 from tests.conftest import REPO, read_json, tiny_config, write_tiny_csv
 
 
@@ -32,12 +34,21 @@ def kfx(*args: str, summary) -> tuple[dict, set[str]]:
     return read_json(summary), modules
 
 
+def user_project(tmp, rows: int = 200, **sections):
+    """The tiny pipeline with the user's model and preprocessing of `kfx init` beside it: both
+    modules import keras / tensorflow at their top, as users write them."""
+    write_tiny_csv(tmp / "data" / "part.csv", rows=rows)
+    (tmp / "my_model.py").write_text(init.MY_MODEL)
+    (tmp / "features.py").write_text(init.FEATURES)
+    return tiny_config(tmp, str(tmp / "data" / "*.csv"), train={"model": "my_model.py"},
+                       transform={"preprocessing": "features.py:preprocess"}, **sections)
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     """ingest and statistics executed by `kfx run --to statistics` (run r1): (config, tmp, summary, modules)."""
     tmp = tmp_path_factory.mktemp("cache")
-    write_tiny_csv(tmp / "data" / "part.csv", rows=200)
-    cfg = tiny_config(tmp, str(tmp / "data" / "*.csv"))
+    cfg = user_project(tmp)
     summary, modules = kfx("run", "-c", str(cfg), "--to", "statistics", "--run-id", "r1", summary=tmp / "r1.json")
     return cfg, tmp, summary, modules
 
@@ -52,7 +63,8 @@ def test_executed_stages_import_tensorflow(executed):
 @pytest.mark.parametrize("stage", ["ingest", "statistics"])
 def test_cached_task_does_not_import_tensorflow(executed, stage):
     """`kfx component STAGE --run-id r2 [--input NAME=URI]` as the DAG's task runs it: a cache hit
-    with the executed outputs, and not one module of TensorFlow, Keras or Beam imported."""
+    with the executed outputs, and not one module of TensorFlow, Keras or Beam imported (nor the
+    user's modules, which import them: they are located and hashed, not imported)."""
     cfg, tmp, first, _ = executed
     outputs = {name: c["outputs"] for name, c in first["components"].items()}
     inputs = [] if stage == "ingest" else ["--input", f"examples={outputs['ingest']['examples']}"]
@@ -61,6 +73,7 @@ def test_cached_task_does_not_import_tensorflow(executed, stage):
     assert again["components"][stage]["outputs"] == outputs[stage]
     heavy = sorted(m for m in modules if m.split(".")[0] in ("tensorflow", "keras", "apache_beam"))
     assert heavy == [], f"a cached {stage} imported {heavy[:10]}"
+    assert not {m for m in modules if m.startswith("kfx_user_")}
 
 
 def test_new_data_under_the_same_name_changes_the_fingerprint(tmp_path):
@@ -77,19 +90,31 @@ def test_new_data_under_the_same_name_changes_the_fingerprint(tmp_path):
 
 
 def test_fingerprints_of_every_stage_import_no_tensorflow(tmp_path):
-    """Code versions and source fingerprints of all ten stages, computed without importing
-    TensorFlow, Keras or Beam; the cache key hashes the family's source files, so a family that
-    imports `from keras import ops` inside its functions (capsule) adds no import either."""
-    write_tiny_csv(tmp_path / "data" / "part.csv", rows=10)
-    cfg = tiny_config(tmp_path, str(tmp_path / "data" / "*.csv"), train={"model": "capsule"})
-    code = ("import sys\n"
+    """Code versions and source fingerprints of all ten stages, from the config loaded as `kfx
+    component` loads it first, without importing TensorFlow, Keras or Beam: the user's modules are
+    located and hashed, and so is a built-in family that imports `from keras import ops` inside
+    its functions (capsule, tune's here). They equal those of the fully checked config (which
+    `kfx run` uses), or a cache filled by one would never serve the other."""
+    from kfx.pipeline.config import load_config
+
+    cfg = user_project(tmp_path, rows=10, tune={"model": "capsule"})
+    code = ("import json, sys\n"
             "from kfx.pipeline.config import load_config\n"
-            "from kfx.pipeline.runner import code_version\n"
-            f"cfg = load_config({str(cfg)!r})\n"
-            "versions = {s.name: code_version(s, cfg) for s in cfg.stages}\n"
-            "sources = [s.spec.source_fingerprint(cfg.stage(s.name)) for s in cfg.stages if s.spec.source_fingerprint]\n"
-            "print(len(set(versions.values())), len(sources), sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('tensorflow', 'keras', 'apache_beam')))\n")
+            "from tests.pipeline.test_cache_imports import cache_keys\n"
+            f"located = cache_keys(load_config({str(cfg)!r}, import_user_code=False))\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'apache_beam'))\n"
+            "print(json.dumps({'keys': located, 'heavy': heavy}))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["10", "4", "[]"], proc.stdout
+    out = json.loads(proc.stdout)
+    assert out["heavy"] == []
+    assert len(set(out["keys"]["code"])) == 10 and len(out["keys"]["source"]) == 4
+    assert out["keys"] == cache_keys(load_config(cfg))  # imports the user's modules, here in pytest
+
+
+def cache_keys(cfg) -> dict:
+    """Every stage's code version and source fingerprint (what the cache key adds to config and inputs)."""
+    from kfx.pipeline.runner import code_version
+
+    return {"code": [code_version(s, cfg) for s in cfg.stages],
+            "source": [s.spec.source_fingerprint(cfg.stage(s.name)) for s in cfg.stages if s.spec.source_fingerprint]}
