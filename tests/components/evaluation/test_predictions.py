@@ -68,4 +68,4 @@ def test_predictions_artifact_equals_the_exported_model_on_the_raw_test_rows(eva
     labels = np.array([got[k]["prediction"] for k in expected])
     assert clear.sum() > 0.9 * len(raw)
     assert (labels[clear] == np.where(wanted[clear] >= 0.5, "pos", "neg")).all()
-    assert 0.05 < (labels == "pos").mean() < 0.95  # the model tells the classes apart
+    assert np.ptp(wanted) > 0.05  # scores depend on the row: matching them row by row means something
