@@ -223,6 +223,11 @@ class TuneConfig(StageConfig):
     batch_size: int = Field(512, gt=0)
     train_rows: int | None = Field(None, gt=0, description="Use only this many train rows per trial.")
     hyperband_factor: int = Field(3, ge=2)
+    worker_timeout: float = Field(
+        60.0, gt=0, description="Distributed tuning: the chief declares a worker lost when it has not reported for "
+                                "this many seconds (workers report every fifth of it) and ends its trial.")
+    max_retries_per_trial: int = Field(1, ge=0, description="Reruns of a trial whose worker was lost or that "
+                                                            "crashed; after them it is recorded as failed.")
     seed: int = 42
 
     @field_validator("model")

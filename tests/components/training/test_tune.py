@@ -3,6 +3,7 @@ max_trials 0 writes the defaults; a chief and two workers on loopback tune toget
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -116,3 +117,68 @@ def test_distributed_tuning_chief_and_two_workers_on_loopback(built, tmp_path):
     assert worker_ids == {t["trial_id"] for t in chief_trials}
     assert chief_best["score"] == max(t["score"] for t in chief_trials) or \
         chief_best["score"] == min(t["score"] for t in chief_trials)
+
+
+def _mid_trial(search: Path) -> dict[str, str]:
+    """{tuner id: trial id} of the workers running a trial, from the chief's oracle files
+    (oracle.json's ongoing trials whose trial.json still says RUNNING)."""
+    try:
+        ongoing = json.loads((search / "oracle.json").read_text())["ongoing_trials"]
+        return {tuner: trial for tuner, trial in ongoing.items()
+                if json.loads((search / f"trial_{trial}" / "trial.json").read_text())["status"] == "RUNNING"}
+    except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+        return {}
+
+
+def test_a_worker_killed_mid_trial_is_rerun_elsewhere_and_the_search_ends(built, tmp_path):
+    """SIGKILL one of two workers inside a trial: the chief declares it lost after
+    tune.worker_timeout, the other worker reruns its trial, and chief and worker finish."""
+    port, kills = _free_port(), 0
+    chief_tmp = tmp_path / "chief-tmp"  # where the chief's oracle keeps its files (tempfile.mkdtemp)
+    chief_tmp.mkdir()
+    args = ["component", "tune", "-c", str(built["config"]), "--set", "tune.max_trials=3", "--set", "tune.epochs=2",
+            "--set", "tune.batch_size=16", "--set", "tune.worker_timeout=6", "--no-cache",
+            *tiny.inputs_args(built["outputs"], examples=("ingest", "examples"), schema=("schema", "schema"),
+                              transform_graph=("transform", "transform_graph"))]
+    procs = {}
+    for role in ("chief", "tuner0", "tuner1"):
+        env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port), "KERASTUNER_TUNER_ID": role,
+               **({"TMPDIR": str(chief_tmp)} if role == "chief" else {})}
+        procs[role] = tiny.kfx([*args, "--root", str(tmp_path / role), "--summary-json", str(tmp_path / f"{role}.json")],
+                               env=env)
+    try:
+        # Kill a worker inside a trial once both workers have been handed one.
+        started, victim, deadline = set(), None, time.time() + 180
+        while victim is None and time.time() < deadline and all(p.poll() is None for p in procs.values()):
+            running = {}
+            for search in chief_tmp.glob("kfx-tune-*/search"):
+                running = _mid_trial(search)
+            started |= set(running)
+            if started == {"tuner0", "tuner1"} and running:
+                victim = sorted(running)[0]
+                procs[victim].send_signal(signal.SIGKILL)
+                kills += 1
+            time.sleep(0.05)
+        assert victim is not None, "no worker was seen mid-trial: " + str({r: p.poll() for r, p in procs.items()})
+        lost_trial, survivor = running[victim], ({"tuner0", "tuner1"} - {victim}).pop()
+        outs = {role: procs[role].communicate(timeout=180)[0] for role in (victim, "chief", survivor)}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    print(f"tuner kills: {kills} ({victim} in trial {lost_trial})")
+    assert procs[victim].returncode == -signal.SIGKILL
+    for role in ("chief", survivor):
+        assert procs[role].returncode == 0, f"{role} failed:\n{outs[role][-3000:]}"
+    chief = json.loads((tmp_path / "chief.json").read_text())["components"]["tune"]
+    assert chief["metrics"]["lost_workers"] == [victim]
+    _, trials = _artifact(chief["outputs"]["hyperparameters"])
+    assert len(trials) == 3 and all(t["status"] == "COMPLETED" and t["score"] is not None for t in trials)
+    lost = next(t for t in trials if t["trial_id"] == lost_trial)
+    assert lost["lost"] == [victim] and lost["runs"] == 2  # crashed once, then rerun
+    assert all(t["lost"] == [] and t["runs"] == 1 for t in trials if t is not lost)
+    # The survivor ran the lost trial again, and its artifact says so.
+    survivor_res = json.loads((tmp_path / f"{survivor}.json").read_text())["components"]["tune"]
+    _, survivor_trials = _artifact(survivor_res["outputs"]["hyperparameters"])
+    assert lost_trial in {t["trial_id"] for t in survivor_trials}
