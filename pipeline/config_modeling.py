@@ -277,6 +277,8 @@ class TrainConfig(WarmStartKeys, StageConfig):
     shuffle_buffer: int = Field(50000, ge=1)
     cache_dataset: bool = Field(True, description="Cache the preprocessed data in memory (it must fit).")
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    worker_timeout: float = Field(30.0, gt=0, description="Multi-worker: a worker without a heartbeat for this "
+                                                          "many seconds is lost, and the others stop with an error.")
     mixed_precision: Literal["auto", "on", "off"] = Field("auto", description="auto: on when training on GPU.")
     backup_dir: str | None = Field(
         None, description="BackupAndRestore directory; default <root>/<pipeline>/train/.backup/<key>.")

@@ -328,6 +328,72 @@ def test_multi_worker_mirrored_strategy_on_loopback(built, tmp_path):
     assert np.allclose(scores[0], scores[1], atol=1e-5)
 
 
+def test_a_multi_worker_job_that_loses_a_worker_fails_fast_and_its_rerun_resumes(built, tmp_path):
+    """SIGKILL worker 1 of two MultiWorkerMirroredStrategy workers in its second epoch: worker 0
+    stops with a message naming the lost worker (train.worker_timeout bounds the wait), and a rerun
+    of both resumes from the epoch the backup holds, not from 0."""
+    kills, epochs = 0, 3
+
+    def start(ports: list[int]) -> list:
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        return [tiny.kfx(["component", "train", "-c", str(built["config"]), "--root", str(tmp_path / f"w{i}"),
+                          "--summary-json", str(tmp_path / f"w{i}.json"), "--set", f"train.epochs={epochs}",
+                          "--set", "train.worker_timeout=5", "--set", "train.warmup_requests=0", "--no-cache",
+                          *tiny.inputs_args(built["outputs"], **INPUTS, hyperparameters=("tune", "hyperparameters"))],
+                         env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+                for i in range(2)]
+
+    def saved_epoch(i: int) -> int:
+        meta = list((tmp_path / f"w{i}").glob("tiny/train/.backup/*/training_metadata.json"))
+        try:
+            return json.loads(meta[0].read_text())["epoch"] if meta else 0
+        except ValueError:  # caught mid-write
+            return 0
+
+    procs = start(_free_ports(2))
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and all(p.poll() is None for p in procs) and saved_epoch(1) < 1:
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), "a worker ended before the kill:\n" + \
+            "\n".join(p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
+        assert saved_epoch(1) >= 1, "worker 1 finished no epoch in time"
+        procs[1].send_signal(signal.SIGKILL)  # in its second epoch: the first one is backed up
+        kills += 1
+        out, _ = procs[0].communicate(timeout=120)  # fails within train.worker_timeout, does not hang
+        procs[1].communicate(timeout=30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    print(f"training kills: {kills} (worker 1 after epoch {saved_epoch(1)} was backed up)")
+    assert procs[1].returncode == -signal.SIGKILL and procs[0].returncode == 1, out[-3000:]
+    failed = json.loads((tmp_path / "w0.json").read_text())["components"]["train"]
+    assert failed["status"] == "failed"
+    assert "train: lost MultiWorkerMirroredStrategy worker 1 of the TF_CONFIG cluster" in failed["error"]
+    assert "train.worker_timeout=5 s" in failed["error"] and "Restart every worker with the same TF_CONFIG" in failed["error"]
+    resume_at = [saved_epoch(0), saved_epoch(1)]
+    assert resume_at[0] == resume_at[1] and 1 <= resume_at[1] < epochs
+    assert f"resumes after the {resume_at[1]} epoch(s) completed" in failed["error"]
+
+    procs = start(_free_ports(2))
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for proc, out in zip(procs, outs):
+        assert proc.returncode == 0, out[-3000:]
+    for i in range(2):
+        res = json.loads((tmp_path / f"w{i}.json").read_text())["components"]["train"]
+        assert res["metrics"]["resumed_from_epoch"] == resume_at[i]  # not 0
+        assert json.loads(Path(res["outputs"]["model_run"], "history.json").read_text())["epoch"] == list(range(epochs))
+        assert saved_epoch(i) == 0, "the backup is deleted once training succeeded"
+
+
 def test_the_export_carries_its_keras_side_and_it_gives_the_served_outputs(built, loaded, tmp_path):
     """load_trainer rebuilds the preprocessing layer and the Keras model from the export alone
     (what evaluate differentiates through); on raw rows it answers what serving_default does."""
