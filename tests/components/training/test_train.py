@@ -332,7 +332,7 @@ def test_a_multi_worker_job_that_loses_a_worker_fails_fast_and_its_rerun_resumes
     """SIGKILL worker 1 of two MultiWorkerMirroredStrategy workers in its second epoch: worker 0
     stops with a message naming the lost worker (train.worker_timeout bounds the wait), and a rerun
     of both resumes from the epoch the backup holds, not from 0."""
-    kills, epochs = 0, 3
+    kills, epochs = 0, 2
 
     def start(ports: list[int]) -> list:
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -358,7 +358,7 @@ def test_a_multi_worker_job_that_loses_a_worker_fails_fast_and_its_rerun_resumes
         assert all(p.poll() is None for p in procs), "a worker ended before the kill:\n" + \
             "\n".join(p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
         assert saved_epoch(1) >= 1, "worker 1 finished no epoch in time"
-        procs[1].send_signal(signal.SIGKILL)  # in its second epoch: the first one is backed up
+        procs[1].send_signal(signal.SIGKILL)  # in its second (last) epoch: the first one is backed up
         kills += 1
         out, _ = procs[0].communicate(timeout=120)  # fails within train.worker_timeout, does not hang
         procs[1].communicate(timeout=30)
@@ -458,3 +458,24 @@ def test_a_task_that_calibrates_needs_an_eval_split():
         check_splits(anomaly, ["train", "test"])
     check_splits(anomaly, ["train", "eval"])
     check_splits(tasks.of({"type": tasks.REGRESSION, "label": "y"}), ["train"])  # no calibration: no eval needed
+
+
+def test_a_lost_peer_error_names_the_lost_worker_and_other_errors_pass_through(monkeypatch):
+    import tensorflow as tf
+
+    from kfx.components.training.fit import lost_worker_error
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]},
+                                                "task": {"type": "worker", "index": 2}}))
+    heartbeat = tf.errors.UnavailableError(None, None, (
+        "{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:2/device:CPU:0}} Collective "
+        "ops is aborted by: The following tasks are unhealthy (stopped sending heartbeats):\n"
+        "/job:worker/replica:0/task:0\nThe tasks have crashed."))
+    message = lost_worker_error(heartbeat, 12, completed=3)
+    assert message.startswith("train: lost MultiWorkerMirroredStrategy worker 0 of the TF_CONFIG cluster")
+    assert "train.worker_timeout=12 s" in message and "this worker (worker2) stops" in message
+    assert "training resumes after the 3 epoch(s) completed" in message
+    assert "no epoch had completed, so training starts over" in lost_worker_error(heartbeat, 12, completed=0)
+    assert lost_worker_error(tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2] vs. [3]"), 12, 0) \
+        is None
+    assert lost_worker_error(tf.errors.UnavailableError(None, None, "file system unavailable"), 12, 0) is None

@@ -136,8 +136,8 @@ def test_a_worker_killed_mid_trial_is_rerun_elsewhere_and_the_search_ends(built,
     port, kills = _free_port(), 0
     chief_tmp = tmp_path / "chief-tmp"  # where the chief's oracle keeps its files (tempfile.mkdtemp)
     chief_tmp.mkdir()
-    args = ["component", "tune", "-c", str(built["config"]), "--set", "tune.max_trials=3", "--set", "tune.epochs=2",
-            "--set", "tune.batch_size=16", "--set", "tune.worker_timeout=6", "--no-cache",
+    args = ["component", "tune", "-c", str(built["config"]), "--set", "tune.max_trials=3", "--set", "tune.epochs=1",
+            "--set", "tune.batch_size=32", "--set", "tune.worker_timeout=8", "--no-cache",
             *tiny.inputs_args(built["outputs"], examples=("ingest", "examples"), schema=("schema", "schema"),
                               transform_graph=("transform", "transform_graph"))]
     procs = {}
@@ -182,3 +182,48 @@ def test_a_worker_killed_mid_trial_is_rerun_elsewhere_and_the_search_ends(built,
     survivor_res = json.loads((tmp_path / f"{survivor}.json").read_text())["components"]["tune"]
     _, survivor_trials = _artifact(survivor_res["outputs"]["hyperparameters"])
     assert lost_trial in {t["trial_id"] for t in survivor_trials}
+
+
+def test_a_chief_whose_workers_are_all_lost_fails_instead_of_waiting(tmp_path, monkeypatch):
+    """In-process chief, one worker that takes a trial and goes silent: with no retries its trial
+    is recorded FAILED naming the worker, and the chief stops with a clear error, not a hang."""
+    import threading
+
+    import keras
+    import keras_tuner as kt
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    from kfx.components.training.tune import make_tuner, serve_oracle
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TuneConfig
+
+    for key, value in {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port()),
+                       "KERASTUNER_TUNER_ID": "chief"}.items():
+        monkeypatch.setenv(key, value)
+
+    def build(hp):
+        hp.Float("learning_rate", 1e-4, 1e-1)
+        return keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+
+    cfg = TuneConfig(max_trials=3, worker_timeout=1, max_retries_per_trial=0)
+    tuner = make_tuner(cfg, build, ("val_loss", "min"), str(tmp_path), deadline=time.time() + 60)
+    errors = []
+    chief = threading.Thread(target=lambda: errors.append(_raised(serve_oracle, tuner.oracle, cfg.worker_timeout)))
+    chief.start()
+    trial = OracleClient(tuner.oracle).create_trial("w0")  # ... and nothing more from w0
+    chief.join(timeout=30)
+    assert not chief.is_alive(), "the chief is still waiting for its lost worker"
+    assert isinstance(errors[0], ComponentError)
+    assert "every tuner worker was lost (w0: no report for more than tune.worker_timeout=1 s)" in str(errors[0])
+    assert "0 trial(s) completed" in str(errors[0])
+    lost = tuner.oracle.trials[trial.trial_id]
+    assert lost.status == kt.engine.trial.TrialStatus.FAILED and tuner.oracle.lost[trial.trial_id] == ["w0"]
+    assert "tuner worker 'w0' stopped reporting" in lost.message and tuner.oracle.runs[trial.trial_id] == 1
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err
+    return None
