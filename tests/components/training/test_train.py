@@ -1,5 +1,6 @@
 """train: export signatures and method names, train/serve equivalence of preprocessing, tune ->
-train hand-off, resume after a kill, and MultiWorkerMirroredStrategy with two workers on loopback."""
+train hand-off, resume after a kill, and MultiWorkerMirroredStrategy with two workers on loopback
+(one of them SIGKILLed mid-epoch, then both rerun)."""
 from __future__ import annotations
 
 import json
@@ -299,39 +300,12 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_multi_worker_mirrored_strategy_on_loopback(built, tmp_path):
-    import tensorflow as tf
-
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        summary = tmp_path / f"w{i}.json"
-        args = ["component", "train", "-c", str(built["config"]), "--root", str(tmp_path / f"w{i}"),
-                "--summary-json", str(summary), "--set", "train.epochs=1", "--no-cache",
-                "--set", "train.hyperparameters={batch_norm: true}",  # synchronized batch norm
-                *tiny.inputs_args(built["outputs"], **INPUTS, hyperparameters=("tune", "hyperparameters"))]
-        procs.append((tiny.kfx(args, env=env), summary))
-    results = []
-    for proc, summary in procs:
-        out, _ = proc.communicate(timeout=240)
-        assert proc.returncode == 0, out[-3000:]
-        results.append(json.loads(summary.read_text())["components"]["train"])
-    assert [r["metrics"]["strategy"] for r in results] == ["multi_worker", "multi_worker"]
-    assert [r["metrics"]["replicas"] for r in results] == [2, 2]
-    assert [r["metrics"]["chief"] for r in results] == [True, False]
-    # Synchronous training: both workers end with the same weights, so the same predictions.
-    records = tf.constant(_serialized(built["outputs"]["ingest"]["examples"], "eval", 20))
-    scores = [tf.saved_model.load(r["outputs"]["model"]).signatures["classify"](inputs=records)["scores"].numpy()
-              for r in results]
-    assert np.allclose(scores[0], scores[1], atol=1e-5)
-
-
-def test_a_multi_worker_job_that_loses_a_worker_fails_fast_and_its_rerun_resumes(built, tmp_path):
+def test_multi_worker_mirrored_strategy_on_loopback_loses_a_worker_and_its_rerun_resumes(built, tmp_path):
     """SIGKILL worker 1 of two MultiWorkerMirroredStrategy workers in its second epoch: worker 0
     stops with a message naming the lost worker (train.worker_timeout bounds the wait), and a rerun
-    of both resumes from the epoch the backup holds, not from 0."""
+    of both resumes from the epoch the backup holds, not from 0, and trains synchronously."""
+    import tensorflow as tf
+
     kills, epochs = 0, 2
 
     def start(ports: list[int]) -> list:
@@ -339,6 +313,7 @@ def test_a_multi_worker_job_that_loses_a_worker_fails_fast_and_its_rerun_resumes
         return [tiny.kfx(["component", "train", "-c", str(built["config"]), "--root", str(tmp_path / f"w{i}"),
                           "--summary-json", str(tmp_path / f"w{i}.json"), "--set", f"train.epochs={epochs}",
                           "--set", "train.worker_timeout=5", "--set", "train.warmup_requests=0", "--no-cache",
+                          "--set", "train.hyperparameters={batch_norm: true}",  # synchronized batch norm
                           *tiny.inputs_args(built["outputs"], **INPUTS, hyperparameters=("tune", "hyperparameters"))],
                          env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
                 for i in range(2)]
@@ -387,11 +362,19 @@ def test_a_multi_worker_job_that_loses_a_worker_fails_fast_and_its_rerun_resumes
                 proc.communicate()
     for proc, out in zip(procs, outs):
         assert proc.returncode == 0, out[-3000:]
-    for i in range(2):
-        res = json.loads((tmp_path / f"w{i}.json").read_text())["components"]["train"]
+    results = [json.loads((tmp_path / f"w{i}.json").read_text())["components"]["train"] for i in range(2)]
+    for i, res in enumerate(results):
         assert res["metrics"]["resumed_from_epoch"] == resume_at[i]  # not 0
         assert json.loads(Path(res["outputs"]["model_run"], "history.json").read_text())["epoch"] == list(range(epochs))
         assert saved_epoch(i) == 0, "the backup is deleted once training succeeded"
+    assert [r["metrics"]["strategy"] for r in results] == ["multi_worker", "multi_worker"]
+    assert [r["metrics"]["replicas"] for r in results] == [2, 2]
+    assert [r["metrics"]["chief"] for r in results] == [True, False]
+    # Synchronous training: both workers end with the same weights, so the same predictions.
+    records = tf.constant(_serialized(built["outputs"]["ingest"]["examples"], "eval", 20))
+    scores = [tf.saved_model.load(r["outputs"]["model"]).signatures["classify"](inputs=records)["scores"].numpy()
+              for r in results]
+    assert np.allclose(scores[0], scores[1], atol=1e-5)
 
 
 def test_the_export_carries_its_keras_side_and_it_gives_the_served_outputs(built, loaded, tmp_path):
