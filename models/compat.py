@@ -5,7 +5,8 @@ kfx leans on a few internals that have no public equivalent:
   (`patch_multi_worker_reduce`), and the model's symbolic build (`build_before_fit`);
 - BackupAndRestore's file paths, to recover from a kill during its own write (`BackupAndRestore`,
   `backup_state_path`);
-- KerasTuner's distributed-tuning role (`tuner_role`).
+- KerasTuner's distributed-tuning role (`tuner_role`) and its chief's gRPC servicer, which kfx
+  serves in its own loop (`start_oracle_server`) to end the trials of lost workers.
 
 Written for keras 3.15.1 and keras-tuner 1.4.8 (the pins in pyproject.toml). `check()` verifies
 that every private target below still exists with the shape this code expects, and each helper
@@ -64,8 +65,10 @@ BACKUP_PATHS = Target("keras", "keras", "callbacks.BackupAndRestore", ("backup_d
                       instance_args=("kfx-compat-check",))
 HAS_CHIEF_ORACLE = Target("keras-tuner", "keras_tuner.src.distribute.utils", "has_chief_oracle", ())
 IS_CHIEF_ORACLE = Target("keras-tuner", "keras_tuner.src.distribute.utils", "is_chief_oracle", ())
+ORACLE_SERVICER = Target("keras-tuner", "keras_tuner.src.distribute.oracle_chief", "OracleServicer", ("oracle",))
+ORACLE_GRPC = Target("keras-tuner", "keras_tuner.src.protos", "get_service_grpc", ())
 TARGETS = (REDUCE_PER_REPLICA, IS_MULTI_WORKER, SYMBOLIC_BUILD, MAYBE_SYMBOLIC_BUILD, BACKUP_PATHS,
-           HAS_CHIEF_ORACLE, IS_CHIEF_ORACLE)
+           HAS_CHIEF_ORACLE, IS_CHIEF_ORACLE, ORACLE_SERVICER, ORACLE_GRPC)
 
 
 def installed_version(dist: str) -> str:
@@ -233,3 +236,24 @@ def tuner_role() -> str:
     if not _resolve(HAS_CHIEF_ORACLE)():
         return "local"
     return "chief" if _resolve(IS_CHIEF_ORACLE)() else "worker"
+
+
+def start_oracle_server(oracle, address: str, threads: int = 4):
+    """Serve `oracle` to KerasTuner workers at `address` ("ip:port"); returns (server, servicer).
+
+    What keras_tuner's `oracle_chief.start_server` does before its wait loop, which only ends
+    once every worker has asked for a trial after the last one (and polls every 20 s): a worker
+    that dies mid-trial keeps it waiting forever. The caller runs its own loop instead, and
+    stops the server; `servicer.stop_triggered` says a worker has been told the search is over.
+    """
+    _require(ORACLE_SERVICER, ORACLE_GRPC)
+    from concurrent import futures
+
+    import grpc
+
+    servicer = _resolve(ORACLE_SERVICER)(oracle)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    _resolve(ORACLE_GRPC)().add_OracleServicer_to_server(servicer, server)
+    server.add_insecure_port(address)
+    server.start()
+    return server, servicer

@@ -232,6 +232,11 @@ class TuneConfig(StageConfig):
     batch_size: int = Field(512, gt=0)
     train_rows: int | None = Field(None, gt=0, description="Use only this many train rows per trial.")
     hyperband_factor: int = Field(3, ge=2)
+    worker_timeout: float = Field(
+        60.0, gt=0, description="Distributed tuning: the chief declares a worker lost when it has not reported for "
+                                "this many seconds (workers report every fifth of it) and ends its trial.")
+    max_retries_per_trial: int = Field(1, ge=0, description="Reruns of a trial whose worker was lost or that "
+                                                            "crashed; after them it is recorded as failed.")
     seed: int = 42
 
     @field_validator("model")
@@ -281,6 +286,8 @@ class TrainConfig(WarmStartKeys, StageConfig):
     shuffle_buffer: int = Field(50000, ge=1)
     cache_dataset: bool = Field(True, description="Cache the preprocessed data in memory (it must fit).")
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    worker_timeout: float = Field(30.0, gt=0, description="Multi-worker: a worker without a heartbeat for this "
+                                                          "many seconds is lost, and the others stop with an error.")
     mixed_precision: Literal["auto", "on", "off"] = Field("auto", description="auto: on when training on GPU.")
     backup_dir: str | None = Field(
         None, description="BackupAndRestore directory; default <root>/<pipeline>/train/.backup/<key>.")

@@ -44,11 +44,13 @@ def task_id() -> str:
     return f"{task.get('type', '')}{task.get('index', '')}" if cluster_size() > 1 else ""
 
 
-def choose_strategy(kind: str):
+def choose_strategy(kind: str, worker_timeout: float = 30.0):
     """The tf.distribute strategy: configured, or detected in the order TPU, TF_CONFIG, GPUs.
 
     Args:
         kind: "auto", "default", "mirrored", "multi_worker" or "tpu" (TrainConfig.strategy).
+        worker_timeout: multi-worker: seconds without a heartbeat after which a worker counts as
+            lost and the others' collectives are aborted (`heartbeat_timeout`).
 
     Returns:
         (strategy, name).
@@ -62,11 +64,62 @@ def choose_strategy(kind: str):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver), "tpu"
     if kind == "multi_worker" or (kind == "auto" and cluster_size() > 1):
+        heartbeat_timeout(worker_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy(), "multi_worker"
     gpus = tf.config.list_physical_devices("GPU")
     if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         return tf.distribute.MirroredStrategy(), "mirrored"
     return tf.distribute.get_strategy(), "default"
+
+
+def heartbeat_timeout(seconds: float) -> None:
+    """Configure TensorFlow's coordination service as MultiWorkerMirroredStrategy would (it keeps
+    a configuration made before it), with a heartbeat timeout of `seconds`: a killed worker is
+    declared lost after that, and the survivors' collectives fail instead of waiting for it."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    cluster = tf_config().get("cluster", {})
+    jobs = [job for job in ("chief", "worker") if cluster.get(job)]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{jobs[0]}/replica:0/task:0",
+        heartbeat_timeout_in_ms=int(seconds * 1000),
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))
+                          for job in jobs])
+
+
+def lost_worker_error(err: Exception, worker_timeout: float, completed: int) -> str | None:
+    """A clear message for a TensorFlow error that means a multi-worker peer was lost, else None.
+
+    Args:
+        err: the error fit raised.
+        worker_timeout: train.worker_timeout, repeated in the message.
+        completed: epochs the backup holds as completed (a rerun starts with the next one).
+    """
+    import re
+
+    import tensorflow as tf
+
+    if not isinstance(err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                            tf.errors.CancelledError, tf.errors.InternalError)):
+        return None
+    text = str(err)
+    if not re.search(r"heartbeat|unhealthy|[Cc]ollective ops is aborted|[Cc]oordination|Socket closed|"
+                     r"[Cc]onnection reset|failed to connect", text):
+        return None
+    lost = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", text)) - {_own_task()})
+    who = ", ".join(f"{job} {index}" for job, index in lost) or "a peer"
+    resume = (f"training resumes after the {completed} epoch(s) completed" if completed
+              else "no epoch had completed, so training starts over")
+    return (f"train: lost MultiWorkerMirroredStrategy {who} of the TF_CONFIG cluster (no heartbeat within "
+            f"train.worker_timeout={worker_timeout:g} s, or its connection dropped); this worker "
+            f"({task_id() or 'chief'}) stops instead of waiting for it. Restart every worker with the same "
+            f"TF_CONFIG and config: {resume}. TensorFlow said: {text.splitlines()[0][:300]}")
+
+
+def _own_task() -> tuple[str, str]:
+    task = tf_config().get("task", {})
+    return str(task.get("type", "")), str(task.get("index", ""))
 
 
 def use_mixed_precision(setting: str) -> bool:

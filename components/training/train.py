@@ -78,7 +78,7 @@ def backup_dir(ctx: Context) -> str:
 
     cfg = ctx.config
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"cache", "verbose", "backup_dir"}),
+    h.update(json.dumps(cfg.model_dump(mode="json", exclude={"cache", "verbose", "backup_dir", "worker_timeout"}),
                         sort_keys=True).encode())
     h.update(json.dumps(sorted((k, v) for k, v in ctx.inputs.items() if v)).encode())
     for name in (__name__, *SPEC.code):
@@ -100,6 +100,19 @@ def _resumed_history(directory: str, state: str | None) -> dict[str, list]:
         return {}
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
+
+
+def _completed_epochs(backup: str) -> int:
+    """Epochs BackupAndRestore holds as completed under `backup` (0 without a readable state)."""
+    import tensorflow as tf
+
+    from kfx.models import compat
+
+    try:
+        with tf.io.gfile.GFile(compat.backup_state_path(backup)) as f:
+            return int(json.load(f).get("epoch", 0))
+    except (tf.errors.NotFoundError, ValueError):
+        return 0
 
 
 def _history_callback(path: str, history: dict[str, list], first_epoch: list):
@@ -198,7 +211,8 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx import models
     from kfx.components.training import export as modeling_export
     from kfx.components.training.data import dataset
-    from kfx.components.training.fit import choose_strategy, class_weight, is_chief, steps_per_epoch, use_mixed_precision
+    from kfx.components.training.fit import (choose_strategy, class_weight, is_chief, lost_worker_error,
+                                             steps_per_epoch, use_mixed_precision)
     from kfx.models import compat, tasks
     from kfx.models.augment import augmenter
     from kfx.models.preprocess import load_transform, make_preprocessor
@@ -213,16 +227,16 @@ def run(ctx: Context) -> dict[str, Any]:
     hp, hp_source = resolve_hyperparameters(cfg, ctx.inputs.get("hyperparameters"), ctx.pipeline.config_dir)
     family = models.get(cfg.model, ctx.pipeline.config_dir)
     keras.utils.set_random_seed(cfg.seed)
-    strategy, strategy_name = choose_strategy(cfg.strategy)
+    strategy, strategy_name = choose_strategy(cfg.strategy, cfg.worker_timeout)
     mixed = use_mixed_precision(cfg.mixed_precision)
     previous_policy = keras.mixed_precision.dtype_policy().name
     if mixed:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
+    multi = strategy_name == "multi_worker"
     try:
         pre = make_preprocessor(spec)
         # Each replica gets batch_size rows: the global batch grows with the replicas.
         global_batch = cfg.batch_size * strategy.num_replicas_in_sync
-        multi = strategy_name == "multi_worker"
         targets = getattr(family, "targets", None)  # the family's hooks (models/__init__.py)
         train_ds = dataset(examples, "train", spec, pre, global_batch, shuffle=True, shuffle_buffer=cfg.shuffle_buffer,
                            cache=cfg.cache_dataset, seed=cfg.seed, shard_by_data=multi, targets=targets,
@@ -281,6 +295,12 @@ def run(ctx: Context) -> dict[str, Any]:
         for path in (f"{backup}-history", f"{backup}-{FINE_TUNE}-history", first_phase):
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
+    except tf.errors.OpError as err:
+        # A lost peer aborts the collectives: say which, and that a rerun resumes (not TF's text alone).
+        message = multi and lost_worker_error(err, cfg.worker_timeout, _completed_epochs(backup_dir(ctx)))
+        if message:
+            raise ComponentError(message) from err
+        raise
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
     fit_seconds = time.time() - started

@@ -9,14 +9,22 @@ stops at it). `max_trials: 0` skips the search and writes the space's defaults.
 Distributed tuning is KerasTuner's own: with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT /
 KERASTUNER_TUNER_ID set, the process whose tuner id contains "chief" serves the oracle and the
 others run trials. Every role writes the same kind of artifact; the chief's holds all trials.
+A worker that dies does not hang the search: workers report to the chief every fifth of
+`worker_timeout` while they run a trial, and the chief declares a worker that has been silent
+for `worker_timeout` seconds lost, and ends its trial as crashed. KerasTuner then reruns it
+(up to `max_retries_per_trial` times, on another worker, which waits for that while trials are
+still running) or records it as failed; the trial table names the lost workers per trial.
 
 Output `hyperparameters`: best.json {"family", "values", "objective", "score", "tuner", "role"}
-and trials.json (one row per trial: id, status, score, values, tuner).
+and trials.json (one row per trial: id, status, score, values, tuner; the chief's rows also
+have `runs` and `lost`, the workers lost while running it).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import shutil
 import tempfile
 import time
@@ -51,6 +59,118 @@ def _deadline_oracle(base_cls, deadline: float):
     return DeadlineOracle
 
 
+def _watched_oracle(base_cls, timeout: float):
+    """`base_cls` that notes when each worker last reported and ends the trials of silent ones.
+
+    Workers are keyed by KerasTuner's tuner id. Any request about a worker's trial (its creation,
+    the worker's heartbeat `get_trial`, updates, its end) counts as a report. `reap` (called by
+    the chief's loop) ends the running trial of a worker silent for more than `timeout` seconds as
+    INVALID, which KerasTuner's own retry logic turns into a rerun or a FAILED trial.
+    """
+    import keras_tuner as kt
+
+    Status = kt.engine.trial.TrialStatus
+
+    class WatchedOracle(base_cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.last_seen: dict[str, float] = {}
+            self.lost: dict[str, list[str]] = {}      # trial id -> workers lost while running it
+            self.lost_workers: list[str] = []
+            self.runs: dict[str, int] = {}              # trial id -> times it ended (crashed or not)
+
+        def _seen(self, trial_id: str) -> None:
+            for tuner_id, trial in self.ongoing_trials.items():
+                if trial.trial_id == trial_id:
+                    self.last_seen[tuner_id] = time.time()
+
+        @kt.synchronized
+        def create_trial(self, tuner_id):
+            self.last_seen[tuner_id] = time.time()
+            trial = super().create_trial(tuner_id)
+            if trial.status == Status.STOPPED and self.max_retries_per_trial and any(
+                    t != tuner_id for t in self.ongoing_trials):
+                # Another worker may still be lost mid-trial: stay to rerun its trial.
+                self.tuner_ids.add(tuner_id)
+                trial.status = Status.IDLE
+            return trial
+
+        @kt.synchronized
+        def get_trial(self, trial_id):
+            self._seen(trial_id)
+            return super().get_trial(trial_id)
+
+        @kt.synchronized
+        def update_trial(self, trial_id, metrics, step=0):
+            self._seen(trial_id)
+            return super().update_trial(trial_id, metrics, step=step)
+
+        @kt.synchronized
+        def end_trial(self, trial):
+            if trial.trial_id in self.lost and not any(t.trial_id == trial.trial_id
+                                                       for t in self.ongoing_trials.values()):
+                # A worker declared lost finished after all: its trial was already ended.
+                logging.getLogger("kfx").warning("tune: late result for trial %s ignored", trial.trial_id)
+                return
+            self._seen(trial.trial_id)
+            self.runs[trial.trial_id] = self.runs.get(trial.trial_id, 0) + 1
+            super().end_trial(trial)
+
+        @kt.synchronized
+        def reap(self, now: float) -> list[str]:
+            """End the trials of workers silent for more than `timeout` seconds; their ids."""
+            lost = sorted(t for t in self.tuner_ids if now - self.last_seen.get(t, now) > timeout)
+            for tuner_id in lost:
+                self.tuner_ids.discard(tuner_id)
+                self.lost_workers.append(tuner_id)
+                trial = self.ongoing_trials.get(tuner_id)
+                if trial is not None:
+                    self.lost.setdefault(trial.trial_id, []).append(tuner_id)
+                    trial.status = Status.INVALID
+                    trial.message = (f"tuner worker {tuner_id!r} stopped reporting for more than {timeout:g} s "
+                                     f"(tune.worker_timeout) while running trial {trial.trial_id}")
+                    logging.getLogger("kfx").warning("tune: %s", trial.message)
+                    self.runs[trial.trial_id] = self.runs.get(trial.trial_id, 0) + 1
+                    super().end_trial(trial)
+            return lost
+
+    return WatchedOracle
+
+
+def serve_oracle(oracle, timeout: float, poll: float = 0.5) -> None:
+    """The chief: serve `oracle` to the workers until the search is over, reaping lost workers.
+
+    Over when a worker has been told to stop and no trial runs and no worker is left; a chief
+    whose workers were all lost, none for `timeout` seconds, fails instead of waiting forever.
+
+    Raises:
+        ComponentError: every worker was lost, or KerasTuner's limit of consecutive failed trials.
+    """
+    from kfx.models import compat
+
+    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    server, servicer = compat.start_oracle_server(oracle, address)
+    try:
+        while True:
+            time.sleep(poll)
+            now = time.time()
+            try:
+                oracle.reap(now)
+            except RuntimeError as err:  # KerasTuner's max_consecutive_failed_trials
+                raise ComponentError(f"tune: {err}") from None
+            if not oracle.ongoing_trials and not oracle.tuner_ids:
+                if servicer.stop_triggered:
+                    return
+                if oracle.lost_workers and now - max(oracle.last_seen.values()) > timeout:
+                    raise ComponentError(
+                        f"tune: every tuner worker was lost ({', '.join(oracle.lost_workers)}: no report for "
+                        f"more than tune.worker_timeout={timeout:g} s) before the search ended; "
+                        f"{sum(1 for t in oracle.trials.values() if t.score is not None)} trial(s) completed. "
+                        f"Restart the workers (same KERASTUNER_ORACLE_IP/PORT) or rerun tune")
+    finally:
+        server.stop(grace=1)
+
+
 def _deadline_callback(deadline: float):
     import keras
 
@@ -62,31 +182,70 @@ def _deadline_callback(deadline: float):
     return StopAtDeadline()
 
 
-def make_tuner(cfg, hypermodel, objective: tuple[str, str], directory: str, deadline: float):
-    """A KerasTuner tuner of kind `cfg.tuner` with a deadline-aware oracle."""
+def make_tuner(cfg, hypermodel, objective: tuple[str, str], directory: str, deadline: float,
+               heartbeat: float | None = None):
+    """A KerasTuner tuner of kind `cfg.tuner` with a deadline-aware oracle that watches its
+    workers (`tune.worker_timeout`); `heartbeat`: seconds between a worker's reports."""
     import keras_tuner as kt
 
     obj = kt.Objective(*objective)
+    retries = {"max_retries_per_trial": cfg.max_retries_per_trial, "seed": cfg.seed}
     if cfg.tuner == "hyperband":
-        oracle = _deadline_oracle(kt.oracles.HyperbandOracle, deadline)(
-            objective=obj, max_epochs=cfg.epochs, factor=cfg.hyperband_factor, hyperband_iterations=1,
-            seed=cfg.seed)
+        oracle = _watched_oracle(_deadline_oracle(kt.oracles.HyperbandOracle, deadline), cfg.worker_timeout)(
+            objective=obj, max_epochs=cfg.epochs, factor=cfg.hyperband_factor, hyperband_iterations=1, **retries)
         tuner_cls = _RecordingHyperband()
     else:
         base = kt.oracles.BayesianOptimizationOracle if cfg.tuner == "bayesian" else kt.oracles.RandomSearchOracle
-        oracle = _deadline_oracle(base, deadline)(objective=obj, max_trials=cfg.max_trials, seed=cfg.seed)
+        oracle = _watched_oracle(_deadline_oracle(base, deadline), cfg.worker_timeout)(
+            objective=obj, max_trials=cfg.max_trials, **retries)
         tuner_cls = _Recording(kt.Tuner)
-    return tuner_cls(oracle=oracle, hypermodel=hypermodel, directory=directory, project_name="search",
-                     overwrite=True, executions_per_trial=cfg.executions_per_trial)
+    tuner = tuner_cls(oracle=oracle, hypermodel=hypermodel, directory=directory, project_name="search",
+                      overwrite=True, executions_per_trial=cfg.executions_per_trial)
+    tuner.heartbeat = heartbeat
+    return tuner
 
 
 def _Recording(base):
     """`base` tuner that records each trial's best objective value locally (any role)."""
 
     class Recording(base):
+        heartbeat: float | None = None  # a worker: seconds between reports on its running trial
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.records: list[dict] = []
+            self._running: str | None = None
+            self._ran = True
+
+        def pre_create_trial(self):
+            if not self._ran:  # the oracle said IDLE (trials of other workers still run): ask again soon
+                time.sleep(0.5)
+            self._ran = False
+            super().pre_create_trial()
+
+        def on_trial_begin(self, trial):
+            self._running, self._ran = trial.trial_id, True
+            if self.heartbeat and not hasattr(self, "_reporter"):
+                self._reporter = threading.Thread(target=self._report, daemon=True, name="kfx-tune-heartbeat")
+                self._reporter.start()
+            logging.getLogger("kfx").info("tune: %s started trial %s", self.tuner_id, trial.trial_id)
+            super().on_trial_begin(trial)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)
+            self._running = None
+            logging.getLogger("kfx").info("tune: %s finished trial %s", self.tuner_id, trial.trial_id)
+
+        def _report(self):
+            # Tells the chief this worker is alive (its oracle notes the trial's worker as seen).
+            while True:
+                time.sleep(self.heartbeat)
+                running = self._running
+                if running is not None:
+                    try:
+                        self.oracle.get_trial(running)
+                    except Exception as err:  # noqa: BLE001 - a missed report must not end the trial
+                        logging.getLogger("kfx").warning("tune: report to the chief failed: %s", err)
 
         def run_trial(self, trial, *args, **kwargs):
             results = super().run_trial(trial, *args, **kwargs)
@@ -145,7 +304,9 @@ def _trial_rows(oracle) -> list[dict]:
     for trial in sorted(oracle.trials.values(), key=lambda t: t.trial_id):
         score = None if trial.score is None else float(trial.score)
         rows.append({"trial_id": trial.trial_id, "status": str(trial.status), "score": score,
-                     "values": dict(trial.hyperparameters.values), "tuner": None})
+                     "values": dict(trial.hyperparameters.values), "tuner": None,
+                     "runs": oracle.runs.get(trial.trial_id, 0), "lost": oracle.lost.get(trial.trial_id, []),
+                     "message": trial.message})
     return rows
 
 
@@ -176,6 +337,7 @@ def run(ctx: Context) -> dict[str, Any]:
     best: dict[str, Any] = {"family": family_name, "objective": {"name": objective[0], "direction": objective[1]},
                             "tuner": cfg.tuner, "role": role, "tuner_id": os.environ.get("KERASTUNER_TUNER_ID")}
     started = time.time()
+    lost_workers: list[str] = []
     if cfg.max_trials == 0 or not space:
         # Without a SPACE there is nothing to search: the defaults pass through, and say so.
         best.update(values=defaults(space or COMMON), score=None,
@@ -190,10 +352,13 @@ def run(ctx: Context) -> dict[str, Any]:
         deadline = started + cfg.max_seconds
         workdir = tempfile.mkdtemp(prefix="kfx-tune-")
         try:
-            tuner = make_tuner(cfg, _hypermodel(family, spec, train_cfg, steps), objective, workdir, deadline)
+            tuner = make_tuner(cfg, _hypermodel(family, spec, train_cfg, steps), objective, workdir, deadline,
+                               heartbeat=cfg.worker_timeout / 5 if role == "worker" else None)
             if role == "chief":
-                tuner.search()  # serves the oracle until the workers have finished every trial
+                tuner.save()
+                serve_oracle(tuner.oracle, cfg.worker_timeout)  # until the workers have ended every trial
                 rows = _trial_rows(tuner.oracle)
+                lost_workers = list(tuner.oracle.lost_workers)
             else:
                 pre = make_preprocessor(spec)
                 # Trials train as train does: with train.augmentation (none on the eval split).
@@ -221,7 +386,7 @@ def run(ctx: Context) -> dict[str, Any]:
     with tf.io.gfile.GFile(f"{out}/{TRIALS_FILE}", "w") as f:
         json.dump(rows, f, indent=1, sort_keys=True)
     metrics = {"trials": len(rows), "best_score": best["score"], "objective": objective[0], "role": role,
-               "source": best["source"],
+               "source": best["source"], "lost_workers": lost_workers,
                "family": family_name, "seconds": round(time.time() - started, 1), "best": best["values"]}
     ctx.log.info("tune %s", metrics)
     return metrics

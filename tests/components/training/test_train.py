@@ -1,5 +1,6 @@
 """train: export signatures and method names, train/serve equivalence of preprocessing, tune ->
-train hand-off, resume after a kill, and MultiWorkerMirroredStrategy with two workers on loopback."""
+train hand-off, resume after a kill, and MultiWorkerMirroredStrategy with two workers on loopback
+(one of them SIGKILLed mid-epoch, then both rerun)."""
 from __future__ import annotations
 
 import json
@@ -299,25 +300,73 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_multi_worker_mirrored_strategy_on_loopback(built, tmp_path):
+def test_multi_worker_mirrored_strategy_on_loopback_loses_a_worker_and_its_rerun_resumes(built, tmp_path):
+    """SIGKILL worker 1 of two MultiWorkerMirroredStrategy workers in its second epoch: worker 0
+    stops with a message naming the lost worker (train.worker_timeout bounds the wait), and a rerun
+    of both resumes from the epoch the backup holds, not from 0, and trains synchronously."""
     import tensorflow as tf
 
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = []
-    for i in range(2):
-        env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        summary = tmp_path / f"w{i}.json"
-        args = ["component", "train", "-c", str(built["config"]), "--root", str(tmp_path / f"w{i}"),
-                "--summary-json", str(summary), "--set", "train.epochs=1", "--no-cache",
-                "--set", "train.hyperparameters={batch_norm: true}",  # synchronized batch norm
-                *tiny.inputs_args(built["outputs"], **INPUTS, hyperparameters=("tune", "hyperparameters"))]
-        procs.append((tiny.kfx(args, env=env), summary))
-    results = []
-    for proc, summary in procs:
-        out, _ = proc.communicate(timeout=240)
+    kills, epochs = 0, 2
+
+    def start(ports: list[int]) -> list:
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        return [tiny.kfx(["component", "train", "-c", str(built["config"]), "--root", str(tmp_path / f"w{i}"),
+                          "--summary-json", str(tmp_path / f"w{i}.json"), "--set", f"train.epochs={epochs}",
+                          "--set", "train.worker_timeout=5", "--set", "train.warmup_requests=0", "--no-cache",
+                          "--set", "train.hyperparameters={batch_norm: true}",  # synchronized batch norm
+                          *tiny.inputs_args(built["outputs"], **INPUTS, hyperparameters=("tune", "hyperparameters"))],
+                         env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+                for i in range(2)]
+
+    def saved_epoch(i: int) -> int:
+        meta = list((tmp_path / f"w{i}").glob("tiny/train/.backup/*/training_metadata.json"))
+        try:
+            return json.loads(meta[0].read_text())["epoch"] if meta else 0
+        except ValueError:  # caught mid-write
+            return 0
+
+    procs = start(_free_ports(2))
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and all(p.poll() is None for p in procs) and saved_epoch(1) < 1:
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), "a worker ended before the kill:\n" + \
+            "\n".join(p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
+        assert saved_epoch(1) >= 1, "worker 1 finished no epoch in time"
+        procs[1].send_signal(signal.SIGKILL)  # in its second (last) epoch: the first one is backed up
+        kills += 1
+        out, _ = procs[0].communicate(timeout=120)  # fails within train.worker_timeout, does not hang
+        procs[1].communicate(timeout=30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    print(f"training kills: {kills} (worker 1 after epoch {saved_epoch(1)} was backed up)")
+    assert procs[1].returncode == -signal.SIGKILL and procs[0].returncode == 1, out[-3000:]
+    failed = json.loads((tmp_path / "w0.json").read_text())["components"]["train"]
+    assert failed["status"] == "failed"
+    assert "train: lost MultiWorkerMirroredStrategy worker 1 of the TF_CONFIG cluster" in failed["error"]
+    assert "train.worker_timeout=5 s" in failed["error"] and "Restart every worker with the same TF_CONFIG" in failed["error"]
+    resume_at = [saved_epoch(0), saved_epoch(1)]
+    assert resume_at[0] == resume_at[1] and 1 <= resume_at[1] < epochs
+    assert f"resumes after the {resume_at[1]} epoch(s) completed" in failed["error"]
+
+    procs = start(_free_ports(2))
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    for proc, out in zip(procs, outs):
         assert proc.returncode == 0, out[-3000:]
-        results.append(json.loads(summary.read_text())["components"]["train"])
+    results = [json.loads((tmp_path / f"w{i}.json").read_text())["components"]["train"] for i in range(2)]
+    for i, res in enumerate(results):
+        assert res["metrics"]["resumed_from_epoch"] == resume_at[i]  # not 0
+        assert json.loads(Path(res["outputs"]["model_run"], "history.json").read_text())["epoch"] == list(range(epochs))
+        assert saved_epoch(i) == 0, "the backup is deleted once training succeeded"
     assert [r["metrics"]["strategy"] for r in results] == ["multi_worker", "multi_worker"]
     assert [r["metrics"]["replicas"] for r in results] == [2, 2]
     assert [r["metrics"]["chief"] for r in results] == [True, False]
@@ -392,3 +441,24 @@ def test_a_task_that_calibrates_needs_an_eval_split():
         check_splits(anomaly, ["train", "test"])
     check_splits(anomaly, ["train", "eval"])
     check_splits(tasks.of({"type": tasks.REGRESSION, "label": "y"}), ["train"])  # no calibration: no eval needed
+
+
+def test_a_lost_peer_error_names_the_lost_worker_and_other_errors_pass_through(monkeypatch):
+    import tensorflow as tf
+
+    from kfx.components.training.fit import lost_worker_error
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]},
+                                                "task": {"type": "worker", "index": 2}}))
+    heartbeat = tf.errors.UnavailableError(None, None, (
+        "{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:2/device:CPU:0}} Collective "
+        "ops is aborted by: The following tasks are unhealthy (stopped sending heartbeats):\n"
+        "/job:worker/replica:0/task:0\nThe tasks have crashed."))
+    message = lost_worker_error(heartbeat, 12, completed=3)
+    assert message.startswith("train: lost MultiWorkerMirroredStrategy worker 0 of the TF_CONFIG cluster")
+    assert "train.worker_timeout=12 s" in message and "this worker (worker2) stops" in message
+    assert "training resumes after the 3 epoch(s) completed" in message
+    assert "no epoch had completed, so training starts over" in lost_worker_error(heartbeat, 12, completed=0)
+    assert lost_worker_error(tf.errors.InvalidArgumentError(None, None, "Incompatible shapes: [2] vs. [3]"), 12, 0) \
+        is None
+    assert lost_worker_error(tf.errors.UnavailableError(None, None, "file system unavailable"), 12, 0) is None

@@ -3,6 +3,7 @@ max_trials 0 writes the defaults; a chief and two workers on loopback tune toget
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -116,3 +117,113 @@ def test_distributed_tuning_chief_and_two_workers_on_loopback(built, tmp_path):
     assert worker_ids == {t["trial_id"] for t in chief_trials}
     assert chief_best["score"] == max(t["score"] for t in chief_trials) or \
         chief_best["score"] == min(t["score"] for t in chief_trials)
+
+
+def _mid_trial(search: Path) -> dict[str, str]:
+    """{tuner id: trial id} of the workers running a trial, from the chief's oracle files
+    (oracle.json's ongoing trials whose trial.json still says RUNNING)."""
+    try:
+        ongoing = json.loads((search / "oracle.json").read_text())["ongoing_trials"]
+        return {tuner: trial for tuner, trial in ongoing.items()
+                if json.loads((search / f"trial_{trial}" / "trial.json").read_text())["status"] == "RUNNING"}
+    except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+        return {}
+
+
+def test_a_worker_killed_mid_trial_is_rerun_elsewhere_and_the_search_ends(built, tmp_path):
+    """SIGKILL one of two workers inside a trial: the chief declares it lost after
+    tune.worker_timeout, the other worker reruns its trial, and chief and worker finish."""
+    port, kills = _free_port(), 0
+    chief_tmp = tmp_path / "chief-tmp"  # where the chief's oracle keeps its files (tempfile.mkdtemp)
+    chief_tmp.mkdir()
+    args = ["component", "tune", "-c", str(built["config"]), "--set", "tune.max_trials=3", "--set", "tune.epochs=1",
+            "--set", "tune.batch_size=32", "--set", "tune.worker_timeout=8", "--no-cache",
+            *tiny.inputs_args(built["outputs"], examples=("ingest", "examples"), schema=("schema", "schema"),
+                              transform_graph=("transform", "transform_graph"))]
+    procs = {}
+    for role in ("chief", "tuner0", "tuner1"):
+        env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port), "KERASTUNER_TUNER_ID": role,
+               **({"TMPDIR": str(chief_tmp)} if role == "chief" else {})}
+        procs[role] = tiny.kfx([*args, "--root", str(tmp_path / role), "--summary-json", str(tmp_path / f"{role}.json")],
+                               env=env)
+    try:
+        # Kill a worker inside a trial once both workers have been handed one.
+        started, victim, deadline = set(), None, time.time() + 180
+        while victim is None and time.time() < deadline and all(p.poll() is None for p in procs.values()):
+            running = {}
+            for search in chief_tmp.glob("kfx-tune-*/search"):
+                running = _mid_trial(search)
+            started |= set(running)
+            if started == {"tuner0", "tuner1"} and running:
+                victim = sorted(running)[0]
+                procs[victim].send_signal(signal.SIGKILL)
+                kills += 1
+            time.sleep(0.05)
+        assert victim is not None, "no worker was seen mid-trial: " + str({r: p.poll() for r, p in procs.items()})
+        lost_trial, survivor = running[victim], ({"tuner0", "tuner1"} - {victim}).pop()
+        outs = {role: procs[role].communicate(timeout=180)[0] for role in (victim, "chief", survivor)}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    print(f"tuner kills: {kills} ({victim} in trial {lost_trial})")
+    assert procs[victim].returncode == -signal.SIGKILL
+    for role in ("chief", survivor):
+        assert procs[role].returncode == 0, f"{role} failed:\n{outs[role][-3000:]}"
+    chief = json.loads((tmp_path / "chief.json").read_text())["components"]["tune"]
+    assert chief["metrics"]["lost_workers"] == [victim]
+    _, trials = _artifact(chief["outputs"]["hyperparameters"])
+    assert len(trials) == 3 and all(t["status"] == "COMPLETED" and t["score"] is not None for t in trials)
+    lost = next(t for t in trials if t["trial_id"] == lost_trial)
+    assert lost["lost"] == [victim] and lost["runs"] == 2  # crashed once, then rerun
+    assert all(t["lost"] == [] and t["runs"] == 1 for t in trials if t is not lost)
+    # The survivor ran the lost trial again, and its artifact says so.
+    survivor_res = json.loads((tmp_path / f"{survivor}.json").read_text())["components"]["tune"]
+    _, survivor_trials = _artifact(survivor_res["outputs"]["hyperparameters"])
+    assert lost_trial in {t["trial_id"] for t in survivor_trials}
+
+
+def test_a_chief_whose_workers_are_all_lost_fails_instead_of_waiting(tmp_path, monkeypatch):
+    """In-process chief, one worker that takes a trial and goes silent: with no retries its trial
+    is recorded FAILED naming the worker, and the chief stops with a clear error, not a hang."""
+    import threading
+
+    import keras
+    import keras_tuner as kt
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    from kfx.components.training.tune import make_tuner, serve_oracle
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TuneConfig
+
+    for key, value in {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port()),
+                       "KERASTUNER_TUNER_ID": "chief"}.items():
+        monkeypatch.setenv(key, value)
+
+    def build(hp):
+        hp.Float("learning_rate", 1e-4, 1e-1)
+        return keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+
+    cfg = TuneConfig(max_trials=3, worker_timeout=1, max_retries_per_trial=0)
+    tuner = make_tuner(cfg, build, ("val_loss", "min"), str(tmp_path), deadline=time.time() + 60)
+    errors = []
+    chief = threading.Thread(target=lambda: errors.append(_raised(serve_oracle, tuner.oracle, cfg.worker_timeout)))
+    chief.start()
+    trial = OracleClient(tuner.oracle).create_trial("w0")  # ... and nothing more from w0
+    chief.join(timeout=30)
+    assert not chief.is_alive(), "the chief is still waiting for its lost worker"
+    assert isinstance(errors[0], ComponentError)
+    assert "every tuner worker was lost (w0: no report for more than tune.worker_timeout=1 s)" in str(errors[0])
+    assert "0 trial(s) completed" in str(errors[0])
+    lost = tuner.oracle.trials[trial.trial_id]
+    assert lost.status == kt.engine.trial.TrialStatus.FAILED and tuner.oracle.lost[trial.trial_id] == ["w0"]
+    assert "tuner worker 'w0' stopped reporting" in lost.message and tuner.oracle.runs[trial.trial_id] == 1
+
+
+def _raised(fn, *args):
+    try:
+        fn(*args)
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err
+    return None
