@@ -52,8 +52,8 @@ DAILY, TWO_DAYS = "kfx_daily_retrain", "kfx_two_days"
 PIPELINE, SERVING_NAME = "tiny", "tiny"
 SENSOR = "wait_for_data"
 KILLED_STAGE = "transform"
-# Every wait is bounded; a run of the tiny pipeline takes 1-3 minutes on a busy 2-core machine.
-RUN_TIMEOUT = 420
+# Every wait is bounded; a run of the tiny pipeline takes 2-4 minutes on a busy 2-core machine.
+RUN_TIMEOUT = 600
 SERVER_START_TIMEOUT = 180
 
 pytestmark = [pytest.mark.skipif(not AIRFLOW.exists(), reason="no .venv-airflow: run `make airflow`"),
@@ -341,7 +341,10 @@ def two_days(stack, setup, daily_run) -> dict:
         if proc is None or not list(stage_dir.glob(".tmp-*/transform_graph")):
             return None
         time.sleep(0.3)
-        os.killpg(proc.pid, signal.SIGKILL)  # kfx leads its process group (the task starts it in a new session)
+        try:  # kfx leads its process group (the task starts it in a new session)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            raise AssertionError(f"{KILLED_STAGE} of {first_id} ended before it could be killed") from None
         kills.append(proc.pid)
         return proc.pid
     stack.wait_for(f"{KILLED_STAGE} of {first_id} running", TWO_DAYS, killed_mid_stage, poll=0.1)
