@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.kfx-installed
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: install airflow run test serve bench clean chromium
+.PHONY: install airflow run test serve bench clean chromium postgresql
 
 install: $(STAMP)
 
@@ -46,7 +46,7 @@ run: install
 # Two pytest workers, one per core, each taking whole test files (module fixtures are built once):
 # much of a test's time is spent waiting on subprocesses, servers and imports, which the other
 # worker fills. The slowest tests are listed at the end.
-test: install airflow chromium
+test: install airflow chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
@@ -54,6 +54,12 @@ test: install airflow chromium
 chromium:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+
+# A real PostgreSQL server (initdb + postgres, started by tests/pipeline/test_concurrent_metadata.py
+# in a temporary directory) for the shared metadata store (`metadata_url: postgresql://...`).
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; fi
 
 serve: install
 	$(BIN)/kfx serve --port=8500 --rest_api_port=8501 --model_config_file=runs/serving/models.config

@@ -71,6 +71,23 @@ def get(name: str, config_dir: str = "") -> ModuleType:
     return module
 
 
+def source(name: str, config_dir: str = ""):
+    """Where the family `name` is (a `user_code.Source`), without importing it (for cache keys).
+
+    Raises:
+        KeyError: as `get`.
+        UserCodeError: the user's module does not exist.
+    """
+    from kfx.pipeline import user_code
+
+    if name in FAMILIES:
+        return user_code.locate(FAMILIES[name])
+    if not user_code.is_file_ref(name) and "." not in name:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}, "
+                       f"or a module path (my_models.net) or a .py file")
+    return user_code.locate(name, config_dir, what="model")
+
+
 def _check_signature(module: ModuleType, ref: str, attr: str, params: tuple[str, ...], required: bool) -> None:
     fn = getattr(module, attr, None)
     if fn is None and not required:

@@ -6,6 +6,7 @@ JSON (`--summary-json`) is written in every case.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -40,7 +41,9 @@ def _run(args) -> int:
     from kfx.pipeline import runner
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        # `kfx component` checks the cache first, with the user's modules located, not imported:
+        # a cached task (an Airflow task of a cached stage) never imports TensorFlow.
+        cfg = load_config(args.config, args.overrides, import_user_code=args.command != "component")
         given = {}
         for pair in getattr(args, "inputs", None) or []:
             name, sep, uri = pair.partition("=")
@@ -52,7 +55,12 @@ def _run(args) -> int:
             from kfx.pipeline.graph import get_stage
 
             get_stage(args.stage, cfg.stages)
-            summary = runner.run_pipeline(cfg, only=[args.stage], given_inputs=given, **kwargs)
+            summary = None if args.no_cache else runner.run_pipeline(
+                cfg, only=[args.stage], given_inputs=given, cached_only=True,
+                reporter=runner.Reporter(stream=io.StringIO()), **kwargs)
+            if summary is None:  # the stage runs: the full config checks, importing the user's modules
+                cfg = load_config(args.config, args.overrides)
+                summary = runner.run_pipeline(cfg, only=[args.stage], given_inputs=given, **kwargs)
         else:
             if args.from_stage or args.to_stage:
                 from kfx.pipeline.graph import get_stage

@@ -239,12 +239,15 @@ def _format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
     return f"invalid config {source}: " + "; ".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                import_user_code: bool = True) -> PipelineConfig:
     """Read, override and validate a pipeline config.
 
     Args:
         path: YAML file; the default Adult pipeline when None.
         overrides: `KEY=VALUE` strings applied before validation.
+        import_user_code: False: the user's models and preprocessing modules are located, not
+            imported and checked (config_base.imports_user_code; for the cache check).
 
     Returns:
         The frozen PipelineConfig.
@@ -263,7 +266,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"config {path} must be a mapping, got {type(raw).__name__}")
     for key, value in parse_overrides(overrides):
         _set_key(raw, key, value)
-    return build_config(raw, str(path), str(path.resolve().parent))
+    return build_config(raw, str(path), str(path.resolve().parent), import_user_code)
 
 
 def config_from_dict(raw: dict, config_dir: str = "") -> PipelineConfig:
@@ -271,7 +274,7 @@ def config_from_dict(raw: dict, config_dir: str = "") -> PipelineConfig:
     return build_config(raw, "<mapping>", config_dir)
 
 
-def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
+def build_config(raw: dict, source: str, config_dir: str, import_user_code: bool = True) -> PipelineConfig:
     """Validate a raw config: the graph, each stage's component and section, and the wiring.
 
     Raises:
@@ -302,7 +305,8 @@ def build_config(raw: dict, source: str, config_dir: str) -> PipelineConfig:
         if not isinstance(body, dict):
             raise ConfigError(f"invalid config {source}: section {s.name!r} must be a mapping, got {body!r}")
         try:
-            sections[s.name] = specs[s.name].config.model_validate(body, context={"config_dir": config_dir})
+            sections[s.name] = specs[s.name].config.model_validate(
+                body, context={"config_dir": config_dir, "import_user_code": import_user_code})
         except ValidationError as err:
             raise ConfigError(_format_errors(err, source, prefix=s.name)) from None
     for s in stages:

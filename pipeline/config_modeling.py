@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
 from kfx.models.kinds.text import SEQUENCE_LENGTH
-from kfx.pipeline.config_base import Section, StageConfig
+from kfx.pipeline.config_base import Section, StageConfig, imports_user_code
 from kfx.pipeline.config_warm_start import WarmStartKeys
 
 # ---------------------------------------------------------------- transform
@@ -142,10 +142,14 @@ class TransformConfig(StageConfig):
     @classmethod
     def _preprocessing(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            from kfx.pipeline.user_code import UserCodeError, load_function
+            from kfx.pipeline.user_code import UserCodeError, load_function, locate, split_function_ref
 
+            config_dir, what = (info.context or {}).get("config_dir", ""), "transform.preprocessing"
             try:
-                load_function(value, (info.context or {}).get("config_dir", ""), what="transform.preprocessing")
+                if imports_user_code(info.context):
+                    load_function(value, config_dir, what=what)
+                else:
+                    locate(split_function_ref(value, what)[0], config_dir, what=what)
             except UserCodeError as err:
                 raise ValueError(str(err)) from None
         return value
@@ -178,12 +182,17 @@ class TransformConfig(StageConfig):
 
 # ---------------------------------------------------------------- models
 def _family(name: str, info: ValidationInfo):
-    """Load the family `name` (registered, module path or .py file) for load-time checks."""
+    """Load the family `name` (registered, module path or .py file) for load-time checks; only
+    locate it (returning None) when the context says not to import user code."""
     from kfx import models
     from kfx.pipeline.user_code import UserCodeError
 
+    config_dir = (info.context or {}).get("config_dir", "")
     try:
-        return models.get(name, (info.context or {}).get("config_dir", ""))
+        if not imports_user_code(info.context):
+            models.source(name, config_dir)
+            return None
+        return models.get(name, config_dir)
     except (KeyError, ValueError, UserCodeError) as err:
         raise ValueError(err.args[0]) from None
 
@@ -300,6 +309,7 @@ class TrainConfig(WarmStartKeys, StageConfig):
     @classmethod
     def _hyperparameters(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # `model` is declared first, so it is validated already (absent when it was invalid).
-        if "model" in info.data:
-            _check_hyperparameters(_family(info.data["model"], info), info.data["model"], value)
+        family = _family(info.data["model"], info) if "model" in info.data else None
+        if family is not None:
+            _check_hyperparameters(family, info.data["model"], value)
         return value

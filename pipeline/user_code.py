@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -73,11 +74,45 @@ def load_module(ref: str, config_dir: str = "", what: str = "module") -> ModuleT
         raise UserCodeError(f"{what} {ref!r} cannot be imported: {type(err).__name__}: {err}") from None
 
 
-def load_function(ref: str, config_dir: str = "", what: str = "function") -> Callable:
-    """`module:function` or `file.py:function`."""
+@dataclass(frozen=True)
+class Source:
+    """A user module located without importing it: its file and the package its relative imports
+    start from (as the module's __package__ would be once imported)."""
+
+    path: Path
+    package: str
+
+
+def locate(ref: str, config_dir: str = "", what: str = "module") -> Source:
+    """Where the module `ref` (dotted path or .py file) is, without importing it: `kfx component`
+    fingerprints the user's code this way before it knows whether the stage must run.
+
+    Raises:
+        UserCodeError: no such file or module; names `ref`.
+    """
+    add_import_path(config_dir)
+    if is_file_ref(ref):
+        path = Path(ref) if os.path.isabs(ref) else Path(config_dir or ".") / ref
+        if not path.is_file():
+            raise UserCodeError(f"{what} {ref!r}: file {path} does not exist")
+        return Source(path.resolve(), "")
+    path = _module_file(ref)
+    if path is None:
+        raise UserCodeError(f"{what} {ref!r}: no module {ref!r} on the import path (config folder first)")
+    return Source(path.resolve(), ref if path.name == "__init__.py" else ref.rpartition(".")[0])
+
+
+def split_function_ref(ref: str, what: str = "function") -> tuple[str, str]:
+    """(module reference, function name) of `module:function` or `file.py:function`."""
     module_ref, sep, attr = ref.rpartition(":")
     if not sep or not module_ref or not attr:
         raise UserCodeError(f"{what} {ref!r}: expected MODULE:FUNCTION or FILE.py:FUNCTION")
+    return module_ref, attr
+
+
+def load_function(ref: str, config_dir: str = "", what: str = "function") -> Callable:
+    """`module:function` or `file.py:function`."""
+    module_ref, attr = split_function_ref(ref, what)
     module = load_module(module_ref, config_dir, what)
     fn = getattr(module, attr, None)
     if not callable(fn):
@@ -105,37 +140,65 @@ def _imported_names(tree: ast.AST, package: str) -> set[str]:
 
 
 def _is_module(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError, AttributeError):
-        return False
+    return _module_file(name) is not None
 
 
-def source_files(module: ModuleType) -> list[Path]:
+def _module_file(name: str) -> Path | None:
+    """The source file of module `name` (a package's __init__.py), found without importing
+    anything: from its longest already imported parent package, else from its top-level name
+    (looking that up runs no code), walking the rest on disk. importlib.util.find_spec("keras.layers")
+    would import keras, and TensorFlow with it, while the cache key is computed."""
+    parts = name.split(".")
+    known = next((i for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in sys.modules), 0)
+    if known:
+        spec = sys.modules[".".join(parts[:known])].__spec__
+    else:
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError, AttributeError):
+            return None
+        known = 1
+    if spec is None:
+        return None
+    rest = parts[known:]
+    if not rest:
+        return Path(spec.origin) if spec.has_location and spec.origin and spec.origin.endswith(".py") else None
+    folders = [Path(p) for p in spec.submodule_search_locations or ()]
+    for part in rest[:-1]:
+        folders = [folder / part for folder in folders if (folder / part).is_dir()]
+    for folder in folders:  # the import system's order: package, module (a namespace has no file)
+        for candidate in (folder / rest[-1] / "__init__.py", folder / f"{rest[-1]}.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def source_files(module: ModuleType | Source) -> list[Path]:
     """The module's file and, transitively, the files of the modules it imports that live in its
-    own folder (or below it), sorted."""
-    first = Path(module.__file__).resolve()
+    own folder (or below it), sorted. Nothing is imported."""
+    if isinstance(module, Source):
+        first, package = module.path, module.package
+    else:
+        first, package = Path(module.__file__).resolve(), module.__package__ or ""
     folder = first.parent
     seen: dict[Path, None] = {}
-    todo = [(first, module.__package__ or "")]
+    todo = [(first, package)]
     while todo:
         path, package = todo.pop()
         if path in seen:
             continue
         seen[path] = None
         for name in _imported_names(ast.parse(path.read_text(), str(path)), package):
-            try:
-                spec = importlib.util.find_spec(name)
-            except (ImportError, ValueError, AttributeError):
-                continue
-            origin = Path(spec.origin).resolve() if spec and spec.origin and spec.has_location else None
-            if origin and origin.suffix == ".py" and folder in origin.parents:
-                todo.append((origin, spec.parent or ""))
+            origin = _module_file(name)
+            origin = origin.resolve() if origin else None
+            if origin and folder in origin.parents:
+                # The package relative imports in that file start from (find_spec's spec.parent).
+                todo.append((origin, name if origin.name == "__init__.py" else name.rpartition(".")[0]))
     return sorted(seen)
 
 
-def fingerprint(modules: list[ModuleType]) -> str:
-    """sha256 over the sources of `modules` and their same-folder imports."""
+def fingerprint(modules: list[ModuleType | Source]) -> str:
+    """sha256 over the sources of `modules` (imported or located) and their same-folder imports."""
     h = hashlib.sha256()
     for path in sorted({p for m in modules for p in source_files(m)}):
         h.update(path.name.encode())

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 
 import tensorflow as tf
 
@@ -376,11 +377,19 @@ class ModelManager:
                 raise errors.not_found(f"Could not find any versions of model {spec.name}")
             return [(v, e.state, e.error) for v, e in sorted(entries.items())]
 
-    def stop(self) -> None:
-        """Stops polling and loading and frees every loaded version."""
+    def stop(self, deadline: float | None = None) -> bool:
+        """Stops polling and loading and frees every loaded version.
+
+        Args:
+            deadline: time.monotonic() value after which versions still running requests are
+                left loaded instead of waited for; None waits for ever.
+
+        Returns:
+            False when some version was left loaded (requests still running at the deadline).
+        """
         self._stop.set()
         self._loader.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             servables = [e.servable for entries in self._versions.values() for e in entries.values() if e.servable]
-        for servable in servables:
-            servable.close()
+        return all([servable.close(None if deadline is None else max(deadline - time.monotonic(), 0))
+                    for servable in servables])

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from kfx.serving import errors, tensors
 
 LOG = logging.getLogger(__name__)
+SHUTTING_DOWN = "Server is shutting down"
 
 _PREDICTION_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
@@ -419,6 +420,20 @@ def make_http_server(host: str, port: int, api: RestApi, metrics=None, metrics_p
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
+            with server.idle:
+                draining = server.draining
+                server.in_flight += not draining
+            if draining:  # a request on a kept-alive connection after shutdown began
+                self.close_connection = True
+                return self._reply(503, json.dumps({"error": SHUTTING_DOWN}).encode())
+            try:
+                self._answer(method, body)
+            finally:
+                with server.idle:
+                    server.in_flight -= 1
+                    server.idle.notify_all()
+
+        def _answer(self, method: str, body: bytes) -> None:
             path = urllib.parse.urlsplit(self.path).path
             if metrics is not None and metrics_path and path == metrics_path:
                 return self._reply(200, metrics.exposition(), "text/plain; version=0.0.4")
@@ -438,6 +453,20 @@ def make_http_server(host: str, port: int, api: RestApi, metrics=None, metrics_p
 
     server = http.server.ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
+    server.draining, server.in_flight, server.idle = False, 0, threading.Condition()
     thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
     thread.start()
     return server
+
+
+def drain(server, deadline: float) -> None:
+    """Shuts down a server from make_http_server: new connections are refused and new requests on
+    open ones get 503; returns when the requests already running are answered or at `deadline`
+    (a time.monotonic() value)."""
+    with server.idle:
+        server.draining = True
+    server.shutdown()
+    server.server_close()
+    with server.idle:
+        if not server.idle.wait_for(lambda: server.in_flight == 0, max(deadline - time.monotonic(), 0)):
+            LOG.warning("%d REST requests still running at the end of the shutdown grace period", server.in_flight)

@@ -117,15 +117,23 @@ class Servable:
             if self._in_flight == 0:
                 self._idle.notify_all()
 
-    def close(self) -> None:
-        """Waits for in-flight requests, then frees the session (UNLOADING -> END)."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Waits for in-flight requests, then frees the session (UNLOADING -> END).
+
+        Args:
+            timeout: seconds to wait for in-flight requests; None waits for ever.
+
+        Returns:
+            False, leaving the session open, when requests were still running at the timeout.
+        """
         with self._lock:
             self._closed = True
-            while self._in_flight:
-                self._idle.wait()
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                return False
         if self.batching is not None:
             self.batching.close_servable(self)
         self._session.close()
+        return True
 
 
 def read_warmup_requests(version_path: str) -> list:

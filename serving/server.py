@@ -9,6 +9,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -52,6 +53,7 @@ class ServerOptions:
     saved_model_tags: str = "serve"
     enable_signature_method_name_check: bool = False
     num_load_threads: int = 0
+    shutdown_grace_seconds: float = 10.0
 
 
 def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
@@ -79,6 +81,47 @@ def parse_channel_arguments(text: str) -> list:
     return arguments
 
 
+class _Drain(grpc.ServerInterceptor):
+    """Counts unary calls in flight; once draining, answers new ones UNAVAILABLE.
+
+    gRPC's own server.stop(grace) answers calls that arrive during the grace period CANCELLED;
+    clients retry UNAVAILABLE (the code of a server going away), so kfx refuses them itself
+    first. Health checks pass through and report NOT_SERVING.
+    """
+
+    def __init__(self):
+        self.draining, self.in_flight, self.idle = False, 0, threading.Condition()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None or details.method.startswith("/grpc.health."):
+            return handler
+        inner = handler.unary_unary
+
+        def behavior(request, context):
+            with self.idle:
+                draining = self.draining
+                self.in_flight += not draining
+            if draining:
+                context.abort(grpc.StatusCode.UNAVAILABLE, rest.SHUTTING_DOWN)
+            try:
+                return inner(request, context)
+            finally:
+                with self.idle:
+                    self.in_flight -= 1
+                    self.idle.notify_all()
+
+        return grpc.unary_unary_rpc_method_handler(behavior, handler.request_deserializer,
+                                                   handler.response_serializer)
+
+    def drain(self, deadline: float) -> None:
+        """Refuses new calls; returns when the running ones are done or at `deadline` (monotonic)."""
+        with self.idle:
+            self.draining = True
+            if not self.idle.wait_for(lambda: self.in_flight == 0, max(deadline - time.monotonic(), 0)):
+                LOG.warning("%d gRPC calls still running at the end of the shutdown grace period", self.in_flight)
+
+
 class ModelServer:
     """A running kfx serve instance.
 
@@ -91,6 +134,7 @@ class ModelServer:
         self.metrics = metrics_lib.Metrics()
         self._batching = None
         self._grpc = None
+        self._drain = None
         self._http = None
         self._health = None
         self._stop = threading.Event()
@@ -124,8 +168,8 @@ class ModelServer:
         self.core = ServingCore(self.manager, self.metrics)
         config = model_server_config(opts)
         self.manager.reload_config(config, wait=False)
+        self.manager.start_polling()  # before waiting: a base path with no version yet gets one later
         self.manager.wait_until_available([m.name for m in config.model_config_list.config])
-        self.manager.start_polling()
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             with open(opts.model_config_file, encoding="utf-8") as handle:
                 self._config_text = handle.read()
@@ -141,7 +185,9 @@ class ModelServer:
         channel_options += parse_channel_arguments(opts.grpc_channel_arguments)
         # Every in-flight request (including ones waiting in a batch) holds a thread.
         workers = opts.grpc_max_threads or 128
-        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, "grpc"), options=channel_options)
+        self._drain = _Drain()
+        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, "grpc"), options=channel_options,
+                                 interceptors=[self._drain])
         grpc_service.add_services(self._grpc, self.core)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -187,15 +233,30 @@ class ModelServer:
         """Blocks until `stop` is called."""
         self._stop.wait()
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Stops accepting requests, lets in-flight ones finish, unloads the models."""
+    def stop(self, grace: float | None = None) -> bool:
+        """Stops accepting requests, lets in-flight ones finish, unloads the models.
+
+        New gRPC calls get UNAVAILABLE, new REST connections are refused (a request on an open
+        keep-alive connection gets 503); requests already running get up to `grace` seconds
+        (default --shutdown_grace_seconds), after which gRPC cancels them.
+
+        Returns:
+            False when model runs were still going at the end of the grace period (their
+            threads are left running; the caller may exit without waiting for them).
+        """
+        grace = self.options.shutdown_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
         self._stop.set()
         if self._health is not None:
             self._health.enter_graceful_shutdown()
+        if self._drain is not None:
+            with self._drain.idle:
+                self._drain.draining = True
         if self._http is not None:
-            self._http.shutdown()
+            rest.drain(self._http, deadline)
         if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+            self._drain.drain(deadline)
+            self._grpc.stop(max(deadline - time.monotonic(), 0)).wait()
         if self._batching is not None:
             self._batching.stop()
-        self.manager.stop()
+        return self.manager.stop(deadline)

@@ -31,15 +31,14 @@ def tables(cfg) -> list[list[str]]:
     Raises:
         ComponentError: a pattern matching no file, naming it.
     """
-    import tensorflow as tf
-
+    from kfx.pipeline import fs
     from kfx.pipeline.config import resolve_path
 
     if cfg.graph is None:
         return []
     out = []
     for what, pattern in (("nodes", cfg.graph.nodes), ("edges", cfg.graph.edges)):
-        files = sorted(f for f in tf.io.gfile.glob(resolve_path(pattern)) if not tf.io.gfile.isdir(f))
+        files = sorted(f for f in fs.glob(resolve_path(pattern)) if not fs.isdir(f))
         if not files:
             raise ComponentError(f"ingest.graph.{what}: pattern {pattern!r} matches no file")
         out.append(files)

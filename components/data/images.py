@@ -149,14 +149,14 @@ def folder_files(root: str) -> list[tuple[str, str]]:
     As keras.utils.image_dataset_from_directory: the class is the subfolder's name, files are
     chosen by extension (case-insensitive), other files and files directly in `root` are ignored.
     """
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
     out = []
-    for sub in sorted(tf.io.gfile.listdir(root)):
+    for sub in sorted(fs.listdir(root)):
         label = sub.rstrip("/")
-        if not tf.io.gfile.isdir(f"{root}/{label}"):
+        if not fs.isdir(f"{root}/{label}"):
             continue
-        for name in sorted(tf.io.gfile.listdir(f"{root}/{label}")):
+        for name in sorted(fs.listdir(f"{root}/{label}")):
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 out.append((f"{label}/{name}", label))
     return out

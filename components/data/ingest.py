@@ -557,17 +557,16 @@ def _resolved(cfg: IngestConfig) -> IngestConfig:
 
 def _match(cfg: IngestConfig) -> list[list[str]]:
     """Files of each input, sorted; an input matching nothing is an error naming the pattern."""
-    import tensorflow as tf
-
+    from kfx.pipeline import fs
     from kfx.pipeline.config import resolve_path
 
     out = []
     for spec in cfg.inputs:
-        files = sorted(tf.io.gfile.glob(resolve_path(spec.pattern)))
+        files = sorted(fs.glob(resolve_path(spec.pattern)))
         if cfg.format == "image_folder":  # the folders' image files, for the fingerprint
-            files = [f"{root}/{rel}" for root in files if tf.io.gfile.isdir(root)
+            files = [f"{root}/{rel}" for root in files if fs.isdir(root)
                      for rel, _ in images.folder_files(root)]
-        files = [f for f in files if not tf.io.gfile.isdir(f)]
+        files = [f for f in files if not fs.isdir(f)]
         if not files:
             raise ComponentError(f"ingest: input pattern {spec.pattern!r} matches no "
                                  f"{'image in class subfolders' if cfg.format == 'image_folder' else 'file'}")
@@ -576,8 +575,9 @@ def _match(cfg: IngestConfig) -> list[list[str]]:
 
 
 def source_fingerprint(cfg: IngestConfig) -> str:
-    """Content hash of every source file (the cache must see new data under the same name)."""
-    import tensorflow as tf
+    """Content hash of every source file (the cache must see new data under the same name);
+    no TensorFlow import for local files (the cache is checked before it)."""
+    from kfx.pipeline import fs
 
     cfg = _resolved(cfg)
     if cfg.format == "tfds":
@@ -586,7 +586,7 @@ def source_fingerprint(cfg: IngestConfig) -> str:
     for files in _match(cfg) + graphs.tables(cfg):
         for path in files:
             h.update("/".join(path.rsplit("/", 2)[-2 if cfg.format == "image_folder" else -1:]).encode())  # class/file
-            with tf.io.gfile.GFile(path, "rb") as f:
+            with fs.open_binary(path) as f:
                 while block := f.read(1 << 22):
                     h.update(block)
     return h.hexdigest()

@@ -88,13 +88,12 @@ def source_fingerprint(cfg) -> str:
     """A curated schema file is read from outside the store: its content is part of the cache key."""
     import hashlib
 
-    import tensorflow as tf
-
+    from kfx.pipeline import fs
     from kfx.pipeline.config import resolve_path
 
-    if not cfg.path or not tf.io.gfile.exists(resolve_path(cfg.path)):
+    if not cfg.path or not fs.exists(resolve_path(cfg.path)):
         return ""
-    with tf.io.gfile.GFile(resolve_path(cfg.path), "rb") as f:
+    with fs.open_binary(resolve_path(cfg.path)) as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 

@@ -6,10 +6,13 @@
 
 Atomicity: the SavedModel is copied into a staging directory first (inside this execution's
 own output, so a crash leaves nothing in the serving tree; beside the versions, with a
-non-numeric name servers ignore, if the serving base is on another filesystem) and renamed to
-its version directory in one step, so a server polling the base path never sees a half-written
-version. models.config is written to a temporary file and renamed over the old one. (On object
-stores a rename is a copy: there only the numeric directory name appearing last protects readers.)
+non-numeric name servers ignore, if the serving base is on another filesystem: there one pusher
+stages at a time and removes what killed ones left) and renamed to its version directory in one
+step, so a server polling the base path never sees a half-written version. models.config is written to a temporary file and renamed over the old one, under an
+exclusive lock on a local serving base, so concurrent pushers of different models do not drop each
+other's entries; the kernel releases the lock of a killed push. (On object stores a rename is a
+copy: there only the numeric directory name appearing last protects readers, and concurrent pushes
+to one serving base must be serialized by the orchestrator.)
 
 A model that is not blessed (or not infra-blessed) is not pushed; that is not an error: the
 stage succeeds with metrics {"pushed": None, "reasons": [...]}.
@@ -19,10 +22,13 @@ Output `pushed_model`: pushed.json ({pushed: {model_name, version, path} or null
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import secrets
+import shutil
 from typing import Any
 
 from kfx.pipeline.config_evaluation import PushConfig
@@ -30,6 +36,10 @@ from kfx.pipeline.artifacts import PUSHED_FILE, PUSHED_MODEL, load_blessing, loa
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 MODELS_CONFIG = "models.config"
+CONFIG_LOCK = f".{MODELS_CONFIG}.lock"
+CONFIG_TMP_PREFIX = f".{MODELS_CONFIG}.tmp-"
+STAGING_PREFIX = ".staging-"
+STAGING_LOCK = ".staging.lock"
 THRESHOLDS_ASSET = "assets.extra/kfx_decision_thresholds.json"
 _RENAME_ATTEMPTS = 5
 
@@ -81,6 +91,15 @@ def _rename(src: str, dst: str) -> None:
         tf.io.gfile.rename(src, dst, overwrite=False)
 
 
+def _replace(src: str, dst: str) -> None:
+    import tensorflow as tf
+
+    if _is_local(src):
+        os.replace(src, dst)  # atomic: readers see the old file or the new one
+    else:
+        tf.io.gfile.rename(src, dst, overwrite=True)
+
+
 def publish_version(model_uri: str, model_dir: str, staging_root: str, extra_files: dict[str, str]) -> int:
     """Copy the SavedModel to <model_dir>/<next version> atomically; returns the version.
 
@@ -93,20 +112,32 @@ def publish_version(model_uri: str, model_dir: str, staging_root: str, extra_fil
     import tensorflow as tf
 
     tf.io.gfile.makedirs(model_dir)
-    stage = f"{staging_root.rstrip('/')}/.staging-{secrets.token_hex(4)}"
+    if staging_root != model_dir:
+        try:
+            return _stage_and_claim(model_uri, model_dir, staging_root, extra_files)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+        # The serving base is on another filesystem: stage again beside the versions.
+    # There one pusher stages at a time (on a local disk), so staging directories found there
+    # were left by killed pushes: servers ignore them (not numeric), and they are removed.
+    with _lock(model_dir, STAGING_LOCK) as locked:
+        if locked:
+            _remove_leftovers(model_dir, STAGING_PREFIX)
+        return _stage_and_claim(model_uri, model_dir, model_dir, extra_files)
+
+
+def _stage_and_claim(model_uri: str, model_dir: str, staging_root: str, extra_files: dict[str, str]) -> int:
+    import tensorflow as tf
+
+    stage = f"{staging_root.rstrip('/')}/{STAGING_PREFIX}{secrets.token_hex(4)}"
     try:
         copy_tree(model_uri, stage)
         for rel, text in extra_files.items():
             tf.io.gfile.makedirs(os.path.dirname(f"{stage}/{rel}"))
             with tf.io.gfile.GFile(f"{stage}/{rel}", "w") as f:
                 f.write(text)
-        try:
-            return _claim_version(stage, model_dir)
-        except OSError as err:
-            if err.errno != errno.EXDEV or staging_root == model_dir:
-                raise
-        # The serving base is on another filesystem: stage again beside the versions.
-        return publish_version(model_uri, model_dir, model_dir, extra_files)
+        return _claim_version(stage, model_dir)
     finally:
         if tf.io.gfile.exists(stage):
             tf.io.gfile.rmtree(stage)
@@ -126,8 +157,45 @@ def _claim_version(stage: str, model_dir: str) -> int:
                          f"attempts (other pushers?)")
 
 
+@contextlib.contextmanager
+def _lock(directory: str, name: str):
+    """Exclusive lock on the file `name` in a local directory; yields whether one is held.
+
+    flock, so the kernel releases it when its holder dies: a killed push never blocks the next.
+    Object stores have no such lock (yields False).
+    """
+    if not _is_local(directory):
+        yield False
+        return
+    directory = _local(directory)
+    os.makedirs(directory, exist_ok=True)
+    with open(f"{directory}/{name}", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield True  # closing the file releases the lock
+
+
+def _remove_leftovers(directory: str, prefix: str) -> None:
+    """Remove what killed pushes left in a local directory (names starting with `prefix`)."""
+    directory = _local(directory)
+    for name in os.listdir(directory):
+        if name.startswith(prefix):
+            path = f"{directory}/{name}"
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+
 def update_models_config(serving_base: str, model_name: str, base_path: str) -> str:
     """Add or update the model's entry in <serving_base>/models.config, atomically; returns its path."""
+    serving_base = _local(serving_base)
+    with _lock(serving_base, CONFIG_LOCK) as locked:
+        if locked:  # no other pusher is writing now: temporary files left are from killed pushes
+            _remove_leftovers(serving_base, CONFIG_TMP_PREFIX)
+        return _rewrite_models_config(serving_base, model_name, base_path)
+
+
+def _rewrite_models_config(serving_base: str, model_name: str, base_path: str) -> str:
     import tensorflow as tf
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -144,13 +212,10 @@ def update_models_config(serving_base: str, model_name: str, base_path: str) -> 
     entry = next((e for e in entries if e.name == model_name), None) or entries.add(name=model_name)
     entry.base_path = base_path
     entry.model_platform = "tensorflow"
-    tmp = f"{serving_base}/.{MODELS_CONFIG}.tmp-{secrets.token_hex(4)}"
+    tmp = f"{serving_base}/{CONFIG_TMP_PREFIX}{secrets.token_hex(4)}"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text_format.MessageToString(config))
-    if _is_local(tmp):
-        os.replace(tmp, path)
-    else:
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+    _replace(tmp, path)
     return path
 
 

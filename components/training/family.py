@@ -10,8 +10,8 @@ def tuned_model(cfg, pipeline) -> str:
 
 
 def family_code(cfg, pipeline) -> list:
-    """The family module of a tune or train section (`ComponentSpec.user_code`)."""
+    """The family module of a tune or train section, located, not imported (`ComponentSpec.user_code`)."""
     from kfx import models
 
     name = tuned_model(cfg, pipeline) if hasattr(cfg, "tuner") else cfg.model
-    return [models.get(name, pipeline.config_dir)]
+    return [models.source(name, pipeline.config_dir)]

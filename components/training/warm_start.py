@@ -59,10 +59,12 @@ def source_fingerprint(cfg) -> str:
 
     previous_push is fingerprinted as the `base_model` input artifact instead.
     """
+    uri = cfg.warm_start
+    if uri in (None, PREVIOUS_PUSH):  # the usual case: no TensorFlow import before the cache check
+        return ""
     import tensorflow as tf
 
-    uri = cfg.warm_start
-    if uri in (None, PREVIOUS_PUSH) or not tf.io.gfile.exists(uri):
+    if not tf.io.gfile.exists(uri):
         return ""
     paths = [f"{d.rstrip('/')}/{n}" for d, _, files in tf.io.gfile.walk(uri) for n in files] \
         if tf.io.gfile.isdir(uri) else [uri]

@@ -397,10 +397,10 @@ def with_user_preprocessing(spec: dict, function: str, config_dir: str, files: l
 
 
 def preprocessing_code(cfg, pipeline) -> list:
-    """The module of the user's preprocessing function (`ComponentSpec.user_code`)."""
-    from kfx.pipeline.user_code import load_module
+    """The module of the user's preprocessing function, located, not imported (`ComponentSpec.user_code`)."""
+    from kfx.pipeline.user_code import locate
 
-    return [load_module(cfg.preprocessing.rpartition(":")[0], pipeline.config_dir)] if cfg.preprocessing else []
+    return [locate(cfg.preprocessing.rpartition(":")[0], pipeline.config_dir)] if cfg.preprocessing else []
 
 
 # ------------------------------------------------------------------ the stage

@@ -140,12 +140,14 @@ def feature_inputs(fn, data: Split, start: int = 0, stop: int | None = None, whe
     """
     import tensorflow as tf
 
+    specs = input_specs(fn)
+    absent = sorted(wire_name(arg, spec) for arg, spec in specs.items() if wire_name(arg, spec) not in data.frame)
+    if absent:  # every absent input, in a stable order (a restored signature's argument order is not fixed)
+        raise ComponentError(f"{where}the model's inputs {absent} are not columns of the "
+                             f"examples (columns: {sorted(data.frame)})")
     out = {}
-    for arg, spec in input_specs(fn).items():
+    for arg, spec in specs.items():
         name = wire_name(arg, spec)
-        if name not in data.frame:
-            raise ComponentError(f"{where}the model's input {name!r} is not a column of the "
-                                 f"examples (columns: {sorted(data.frame)})")
         values = data.frame[name][start:stop]
         if spec.dtype == tf.string:
             out[arg] = tf.constant(np.array([v if isinstance(v, bytes) else str(v) for v in values], dtype=object),

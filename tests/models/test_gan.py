@@ -199,7 +199,7 @@ def test_infra_validate_canaries_use_the_tasks_inputs_and_binary_outputs_compare
         assert check["passed"], check["problems"]  # PNG bytes from the server equal the in-process ones
     # Without the task, the canaries would be the examples' columns, which the generator does not take.
     check = check_signature(client, loaded, "serving_default", methods["serving_default"], data, cfg)
-    assert not check["passed"] and "the model's input 'noise' is not a column" in check["problems"][0]
+    assert not check["passed"] and "the model's inputs ['class_id', 'noise'] are not columns" in check["problems"][0]
 
 
 def test_evaluate_scores_generated_samples_with_the_classifier(run):

@@ -1,12 +1,15 @@
-"""Server-side batching: correct per-request answers, padding, batch-size metrics, full queue."""
+"""Server-side batching: fewer model runs than requests, per-request answers equal to unbatched ones
+(padded batches included), batch-size metrics, full queue."""
 
 import json
 import threading
+import time
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kfx.serving.batching import QUEUE_FULL
 from kfx.serving.client import ServingClient
@@ -43,35 +46,55 @@ def client(server):
         yield c
 
 
-def test_concurrent_requests_are_batched_and_answered_individually(server, client):
-    results, threads = {}, []
+def _batch_metrics(server) -> tuple:
+    """(batches run, sum of their padded sizes) for model keras, from the Prometheus page."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/metrics").read().decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+               if line.startswith(":tensorflow:serving:batching_session:processed_batch_size")}
+    name = ":tensorflow:serving:batching_session:processed_batch_size_{}{{model_name=\"keras\"}}"
+    return samples.get(name.format("count"), 0.0), samples.get(name.format("sum"), 0.0)
 
-    def send(i, x):
-        # max_enqueued_batches is 1: when the batch thread is slow to take a full batch (a busy
-        # machine), a request finds the queue full and gets UNAVAILABLE, as from TF Serving; a
-        # client retries those. Rejected requests never run, so the batch counts below still hold.
-        for _ in range(50):
+
+def test_concurrent_requests_are_batched_and_answered_individually(server, client, models_dir):
+    # Requests of 1, 2 and 3 rows (15 rows in all, an odd number, so some batch is padded),
+    # integer-valued so batched and unbatched float sums are exactly equal.
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 100, size=(1 + i % 3, 3)).astype(np.float32) for i in range(8)]
+    unbatched = tf.saved_model.load(str(models_dir / "keras" / "2")).signatures["serving_default"]
+    expected = [unbatched(x=tf.constant(x))["y"].numpy().tolist() for x in inputs]
+    runs_before, rows_before = _batch_metrics(server)
+    results, failures = {}, []
+
+    def send(i):
+        # max_enqueued_batches is 1: a request that finds the open batch too full to join is
+        # answered UNAVAILABLE at once, as by TF Serving, and a client retries it. Rejected
+        # requests never run, so the batch counts below still hold.
+        for _ in range(200):
             try:
-                results[i] = client.predict("keras", {"x": x})["y"].tolist()
+                results[i] = client.predict("keras", {"x": inputs[i]})["y"].tolist()
                 return
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or QUEUE_FULL not in exc.details():
-                    raise
+                    failures.append(f"request {i}: {exc.code().name}: {exc.details()}")
+                    return
+            time.sleep(0.05)
+        failures.append(f"request {i}: queue still full after 200 attempts")
 
-    for i in range(8):
-        threads.append(threading.Thread(target=send, args=(i, np.full((1, 3), i, np.float32))))
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(inputs))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert results == {i: [[3.0 * i + 10.0]] for i in range(8)}
-    page = urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/metrics").read().decode()
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
-               if line.startswith(":tensorflow:serving:batching_session:processed_batch_size")}
-    count = samples[':tensorflow:serving:batching_session:processed_batch_size_count{model_name="keras"}']
-    total = samples[':tensorflow:serving:batching_session:processed_batch_size_sum{model_name="keras"}']
-    assert 2 <= count <= 8 and total >= 8  # 8 rows went through in padded batches of 2 or 4
-    assert total % 2 == 0  # only allowed batch sizes (2, 4) are run
+    assert failures == []
+    # Every response equals what the model answers for that request alone, row for row.
+    assert results == dict(enumerate(expected))
+    runs_after, rows_after = _batch_metrics(server)
+    runs, padded_rows = runs_after - runs_before, rows_after - rows_before
+    print(f"\n{len(inputs)} requests ({sum(len(x) for x in inputs)} rows) ran in {runs:.0f} model runs "
+          f"({padded_rows:.0f} rows after padding)")
+    assert runs < len(inputs)  # requests were merged
+    assert padded_rows > sum(len(x) for x in inputs)  # some batch was padded to an allowed size
+    assert padded_rows % 2 == 0 and 2 * runs <= padded_rows <= 4 * runs  # only allowed sizes (2, 4) run
 
 
 def test_single_row_is_padded_to_allowed_size(client):

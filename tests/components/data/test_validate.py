@@ -91,3 +91,62 @@ def test_distances():
     assert js_divergence(_numeric(zeros), _numeric(zeros)) < 1e-9
     assert linf_distance(_categorical({"a": 50, "b": 50}), _categorical({"a": 80, "b": 20})) == pytest.approx(0.3)
     assert linf_distance(_categorical({"a": 10}), _categorical({"b": 10})) == 1.0
+
+
+def _run_in_process(cfg_path, *overrides):
+    """ingest..validate in this process (the runner of `kfx run`); returns the run summary."""
+    import io
+
+    from kfx.pipeline.config import load_config
+    from kfx.pipeline.runner import Reporter, run_pipeline
+
+    return run_pipeline(load_config(cfg_path, list(overrides)), to_stage="validate",
+                        reporter=Reporter(stream=io.StringIO()))
+
+
+def test_new_category_in_eval_against_the_schema_inferred_from_train(tmp_path):
+    """No curated schema: the schema stage infers color's domain from train, and a category
+    that only the eval data has stops validate, naming the feature, the split and the value."""
+    from kfx.pipeline.artifacts import load_schema, string_domain
+
+    write_tiny_csv(tmp_path / "train.csv", rows=300)
+    write_tiny_csv(tmp_path / "eval.csv", rows=100, seed=1, colors=("red", "green", "blue", "purple"))
+    cfg = tiny_config(tmp_path, "unused", ingest={"inputs": [
+        {"pattern": str(tmp_path / "train.csv"), "splits": {"train": 1}},
+        {"pattern": str(tmp_path / "eval.csv"), "splits": {"eval": 1}}]})
+    summary = _run_in_process(cfg)
+    assert summary["status"] == "failed"
+    schema = summary["components"]["schema"]
+    assert schema["status"] == "succeeded" and schema["metrics"]["source"] == "inferred from train statistics"
+    inferred = load_schema(schema["outputs"]["schema"])
+    color = next(f for f in inferred.feature if f.name == "color")
+    assert list(string_domain(inferred, color)) == ["blue", "green", "red"]
+    assert summary["components"]["validate"]["status"] == "failed"
+    error = summary["components"]["validate"]["error"]
+    assert "validate: 1 blocking anomaly: feature 'color' (split eval): Unexpected string values: " \
+           "Values outside the domain: 'purple' (25); the domain has 3 values." in error
+    assert "split train" not in error
+
+
+def test_categorical_drift_end_to_end_with_a_per_feature_comparator(tmp_path):
+    """Run 1 validates balanced colors; run 2 sees red at 60 % (L-infinity 0.6 - 1/3), with the schema
+    inferred again (same domain: no schema anomaly). The default categorical threshold is off (1),
+    so only color's own comparator (validate.feature_thresholds) can stop it, and it does."""
+    data = tmp_path / "data" / "part.csv"
+    write_tiny_csv(data, rows=600)
+    cfg = tiny_config(tmp_path, str(data), ingest={"inputs": [{"pattern": str(data), "splits": {"train": 1}}]},
+                      validate={"categorical_drift_threshold": 1.0, "feature_thresholds": {"color": 0.2}})
+    first = _run_in_process(cfg)
+    assert first["status"] == "succeeded", first["error"]
+    assert first["components"]["validate"]["metrics"]["baseline"] is None
+
+    write_tiny_csv(data, rows=600, seed=1, colors=("red", "red", "red", "green", "blue"))
+    second = _run_in_process(cfg)
+    assert second["status"] == "failed"
+    assert second["components"]["schema"]["status"] == "succeeded"  # inferred again from the drifted data
+    assert second["components"]["validate"]["metrics"] == {}  # failed: nothing committed
+    error = second["components"]["validate"]["error"]
+    assert "validate: 1 blocking anomaly: feature 'color' (split train): High drift: L-infinity distance " \
+           "0.2667 from the last validated data is above the threshold 0.2." in error
+    assert "Unexpected string values" not in error and "'x'" not in error
+

@@ -197,4 +197,4 @@ def test_crash_while_staging_beside_the_versions_leaves_nothing(art, tmp_path, m
     assert snapshot(model_dir) == before
     monkeypatch.undo()
     assert publish_version(art["good"], str(model_dir), str(model_dir), {}) == 2
-    assert sorted(os.listdir(model_dir)) == ["1", "2"]
+    assert sorted(os.listdir(model_dir)) == [".staging.lock", "1", "2"]  # the lock file of stagers here
