@@ -12,6 +12,8 @@ DAG processor or the worker's own process, and the ML environment can live in an
 image. The input URIs come from the upstream tasks' XComs; a task's XCom is only its outputs'
 URIs, its status and its small metrics.
 
+- The default DAG retrains the pipeline of the environment variable KFX_DAG_CONFIG (read when
+  the file is parsed), else pipeline/configs/adult.yaml.
 - A blocking data anomaly fails the run at `validate`, with the anomaly message in the task log
   and the task's error, and is not retried (the same data gives the same verdict); nor is a bad
   config (kfx exit status 2). Other failures are retried (2 retries, 5 minutes apart, doubling),
@@ -62,6 +64,9 @@ Stage, Upstream = _graph.Stage, _graph.Upstream
 
 DAG_ID = "kfx_daily_retrain"
 DEFAULT_CONFIG = "pipeline/configs/adult.yaml"
+CONFIG_ENV = "KFX_DAG_CONFIG"  # the default DAG's pipeline YAML, when set
+START_DATE = datetime(2025, 1, 1, tzinfo=timezone.utc)
+RETRY_DELAY = timedelta(minutes=5)
 DEFAULT_KFX_BIN = str(REPO / ".venv" / "bin" / "kfx")
 SENSOR_TASK_ID = "wait_for_data"
 
@@ -189,11 +194,12 @@ class KfxStageOperator(BashOperator):
         if not isinstance(binding, Upstream):
             return
         task_id = binding.stage
-        value = ((ti.xcom_pull(task_ids=task_id) or {}).get("metrics") or {}).get(metric)
+        metrics = (ti.xcom_pull(task_ids=task_id) or {}).get("metrics") or {}
+        value = metrics.get(metric)
         if not value:
             raise AirflowSkipException(
                 f"{self.stage.name} skipped: {task_id} reported {metric}={value!r}, so the model "
-                f"is not approved (see the {task_id} task log for the failed checks).")
+                f"is not approved: {_reasons(metrics)} (details in the {task_id} task log).")
 
     def execute(self, context):
         ti, params = context["ti"], context["params"]
@@ -234,10 +240,16 @@ class KfxStageOperator(BashOperator):
         published = value["metrics"].get(PUBLISHES[self.stage.component])
         if not published:
             raise AirflowSkipException(f"{self.stage.name} ran and published nothing "
-                                       f"({PUBLISHES[self.stage.component]}={published!r}).")
+                                       f"({PUBLISHES[self.stage.component]}={published!r}): "
+                                       f"{_reasons(value['metrics'])}.")
         for asset in self.outlets:
             context["outlet_events"][asset].extra = {
                 "pipeline": summary.get("pipeline"), "run_id": context["run_id"], **published}
+
+
+def _reasons(metrics: dict) -> str:
+    """A stage's `reasons` metric (the failed checks) as one line."""
+    return "; ".join(map(str, metrics.get("reasons") or [])) or "no reasons reported"
 
 
 class NewDataSensor(FileSensor):
@@ -260,14 +272,25 @@ class NewDataSensor(FileSensor):
         return super().poke(context)
 
 
-def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[Stage, ...] | None = None) -> DAG:
+def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[Stage, ...] | None = None, *,
+              start_date: datetime = START_DATE, catchup: bool = False, retry_delay: timedelta = RETRY_DELAY,
+              paused: bool | None = None) -> DAG:
     """The retraining DAG: a sensor, then one KfxStageOperator per stage, wired as `stages`.
+
+    Another DAG file may import this function to schedule another pipeline: the DAGs it makes
+    are registered only where they are assigned to a module-level name (`auto_register=False`),
+    so importing this module does not register `kfx_daily_retrain` a second time.
 
     Args:
         dag_id: the DAG's id.
         config: default of the `config` param; its graph (`stages:` or template) gives the tasks.
             A run triggered with another config must have the same stage names.
         stages: the stage graph (default: read from `config`).
+        start_date: the first logical date the schedule may create a run for.
+        catchup: create the runs of every day since `start_date` (else only the latest one).
+        retry_delay: the wait before a failed task's first retry (doubling after each).
+        paused: whether the DAG is paused when Airflow first sees it (default: Airflow's
+            `[core] dags_are_paused_at_creation`).
 
     Returns:
         The DAG.
@@ -280,12 +303,14 @@ def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[
         description="kfx: ingest, validate, transform, tune, train, evaluate and push, daily.",
         doc_md=__doc__,
         schedule="@daily",
-        start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
-        catchup=False,
+        start_date=start_date,
+        catchup=catchup,
+        is_paused_upon_creation=paused,
+        auto_register=False,
         max_active_runs=1,
         dagrun_timeout=timedelta(hours=23),  # before the next day's run
         params=dag_params(config),
-        default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "retry_exponential_backoff": 2,
+        default_args={"retries": 2, "retry_delay": retry_delay, "retry_exponential_backoff": 2,
                       "max_retry_delay": timedelta(minutes=30)},
         tags=["kfx", "ml", "retraining"],
     ) as dag:
@@ -312,4 +337,4 @@ def build_dag(dag_id: str = DAG_ID, config: str = DEFAULT_CONFIG, stages: tuple[
     return dag
 
 
-dag = build_dag()
+dag = build_dag(config=os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
