@@ -5,8 +5,9 @@ cardinalities are Adult's), then, side by side in this one script:
   - kfx: the ingest and statistics stages (Beam DirectRunner, multi-processing, 2 workers);
   - pandas: read_csv + the same statistics (count, missing, mean, std, min, max, zeros,
     quantiles, histogram, unique, top-k) in one process.
-Prints rows/s for each, the ratio, and kfx's peak RSS (driver + Beam workers) per size, so
-"memory flat as rows grow" can be read off the table.
+Prints rows/s for each, the ratio, kfx's peak RSS (driver + Beam workers) per size, so
+"memory flat as rows grow" can be read off the table, and the size of the examples artifact's
+columnar (Parquet) and tf.Example (gzip TFRecord, what training reads) shards.
 
     .venv/bin/python bench/data_stages.py [--rows 250000 1000000]
 """
@@ -87,6 +88,13 @@ def pandas_stats(path: Path, top_k: int = 20, buckets: int = 10, quantiles: int 
     return out
 
 
+def artifact_mb(root: str) -> tuple[float, float]:
+    """MB of the examples artifact's Parquet shards and of its gzip tf.Example shards."""
+    files = list(Path(root).glob("**/examples/Split-*/*"))
+    size = lambda suffix: sum(f.stat().st_size for f in files if f.name.endswith(suffix)) / 2**20  # noqa: E731
+    return size(".parquet"), size(".gz")
+
+
 def kfx_stages(csv: Path, root: str) -> tuple[float, float]:
     cfg = load_config(None, [
         "ingest.format=csv", "ingest.name=null", f"ingest.inputs=[{{pattern: '{csv}', splits: {{train: 9, eval: 1}}}}]",
@@ -105,13 +113,15 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000])
     args = ap.parse_args()
     print(f"{'rows':>10} {'kfx ingest r/s':>15} {'kfx stats r/s':>14} {'pandas stats r/s':>17} "
-          f"{'stats ratio':>12} {'kfx+ingest ratio':>17} {'kfx peak RSS':>13} {'pandas peak RSS':>16}")
+          f"{'stats ratio':>12} {'kfx+ingest ratio':>17} {'kfx peak RSS':>13} {'pandas peak RSS':>16} "
+          f"{'parquet MB':>11} {'tfrecord MB':>12}")
     for rows in args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             csv = Path(tmp) / "adult_big.csv"
             make_csv(csv, rows)
             with PeakRss() as mem:
                 ingest_s, stats_s = kfx_stages(csv, f"{tmp}/runs")
+            parquet_mb, tfrecord_mb = artifact_mb(f"{tmp}/runs")
             with PeakRss() as pmem:
                 base = psutil.Process().memory_info().rss
                 t = time.perf_counter()
@@ -119,7 +129,8 @@ def main() -> None:
                 pandas_s = time.perf_counter() - t
             print(f"{rows:>10,} {rows / ingest_s:>15,.0f} {rows / stats_s:>14,.0f} {rows / pandas_s:>17,.0f} "
                   f"{stats_s / pandas_s:>11.2f}x {(ingest_s + stats_s) / pandas_s:>16.2f}x "
-                  f"{mem.peak / 2**20:>10,.0f} MB {(pmem.peak - base) / 2**20:>13,.0f} MB", flush=True)
+                  f"{mem.peak / 2**20:>10,.0f} MB {(pmem.peak - base) / 2**20:>13,.0f} MB "
+                  f"{parquet_mb:>11,.1f} {tfrecord_mb:>12,.1f}", flush=True)
     print("ratio = kfx seconds / pandas seconds (lower is better; aim: stats within 3x).")
 
 

@@ -15,7 +15,8 @@ parallel by Beam workers. Each row goes to exactly one split by a deterministic 
 the plot summaries among the Rotten Tomatoes reviews); read = accepted + rejected + dropped, always.
 
 Outputs:
-    examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example), columns.json
+    examples: Split-<name>/data_tfrecord-*.gz (gzip TFRecord tf.Example) and part-*.parquet (the
+        same rows columnar, pipeline/artifacts/examples.py), columns.json
         (column types, label, splits, image columns with their expected shape) and counts.json.
     rejected: rejected.jsonl, one {"input", "line", "reason", "row"} per malformed row (no "line" for
         a file of an image folder: the input is the file).
@@ -30,11 +31,13 @@ import struct
 from typing import Any, Iterable
 
 from kfx.components.data import graphs, images
+from kfx.pipeline.artifacts import examples as columnar
 from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir, write_columns  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
 
 _INFER_ROWS = 1000
+COLUMNAR = "columnar"  # the parse step's output of (split, shard name, RecordBatch)
 csv.field_size_limit(1 << 30)  # a base64 image or a long text exceeds csv's default 128 KiB field
 
 
@@ -193,12 +196,21 @@ _BZ2 = ".bz2"  # tf.io.gfile does not decompress; CSV files ending so are decomp
 
 
 def _read_bytes(path: str, start: int = 0, end: int | None = None) -> bytes:
-    """Bytes [start, end) of a file, the whole decompressed file for .bz2."""
+    """Bytes [start, end) of a file, the whole decompressed file for .bz2.
+
+    A local file is read through Arrow's filesystem, so a Beam worker parsing CSV does not import
+    TensorFlow; other URIs go through tf.io.gfile (any scheme TensorFlow reaches)."""
     import bz2
 
-    import tensorflow as tf
+    if "://" not in path:
+        import pyarrow.fs as pafs
 
-    with tf.io.gfile.GFile(path, "rb") as f:
+        opened = pafs.LocalFileSystem().open_input_file(path)
+    else:
+        import tensorflow as tf
+
+        opened = tf.io.gfile.GFile(path, "rb")
+    with opened as f:
         if path.endswith(_BZ2):
             return bz2.decompress(f.read())
         f.seek(start)
@@ -286,9 +298,12 @@ def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = Fal
 
     counts: dict[str, int] = {}
     dropped: dict[str, int] = {}
+    typed: dict[str, list[dict]] = {}  # split -> this chunk's typed rows, for its columnar shard
     read = rejected = 0
+    first = None
     for rowno, values, raw, reason in rows:
         read += 1
+        first = first if first is not None else (rowno, raw)
         if reason is None:
             try:
                 feats = parser.typed(values)
@@ -300,12 +315,16 @@ def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = Fal
             else:
                 split = parser.split_of(input_idx, parser.hash_key(values, raw))
                 counts[split] = counts.get(split, 0) + 1
+                typed.setdefault(split, []).append(feats)
                 yield beam.pvalue.TaggedOutput(split, parser.example(feats))
                 continue
         rejected += 1
         where = {"input": f"{path}/{raw}"} if files else {"input": path, "line": rowno}  # a file has no line
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
             {**where, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
+    for split, feats in typed.items():  # one shard per chunk and split, named by the chunk's place
+        yield beam.pvalue.TaggedOutput(COLUMNAR, (split, columnar.shard_name(f"{input_idx}|{path}|{first}"),
+                                                  columnar.record_batch(parser.columns, feats)))
     yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts,
                                               "dropped": dropped})
 
@@ -324,6 +343,157 @@ def _parse_csv_chunk(chunk, parser: RowParser, delimiter: str, skip_space: bool)
                 yield lineno, [v.strip() if skip_space else v for v in values], line, None
 
     return _route(input_idx, path, rows(), parser)
+
+
+_INT_RE = r"^\s*[+-]?\d+\s*$"
+_FLOAT_RE = r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$"
+
+
+def _columnar_ok(parser: RowParser) -> bool:
+    """Whether `_parse_csv_range` types these columns (else every range takes the per-row path)."""
+    return not (parser.base64 or parser.images or parser.pixels or parser.text_columns or parser.label_values
+                or parser.hash_idx is not None)
+
+
+def _parse_csv_range(item, parser: RowParser, opts, chunk_rows: int):
+    """One line-aligned byte range of a CSV file -> tagged outputs (see `_route`), columnar.
+
+    Arrow's multi-threaded C++ reader parses the range; typing, NA values, replacements,
+    quarantine and the split are vectorised over its columns; Python only joins each accepted
+    row's pre-encoded feature bytes into its tf.Example. A range that holds a quote character
+    (a field may then span lines), bytes that are not UTF-8, or a parser with columns this path
+    does not type (`_columnar_ok`) takes the per-row path: the results are the same.
+    """
+    import pyarrow as pa
+
+    input_idx, (path, start, end, first_line) = item
+    data = _read_bytes(path, start, end)
+    try:
+        data.decode("utf-8")
+        simple = b'"' not in data and _columnar_ok(parser) and len(opts.delimiter) == 1
+        out = list(_columnar_csv(data, input_idx, path, start, first_line, parser, opts)) if simple else None
+    except (UnicodeDecodeError, pa.ArrowInvalid):  # e.g. an integer beyond int64: the per-row path says which
+        out = None
+    if out is None:
+        for chunk in _read_text_chunks(item, opts.header, tuple(opts.skip_lines_starting_with), chunk_rows):
+            yield from _parse_csv_chunk(chunk, parser, opts.delimiter, opts.skip_initial_space)
+    else:
+        yield from out
+
+
+def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line: int, parser: RowParser, opts):
+    """The tagged outputs of `_parse_csv_range` for a range without quotes, in UTF-8."""
+    import io
+
+    import apache_beam as beam
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    delim, ncol, names = opts.delimiter.encode(), len(parser.names), parser.names
+    prefixes = tuple(p.encode() for p in opts.skip_lines_starting_with)
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
+    keep = [i for i, line in enumerate(lines) if line.strip() and not line.startswith(prefixes)
+            and not (opts.header and first_line + i == 1)]
+    found = np.array([lines[i].count(delim) + 1 for i in keep], dtype=np.int64)
+    good = [i for i, f in zip(keep, found.tolist()) if f == ncol]
+    bad = [(i, f) for i, f in zip(keep, found.tolist()) if f != ncol]
+    rejected = [(first_line + i, lines[i].decode(), f"expected {ncol} columns, found {f}") for i, f in bad]
+    counts: dict[str, int] = {}
+    if good:
+        table = pacsv.read_csv(
+            io.BytesIO(b"\n".join(lines[i] for i in good)),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter=opts.delimiter, quote_char=False),
+            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                 strings_can_be_null=False))
+        n = table.num_rows
+        reason = np.full(n, None, dtype=object)
+        typed = {}
+        for name in names:
+            s = table.column(name).combine_chunks()
+            if opts.skip_initial_space:
+                s = pc.utf8_trim_whitespace(s)
+            null = pc.is_in(s, value_set=pa.array(sorted(parser.na), pa.string())).to_numpy(zero_copy_only=False)
+            for old, new in parser.replace.get(name, {}).items():
+                s = pc.if_else(pc.equal(s, old), new, s)
+            kind = parser.columns[name]
+            if kind == "string":
+                typed[name] = (s.cast(pa.binary()), null)
+                continue
+            ok = pc.match_substring_regex(s, _INT_RE if kind == "int" else _FLOAT_RE).to_numpy(zero_copy_only=False)
+            vals = pc.cast(pc.utf8_trim_whitespace(pc.if_else(pa.array(ok & ~null), s, "0")),
+                           pa.int64() if kind == "int" else pa.float64())
+            if kind == "float":
+                ok &= np.isfinite(vals.to_numpy())
+                vals = vals.cast(pa.float32())
+            ok |= null
+            for r in np.flatnonzero(~ok & (reason == None)):  # noqa: E711 (elementwise)
+                reason[r] = f"column {name!r}: cannot read {s[r].as_py()!r} as {kind}"
+            typed[name] = (vals, null)
+        if parser.label:
+            reason[(reason == None) & typed[parser.label][1]] = f"missing label {parser.label!r}"  # noqa: E711
+        accepted = reason == None  # noqa: E711
+        rows = np.array(good)
+        rejected += [(first_line + int(rows[r]), lines[rows[r]].decode(), reason[r]) for r in np.flatnonzero(~accepted)]
+        if accepted.any():
+            acc_rows = rows[accepted]
+            digests = b"".join(hashlib.md5(lines[i]).digest()[:8] for i in acc_rows.tolist())
+            u = np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+            table_ = parser.split_tables[input_idx]
+            which = np.minimum(np.searchsorted([b for _, b in table_], u, side="right"), len(table_) - 1)
+            cols = {name: (vals.filter(pa.array(accepted)), null[accepted]) for name, (vals, null) in typed.items()}
+            examples = _frame_examples([_encode_column(parser.keys[name], parser.columns[name], vals, null)
+                                        for name, (vals, null) in cols.items()])
+            for k, (split, _) in enumerate(table_):
+                idx = np.flatnonzero(which == k)
+                if not len(idx):
+                    continue
+                counts[split] = counts.get(split, 0) + len(idx)
+                for i in idx.tolist():
+                    yield beam.pvalue.TaggedOutput(split, examples[i])
+                batch = pa.RecordBatch.from_arrays(
+                    [_list_column(vals.take(pa.array(idx)), null[idx]) for vals, null in cols.values()],
+                    schema=columnar.arrow_schema(parser.columns))
+                yield beam.pvalue.TaggedOutput(COLUMNAR, (split, columnar.shard_name(f"{input_idx}|{path}|{start}"),
+                                                          batch))
+    for line, raw, why in rejected:
+        yield beam.pvalue.TaggedOutput(REJECTED, json.dumps({"input": path, "line": line, "reason": why, "row": raw}))
+    yield beam.pvalue.TaggedOutput("counts", {"read": len(keep), "rejected": len(rejected), "splits": counts,
+                                              "dropped": {}})
+
+
+def _encode_column(key: bytes, kind: str, vals, null):
+    """Each row's serialized feature entry (key + Feature) of one typed column, b"" where null:
+    an object array built by encoding each distinct value once and gathering (C loops)."""
+    import numpy as np
+
+    enc = vals.dictionary_encode()
+    table = np.array([_field(1, key + _field(2, encode_feature(kind, [v]))) for v in enc.dictionary.to_pylist()]
+                     + [b""], dtype=object)
+    return table[np.where(null, len(table) - 1, enc.indices.to_numpy(zero_copy_only=False))]
+
+
+def _frame_examples(entries: list):
+    """Per row, the serialized tf.Example of its columns' feature entries (object arrays, concatenated in C)."""
+    import functools
+
+    import numpy as np
+
+    payload = functools.reduce(np.add, entries)
+    lengths = np.fromiter(map(len, payload), dtype=np.int64, count=len(payload))
+    prefix = np.array([_TAG[1] + _varint(n) for n in range(int(lengths.max(initial=0)) + 1)], dtype=object)
+    return prefix[lengths] + payload
+
+
+def _list_column(vals, null):
+    """One value per row as the shards' list column (null where the row has no value)."""
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.concatenate([[0], np.cumsum(~null)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), vals.filter(pa.array(~null)), mask=pa.array(null))
 
 
 def _parse_record_chunk(chunk, parser: RowParser):
@@ -663,10 +833,8 @@ def run(ctx: Context) -> dict[str, Any]:
         # Only file names / byte ranges are shuffled: it spreads them over the workers, and each
         # worker then streams its own rows (memory stays flat as the data grows).
         src = p | "Files" >> beam.Create(items) | "Spread" >> beam.Reshuffle()
-        if cfg.format == "csv":
-            chunks = src | "Read" >> beam.FlatMap(_read_text_chunks, cfg.csv.header,
-                                                  tuple(cfg.csv.skip_lines_starting_with), cfg.chunk_rows)
-            parse = beam.FlatMap(_parse_csv_chunk, parser, cfg.csv.delimiter, cfg.csv.skip_initial_space)
+        if cfg.format == "csv":  # read and parse a byte range in one step, columnar (`_parse_csv_range`)
+            chunks, parse = src, beam.FlatMap(_parse_csv_range, parser, cfg.csv, cfg.chunk_rows)
         elif cfg.format == "image_folder":
             chunks = src | "Read" >> beam.FlatMap(images.read_folder_chunk)
             parse = beam.FlatMap(_parse_file_chunk, parser)
@@ -677,7 +845,9 @@ def run(ctx: Context) -> dict[str, Any]:
                       "builtin": lambda it: _read_image_builtin_chunks(it, cfg.name, cfg.chunk_rows)}[cfg.format]
             chunks = src | "Read" >> beam.FlatMap(reader)
             parse = beam.FlatMap(_parse_record_chunk, parser)
-        tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", *split_names))
+        tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", COLUMNAR, *split_names))
+        _ = tagged[COLUMNAR] | "WriteColumnar" >> beam.MapTuple(
+            lambda split, name, batch: columnar.write_shard(split_dir(examples, split), name, batch))
         for split in split_names:
             _ = tagged[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
                 f"{split_dir(examples, split)}/data_tfrecord", file_name_suffix=".gz",
@@ -691,7 +861,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
     with tf.io.gfile.GFile(f"{examples}/{COUNTS_FILE}") as f:
         counts = json.loads(f.read())
-    write_columns(examples, columns, cfg.label, split_names, cfg.text_columns, images.expected_shapes(cfg))
+    write_columns(examples, columns, cfg.label, split_names, cfg.text_columns, images.expected_shapes(cfg),
+                  columnar=True)
     accepted = sum(counts["splits"].values())
     read, rej, dropped = counts["read"], counts["rejected"], sum(counts["dropped"].values())
     assert read == accepted + rej + dropped, \
@@ -748,6 +919,7 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
                      source_fingerprint=source_fingerprint,
-                     code=("kfx.pipeline.artifacts", "kfx.components.data.datasets", "kfx.components.data.images",
+                     code=("kfx.pipeline.artifacts", "kfx.pipeline.artifacts.examples", "kfx.components.data.datasets",
+                           "kfx.components.data.images",
                            "kfx.components.data.timeseries", "kfx.components.data.graphs",
                            "kfx.pipeline.artifacts.graph"))

@@ -1,7 +1,9 @@
 """statistics: per split, per feature statistics as TFDV's DatasetFeatureStatisticsList.
 
-Each Beam worker reads whole shards with tf.data and `tf.io.parse_example` (vectorised C++,
-not per-row Python), folds each batch into mergeable accumulators (moments, a compacting
+Each Beam worker reads whole shards: the examples' columnar (Parquet) shards as Arrow record
+batches reduced with pyarrow.compute and numpy, without TensorFlow; or, for text and image
+features and for artifacts of the previous format, the tf.Example shards with tf.data and
+`tf.io.parse_example` (vectorised C++, not per-row Python). Either way it folds each batch into mergeable accumulators (moments, a compacting
 quantile sketch, a K-minimum-values distinct counter, bounded value counts), and the
 accumulators are merged per split. Memory is bounded by the sketch sizes, not by the rows.
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from kfx.components.data import images, text_stats
+from kfx.pipeline.artifacts import examples as columnar
 from kfx.pipeline.artifacts import EXAMPLES, STATISTICS, load_statistics, read_columns, split_dir, write_statistics  # noqa: F401
 from kfx.pipeline.config import StatisticsConfig
 from kfx.pipeline.component import ComponentSpec, Context
@@ -225,6 +228,50 @@ def _file_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int,
     yield split, (accs, rows)
 
 
+def _arrow_reduce(batch, columns: dict[str, str]) -> dict[str, dict]:
+    """One RecordBatch of the columnar shards -> the per feature reductions `FeatureAcc.add` folds
+    (those of `_batch_reducer`), with pyarrow.compute and numpy over the Arrow buffers."""
+    import pyarrow.compute as pc
+
+    out = {}
+    for name, kind in columns.items():
+        col = batch.column(name)
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+        has = lengths > 0
+        r = {"rows": len(lengths), "present": int(has.sum()), "num_values": int(lengths.sum()),
+             "min_nv": int(lengths[has].min()) if has.any() else np.iinfo(np.int64).max,
+             "max_nv": int(lengths.max()) if len(lengths) else 0}
+        flat = col.flatten()
+        if kind == "string":
+            vc = pc.value_counts(flat)
+            uniq = vc.field("values").to_numpy(zero_copy_only=False)
+            # hashes in [0, 2**62), the range the distinct-count estimate assumes (see FeatureAcc.unique)
+            r.update(unique=uniq, counts=vc.field("counts").to_numpy(zero_copy_only=False),
+                     bytes=int(pc.sum(pc.binary_length(flat)).as_py() or 0),
+                     hashes=(_hash(uniq) >> np.uint64(2)).astype(np.int64))
+        else:
+            v = flat.to_numpy(zero_copy_only=False).astype(np.float64)
+            r.update(values=v, sum=float(v.sum()), sum_sq=float(v @ v),
+                     min=float(v.min()) if len(v) else np.inf, max=float(v.max()) if len(v) else -np.inf,
+                     zeros=int((v == 0).sum()))
+        out[name] = r
+    return out
+
+
+def _shard_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int, max_counts: int):
+    """Statistics of one columnar shard, read as Arrow record batches: (split, ({feature: FeatureAcc}, rows))."""
+    from kfx.pipeline.artifacts import examples as columnar
+
+    split, path = item
+    accs = {k: FeatureAcc(t) for k, t in columns.items()}
+    rows = 0
+    for batch in columnar.read_batches(path, batch_size):
+        for name, r in _arrow_reduce(batch, columns).items():
+            accs[name].add(r, max_counts)
+        rows += batch.num_rows
+    yield split, (accs, rows)
+
+
 def _merge(parts, max_counts: int):
     accs, rows = None, 0
     for part_accs, part_rows in parts:
@@ -335,10 +382,21 @@ def run(ctx: Context) -> dict[str, Any]:
     examples = ctx.inputs[EXAMPLES]
     meta = read_columns(examples)
     columns = meta["columns"]
-    items = [(split, path) for split in meta["splits"]
-             for path in sorted(tf.io.gfile.glob(f"{split_dir(examples, split)}/*.gz"))]
-    out = ctx.outputs[STATISTICS]
     max_counts = cfg.max_rank_values
+    text = frozenset(text_stats.text_features(meta, cfg))
+    image_columns = tuple(meta.get("images") or ())
+    # Columnar shards are read as Arrow batches, without TensorFlow; text and image features need
+    # TensorFlow's tokenizer and decoders, and an artifact of the previous format has only tf.Example shards.
+    arrow = columnar.has_columnar(meta) and not text and not image_columns
+    if arrow:
+        items = [(split, path) for split in meta["splits"] for path in columnar.shards(split_dir(examples, split))]
+        stats_fn = beam.FlatMap(_shard_stats, columns, cfg.batch_size, cfg.max_rank_values)
+    else:
+        items = [(split, path) for split in meta["splits"]
+                 for path in columnar.tfrecord_files(examples, split)]
+        stats_fn = beam.FlatMap(_file_stats, columns, cfg.batch_size, cfg.max_rank_values, text, cfg.text_max_tokens,
+                                image_columns)
+    out = ctx.outputs[STATISTICS]
 
     def write(kv):
         split, (accs, rows) = kv
@@ -348,9 +406,7 @@ def run(ctx: Context) -> dict[str, Any]:
     with beam.Pipeline(options=ctx.beam_options()) as p:
         _ = (p | "Shards" >> beam.Create(items)
              | "Spread" >> beam.Reshuffle()
-             | "FileStats" >> beam.FlatMap(_file_stats, columns, cfg.batch_size, max_counts,
-                                           frozenset(text_stats.text_features(meta, cfg)), cfg.text_max_tokens,
-                                           tuple(meta.get("images") or ()))
+             | "FileStats" >> stats_fn
              | "MergeSplit" >> beam.CombinePerKey(lambda parts: _merge(parts, max_counts))
              | "Write" >> beam.Map(write))
 
@@ -367,5 +423,5 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 SPEC = ComponentSpec(name="statistics", config=StatisticsConfig, inputs=(EXAMPLES,), outputs=(STATISTICS,), run=run,
-                     code=("kfx.pipeline.artifacts", "kfx.components.data.images", "kfx.components.data.text_stats",
+                     code=("kfx.pipeline.artifacts", "kfx.pipeline.artifacts.examples", "kfx.components.data.images", "kfx.components.data.text_stats",
                            "kfx.models.kinds.text"))

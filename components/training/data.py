@@ -16,12 +16,10 @@ def split_files(examples_uri: str, split: str) -> list[str]:
     Raises:
         ComponentError: the split has no files.
     """
-    import tensorflow as tf
-
-    from kfx.pipeline.artifacts import split_dir
+    from kfx.pipeline.artifacts.examples import tfrecord_files
     from kfx.pipeline.component import ComponentError
 
-    files = sorted(tf.io.gfile.glob(f"{split_dir(examples_uri, split)}/*.gz"))
+    files = tfrecord_files(examples_uri, split)
     if not files:
         raise ComponentError(f"no TFRecord files for split {split!r} under {examples_uri}")
     return files

@@ -405,11 +405,9 @@ def preprocessing_code(cfg, pipeline) -> list:
 
 # ------------------------------------------------------------------ the stage
 def _files(examples: str, split: str) -> list[str]:
-    import tensorflow as tf
+    from kfx.pipeline.artifacts.examples import tfrecord_files
 
-    from kfx.pipeline.artifacts import split_dir
-
-    files = sorted(tf.io.gfile.glob(f"{split_dir(examples, split)}/*"))
+    files = tfrecord_files(examples, split)
     if not files:
         raise ComponentError(f"transform: no files in split {split!r} of {examples}")
     return files

@@ -6,7 +6,7 @@ artifact may live on any filesystem TensorFlow reaches (gs://, s3://, hdfs://).
 
 | type            | written by     | what is in it                                                |
 |-----------------|----------------|--------------------------------------------------------------|
-| examples        | ingest         | Split-<name>/ gzip tf.Example shards, columns.json, counts.json |
+| examples        | ingest         | Split-<name>/ gzip tf.Example and Parquet shards (examples.py), columns.json, counts.json |
 | rejected        | ingest         | rejected.jsonl: file, line and reason of each malformed row    |
 | statistics      | statistics     | Split-<name>/FeatureStats.pb (TFDV DatasetFeatureStatisticsList), stats.txt |
 | schema          | schema         | schema.pbtxt (tensorflow_metadata Schema)                     |
@@ -82,7 +82,7 @@ def read_columns(examples_uri: str) -> dict:
 
 
 def write_columns(examples_uri: str, columns: dict[str, str], label: str | None, splits, text_columns=(),
-                  images: dict | None = None) -> None:
+                  images: dict | None = None, columnar: bool = False) -> None:
     """columns.json of an examples artifact, always with the same keys.
 
     Args:
@@ -93,11 +93,14 @@ def write_columns(examples_uri: str, columns: dict[str, str], label: str | None,
         splits: split names, in order.
         text_columns: free-text columns.
         images: image column -> expected [height, width, channels] (entries may be None) or None.
+        columnar: every split also has Parquet shards (pipeline/artifacts/examples.py).
     """
     import tensorflow as tf
 
     obj = {"columns": dict(columns), "label": label, "splits": list(splits), "text_columns": list(text_columns),
            "images": {c: list(s) if s else None for c, s in (images or {}).items()}}
+    if columnar:
+        obj["columnar"] = True
     with tf.io.gfile.GFile(f"{examples_uri}/{COLUMNS_FILE}", "w") as f:
         json.dump(obj, f, indent=2)
 

@@ -41,9 +41,9 @@ def read_split(examples_uri: str, split: str, columns: dict[str, str], batch_siz
     """
     import tensorflow as tf
 
-    from kfx.pipeline.artifacts import split_dir
+    from kfx.pipeline.artifacts.examples import tfrecord_files
 
-    files = sorted(tf.io.gfile.glob(f"{split_dir(examples_uri, split)}/*.gz"))
+    files = tfrecord_files(examples_uri, split)
     if not files:
         raise ComponentError(f"no TFRecord files for split {split!r} under {examples_uri}")
     spec = {name: tf.io.VarLenFeature(tf.as_dtype(_TF_TYPES[kind])) for name, kind in columns.items()}
