@@ -443,6 +443,15 @@ def test_a_task_that_calibrates_needs_an_eval_split():
     check_splits(tasks.of({"type": tasks.REGRESSION, "label": "y"}), ["train"])  # no calibration: no eval needed
 
 
+def test_multi_worker_without_a_cluster_configures_no_heartbeat(monkeypatch):
+    """train.strategy: multi_worker with no TF_CONFIG is a local single-worker strategy: the
+    heartbeat setup has no cluster to configure (it indexed an empty job list before)."""
+    from kfx.components.training.fit import heartbeat_timeout
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert heartbeat_timeout(5.0) is None
+
+
 def test_a_lost_peer_error_names_the_lost_worker_and_other_errors_pass_through(monkeypatch):
     import tensorflow as tf
 
