@@ -50,6 +50,8 @@ def _run(args) -> int:
             if not sep:
                 raise ConfigError(f"--input expects NAME=URI, got {pair!r}")
             given[name] = uri
+        # One id for both passes of `kfx component`: the cache-first pass starts the run it names.
+        args.run_id = args.run_id or runner.new_run_id()
         kwargs = dict(root=args.root, run_id=args.run_id, use_cache=not args.no_cache)
         if args.command == "component":
             from kfx.pipeline.graph import get_stage

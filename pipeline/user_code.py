@@ -95,6 +95,7 @@ def locate(ref: str, config_dir: str = "", what: str = "module") -> Source:
         path = Path(ref) if os.path.isabs(ref) else Path(config_dir or ".") / ref
         if not path.is_file():
             raise UserCodeError(f"{what} {ref!r}: file {path} does not exist")
+        add_import_path(str(path.resolve().parent))  # its sibling imports, found as load_module finds them
         return Source(path.resolve(), "")
     path = _module_file(ref)
     if path is None:

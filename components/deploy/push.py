@@ -33,6 +33,7 @@ from typing import Any
 
 from kfx.pipeline.config_evaluation import PushConfig
 from kfx.pipeline.artifacts import PUSHED_FILE, PUSHED_MODEL, load_blessing, load_infra_blessing, load_pushed  # noqa: F401
+from kfx.pipeline import fs
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
 MODELS_CONFIG = "models.config"
@@ -44,12 +45,8 @@ THRESHOLDS_ASSET = "assets.extra/kfx_decision_thresholds.json"
 _RENAME_ATTEMPTS = 5
 
 
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
 def _local(uri: str) -> str:
-    return os.path.abspath(uri.removeprefix("file://")) if _is_local(uri) else uri.rstrip("/")
+    return os.path.abspath(uri.removeprefix("file://")) if fs.is_local(uri) else uri.rstrip("/")
 
 
 def versions(model_dir: str) -> list[int]:
@@ -85,7 +82,7 @@ def copy_tree(src: str, dst: str) -> int:
 def _rename(src: str, dst: str) -> None:
     import tensorflow as tf
 
-    if _is_local(src):
+    if fs.is_local(src):
         os.rename(src, dst)  # atomic; fails if dst exists and is not empty
     else:
         tf.io.gfile.rename(src, dst, overwrite=False)
@@ -94,7 +91,7 @@ def _rename(src: str, dst: str) -> None:
 def _replace(src: str, dst: str) -> None:
     import tensorflow as tf
 
-    if _is_local(src):
+    if fs.is_local(src):
         os.replace(src, dst)  # atomic: readers see the old file or the new one
     else:
         tf.io.gfile.rename(src, dst, overwrite=True)
@@ -164,7 +161,7 @@ def _lock(directory: str, name: str):
     flock, so the kernel releases it when its holder dies: a killed push never blocks the next.
     Object stores have no such lock (yields False).
     """
-    if not _is_local(directory):
+    if not fs.is_local(directory):
         yield False
         return
     directory = _local(directory)
@@ -264,7 +261,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if blessing.get("decision_thresholds"):
         extra[THRESHOLDS_ASSET] = json.dumps(blessing["decision_thresholds"], indent=1, sort_keys=True)
     # Stage inside this execution's output when it shares a filesystem with the serving base.
-    staging = out if _is_local(out) == _is_local(serving_base) else model_dir
+    staging = out if fs.is_local(out) == fs.is_local(serving_base) else model_dir
     version = publish_version(model, model_dir, staging, extra)
     config_path = update_models_config(serving_base, name, model_dir)
     pushed = {"model_name": name, "version": version, "path": f"{model_dir}/{version}"}

@@ -75,12 +75,15 @@ def choose_strategy(kind: str, worker_timeout: float = 30.0):
 def heartbeat_timeout(seconds: float) -> None:
     """Configure TensorFlow's coordination service as MultiWorkerMirroredStrategy would (it keeps
     a configuration made before it), with a heartbeat timeout of `seconds`: a killed worker is
-    declared lost after that, and the survivors' collectives fail instead of waiting for it."""
+    declared lost after that, and the survivors' collectives fail instead of waiting for it.
+    Without a TF_CONFIG cluster (a local single-worker strategy) there is nothing to configure."""
+    cluster = tf_config().get("cluster", {})
+    jobs = [job for job in ("chief", "worker") if cluster.get(job)]
+    if not jobs:
+        return
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.eager import context
 
-    cluster = tf_config().get("cluster", {})
-    jobs = [job for job in ("chief", "worker") if cluster.get(job)]
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=f"/job:{jobs[0]}/replica:0/task:0",
         heartbeat_timeout_in_ms=int(seconds * 1000),

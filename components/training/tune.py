@@ -66,6 +66,11 @@ def _watched_oracle(base_cls, timeout: float):
     the worker's heartbeat `get_trial`, updates, its end) counts as a report. `reap` (called by
     the chief's loop) ends the running trial of a worker silent for more than `timeout` seconds as
     INVALID, which KerasTuner's own retry logic turns into a rerun or a FAILED trial.
+
+    KerasTuner's limit of consecutive failed trials raises a RuntimeError inside `end_trial`, and
+    `kt.synchronized` releases the oracle's lock only on a normal return: both ways of ending a
+    trial catch it under the lock, keep it in `failure` (for the chief's loop) and raise it only
+    once the lock is released, or every later request would wait for the lock for ever.
     """
     import keras_tuner as kt
 
@@ -78,6 +83,7 @@ def _watched_oracle(base_cls, timeout: float):
             self.lost: dict[str, list[str]] = {}      # trial id -> workers lost while running it
             self.lost_workers: list[str] = []
             self.runs: dict[str, int] = {}              # trial id -> times it ended (crashed or not)
+            self.failure: RuntimeError | None = None    # KerasTuner stopped the search
 
         def _seen(self, trial_id: str) -> None:
             for tuner_id, trial in self.ongoing_trials.items():
@@ -105,20 +111,34 @@ def _watched_oracle(base_cls, timeout: float):
             self._seen(trial_id)
             return super().update_trial(trial_id, metrics, step=step)
 
-        @kt.synchronized
+        def _end(self, trial) -> RuntimeError | None:
+            try:
+                super().end_trial(trial)
+            except RuntimeError as err:  # max_consecutive_failed_trials, raised with the lock held
+                self.failure = err
+                return err
+            return None
+
         def end_trial(self, trial):
+            failure = self._end_reported(trial)
+            if failure is not None:
+                raise failure
+
+        @kt.synchronized
+        def _end_reported(self, trial) -> RuntimeError | None:
             if trial.trial_id in self.lost and not any(t.trial_id == trial.trial_id
                                                        for t in self.ongoing_trials.values()):
                 # A worker declared lost finished after all: its trial was already ended.
                 logging.getLogger("kfx").warning("tune: late result for trial %s ignored", trial.trial_id)
-                return
+                return None
             self._seen(trial.trial_id)
             self.runs[trial.trial_id] = self.runs.get(trial.trial_id, 0) + 1
-            super().end_trial(trial)
+            return self._end(trial)
 
         @kt.synchronized
         def reap(self, now: float) -> list[str]:
-            """End the trials of workers silent for more than `timeout` seconds; their ids."""
+            """End the trials of workers silent for more than `timeout` seconds; their ids (a
+            RuntimeError of KerasTuner's is kept in `failure`, not raised: see the class)."""
             lost = sorted(t for t in self.tuner_ids if now - self.last_seen.get(t, now) > timeout)
             for tuner_id in lost:
                 self.tuner_ids.discard(tuner_id)
@@ -131,20 +151,22 @@ def _watched_oracle(base_cls, timeout: float):
                                      f"(tune.worker_timeout) while running trial {trial.trial_id}")
                     logging.getLogger("kfx").warning("tune: %s", trial.message)
                     self.runs[trial.trial_id] = self.runs.get(trial.trial_id, 0) + 1
-                    super().end_trial(trial)
+                    self._end(trial)
             return lost
 
     return WatchedOracle
 
 
-def serve_oracle(oracle, timeout: float, poll: float = 0.5) -> None:
+def serve_oracle(oracle, timeout: float, deadline: float, poll: float = 0.5) -> None:
     """The chief: serve `oracle` to the workers until the search is over, reaping lost workers.
 
-    Over when a worker has been told to stop and no trial runs and no worker is left; a chief
-    whose workers were all lost, none for `timeout` seconds, fails instead of waiting forever.
+    Over when a worker has been told to stop and no trial runs and no worker is left. The chief
+    fails instead of waiting forever when its workers were all lost (none reported for `timeout`
+    seconds) or when none asked for a trial by `deadline` (time.time(): tune.max_seconds).
 
     Raises:
-        ComponentError: every worker was lost, or KerasTuner's limit of consecutive failed trials.
+        ComponentError: every worker was lost, none came, or KerasTuner's limit of consecutive
+            failed trials was reached.
     """
     from kfx.models import compat
 
@@ -154,10 +176,14 @@ def serve_oracle(oracle, timeout: float, poll: float = 0.5) -> None:
         while True:
             time.sleep(poll)
             now = time.time()
-            try:
-                oracle.reap(now)
-            except RuntimeError as err:  # KerasTuner's max_consecutive_failed_trials
-                raise ComponentError(f"tune: {err}") from None
+            oracle.reap(now)
+            if oracle.failure is not None:  # KerasTuner's max_consecutive_failed_trials
+                raise ComponentError(f"tune: {oracle.failure}")
+            if not oracle.last_seen and now > deadline:
+                raise ComponentError(
+                    f"tune: no tuner worker asked the oracle at {address} for a trial within tune.max_seconds; "
+                    f"start the workers with KERASTUNER_ORACLE_IP/PORT set to it and a KERASTUNER_TUNER_ID "
+                    f"without 'chief', and check their logs (a worker that crashed before its first trial)")
             if not oracle.ongoing_trials and not oracle.tuner_ids:
                 if servicer.stop_triggered:
                     return
@@ -356,7 +382,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                heartbeat=cfg.worker_timeout / 5 if role == "worker" else None)
             if role == "chief":
                 tuner.save()
-                serve_oracle(tuner.oracle, cfg.worker_timeout)  # until the workers have ended every trial
+                serve_oracle(tuner.oracle, cfg.worker_timeout, deadline)  # until the workers have ended every trial
                 rows = _trial_rows(tuner.oracle)
                 lost_workers = list(tuner.oracle.lost_workers)
             else:

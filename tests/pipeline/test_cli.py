@@ -34,3 +34,21 @@ def test_stage_without_upstream_and_unknown_stage(tiny, tmp_path):
     proc = kfx("component", "nonsense", "-c", str(cfg), "--summary-json", str(out))
     assert proc.returncode == 2 and "unknown stage 'nonsense'" in proc.stderr
     assert read_json(out)["status"] == "failed"
+
+
+def test_a_component_without_run_id_records_one_finished_run(tmp_path):
+    """`kfx component` without --run-id, as from a shell, on a cache miss: its cache-first pass and
+    its executing pass share one run id, so the call leaves one run, finished, none left 'running'."""
+    import yaml
+
+    from kfx.pipeline.metadata import MetadataStore
+
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "toy", "root": str(tmp_path / "runs"),
+                                   "stages": [{"name": "a", "component": "tests.pipeline.toy_writer"}]}))
+    proc = kfx("component", "a", "-c", str(cfg), "--summary-json", str(tmp_path / "s.json"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = read_json(tmp_path / "s.json")
+    assert summary["components"]["a"]["status"] == "succeeded"
+    runs = MetadataStore(f"sqlite:///{tmp_path / 'runs' / 'metadata.sqlite'}").list_runs("toy")
+    assert [(r["run_id"], r["status"]) for r in runs] == [(summary["run_id"], "succeeded")]

@@ -167,7 +167,9 @@ def test_a_run_killed_mid_stage_commits_nothing_and_spoils_nothing(tmp_path):
     with _reaped([survivor, victim]):
         deadline = time.monotonic() + 600
         while not os.listdir(hang):  # a b stage of the victim has written part of its output
-            assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()[0]
+            if victim.poll() is not None or time.monotonic() > deadline:
+                victim.kill()  # so its output can be read in bounded time
+                pytest.fail(f"the victim run never reached its hang:\n{victim.communicate(timeout=60)[0][-3000:]}")
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         kills += 1

@@ -30,6 +30,24 @@ def test_user_module_fingerprint_follows_same_folder_imports_only(tmp_path):
     assert user_code.fingerprint([module]) != before
 
 
+def test_a_file_in_a_subfolder_is_located_with_its_sibling_imports_as_imported(tmp_path, monkeypatch):
+    """`models/net.py` (not beside the config) importing its sibling: located without importing
+    (kfx component's cache-first pass), its files and fingerprint equal the imported module's, or
+    a cache key committed by a run would never match the one computed before the import."""
+    import os
+    import sys
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the located / imported folders stay here
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sub_net.py").write_text("import sub_helpers\n\nVALUE = sub_helpers.X\n")
+    (tmp_path / "models" / "sub_helpers.py").write_text("X = 1\n")
+    located = user_code.locate("models/sub_net.py", str(tmp_path))
+    assert {p.name for p in user_code.source_files(located)} == {"sub_net.py", "sub_helpers.py"}
+    module = user_code.load_module("models/sub_net.py", str(tmp_path))
+    assert user_code.fingerprint([located]) == user_code.fingerprint([module])
+
+
 def test_load_errors_name_the_reference_and_the_cause(tmp_path):
     (tmp_path / "fp_boom.py").write_text("1 / 0\n")
     with pytest.raises(user_code.UserCodeError, match=r"model 'fp_boom.py' cannot be imported: ZeroDivisionError"):

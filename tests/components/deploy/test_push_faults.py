@@ -87,6 +87,12 @@ class Pushers:
             self._cond.wait_for(lambda: len(self.events[tag]) > index, timeout)
             return self.events[tag][index] if len(self.events[tag]) > index else None
 
+    def first(self, tags, index: int, timeout: float = 60.0) -> str | None:
+        """The first of pushes `tags` to reach step `index`; None if none does within timeout."""
+        with self._cond:
+            self._cond.wait_for(lambda: any(len(self.events[tag]) > index for tag in tags), timeout)
+            return next((tag for tag in tags if len(self.events[tag]) > index), None)
+
     def close(self) -> None:
         self.proc.stdin.close()
         try:
@@ -330,8 +336,10 @@ def test_two_models_pushed_at_once_both_stay_in_models_config(pushers, source, t
             for tag in ("b", "c")}
     for tag in pids:
         assert pushers.step(tag, replace - 1) == "config"
-    held = [tag for tag in pids if pushers.step(tag, replace, timeout=3) is not None]
-    assert held  # both (unsafe: each would drop the other's entry) or one (the other waits for the lock)
+    first = pushers.first(list(pids), replace)  # however long the lock holder's read + write takes
+    assert first is not None, dict(pushers.events)
+    # Both (unsafe: each would drop the other's entry) or one (the other waits for the lock).
+    held = [tag for tag in pids if tag == first or pushers.step(tag, replace, timeout=3) is not None]
     for tag in held:
         os.kill(pids[tag], signal.SIGUSR1)
     for tag in set(pids) - set(held):

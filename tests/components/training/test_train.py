@@ -301,12 +301,12 @@ def _free_ports(n: int) -> list[int]:
 
 
 def test_multi_worker_mirrored_strategy_on_loopback_loses_a_worker_and_its_rerun_resumes(built, tmp_path):
-    """SIGKILL worker 1 of two MultiWorkerMirroredStrategy workers in its second epoch: worker 0
+    """SIGKILL worker 1 of two MultiWorkerMirroredStrategy workers once its first epoch is backed up: worker 0
     stops with a message naming the lost worker (train.worker_timeout bounds the wait), and a rerun
     of both resumes from the epoch the backup holds, not from 0, and trains synchronously."""
     import tensorflow as tf
 
-    kills, epochs = 0, 2
+    kills, epochs = 0, 5  # the kill lands in epochs 2-5: a window of >= 3 epochs, not the tail of one
 
     def start(ports: list[int]) -> list:
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -333,7 +333,7 @@ def test_multi_worker_mirrored_strategy_on_loopback_loses_a_worker_and_its_rerun
         assert all(p.poll() is None for p in procs), "a worker ended before the kill:\n" + \
             "\n".join(p.communicate()[0][-2000:] for p in procs if p.poll() is not None)
         assert saved_epoch(1) >= 1, "worker 1 finished no epoch in time"
-        procs[1].send_signal(signal.SIGKILL)  # in its second (last) epoch: the first one is backed up
+        procs[1].send_signal(signal.SIGKILL)  # after the first epoch was backed up, before the last ends
         kills += 1
         out, _ = procs[0].communicate(timeout=120)  # fails within train.worker_timeout, does not hang
         procs[1].communicate(timeout=30)
@@ -441,6 +441,15 @@ def test_a_task_that_calibrates_needs_an_eval_split():
         check_splits(anomaly, ["train", "test"])
     check_splits(anomaly, ["train", "eval"])
     check_splits(tasks.of({"type": tasks.REGRESSION, "label": "y"}), ["train"])  # no calibration: no eval needed
+
+
+def test_multi_worker_without_a_cluster_configures_no_heartbeat(monkeypatch):
+    """train.strategy: multi_worker with no TF_CONFIG is a local single-worker strategy: the
+    heartbeat setup has no cluster to configure (it indexed an empty job list before)."""
+    from kfx.components.training.fit import heartbeat_timeout
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert heartbeat_timeout(5.0) is None
 
 
 def test_a_lost_peer_error_names_the_lost_worker_and_other_errors_pass_through(monkeypatch):

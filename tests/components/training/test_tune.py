@@ -184,18 +184,14 @@ def test_a_worker_killed_mid_trial_is_rerun_elsewhere_and_the_search_ends(built,
     assert lost_trial in {t["trial_id"] for t in survivor_trials}
 
 
-def test_a_chief_whose_workers_are_all_lost_fails_instead_of_waiting(tmp_path, monkeypatch):
-    """In-process chief, one worker that takes a trial and goes silent: with no retries its trial
-    is recorded FAILED naming the worker, and the chief stops with a clear error, not a hang."""
+def _in_process_chief(tmp_path, monkeypatch, cfg, seconds: float = 60):
+    """A chief serving a tiny search's oracle in a daemon thread (a chief that hangs cannot keep
+    the pytest worker alive); (tuner, thread, errors: what serve_oracle raised, once it ended)."""
     import threading
 
     import keras
-    import keras_tuner as kt
-    from keras_tuner.src.distribute.oracle_client import OracleClient
 
     from kfx.components.training.tune import make_tuner, serve_oracle
-    from kfx.pipeline.component import ComponentError
-    from kfx.pipeline.config_modeling import TuneConfig
 
     for key, value in {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(_free_port()),
                        "KERASTUNER_TUNER_ID": "chief"}.items():
@@ -205,11 +201,26 @@ def test_a_chief_whose_workers_are_all_lost_fails_instead_of_waiting(tmp_path, m
         hp.Float("learning_rate", 1e-4, 1e-1)
         return keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
 
-    cfg = TuneConfig(max_trials=3, worker_timeout=1, max_retries_per_trial=0)
-    tuner = make_tuner(cfg, build, ("val_loss", "min"), str(tmp_path), deadline=time.time() + 60)
-    errors = []
-    chief = threading.Thread(target=lambda: errors.append(_raised(serve_oracle, tuner.oracle, cfg.worker_timeout)))
+    deadline = time.time() + seconds
+    tuner = make_tuner(cfg, build, ("val_loss", "min"), str(tmp_path), deadline=deadline)
+    errors: list = []
+    chief = threading.Thread(target=lambda: errors.append(_raised(serve_oracle, tuner.oracle, cfg.worker_timeout,
+                                                                  deadline)), daemon=True)
     chief.start()
+    return tuner, chief, errors
+
+
+def test_a_chief_whose_workers_are_all_lost_fails_instead_of_waiting(tmp_path, monkeypatch):
+    """In-process chief, one worker that takes a trial and goes silent: with no retries its trial
+    is recorded FAILED naming the worker, and the chief stops with a clear error, not a hang."""
+    import keras_tuner as kt
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TuneConfig
+
+    cfg = TuneConfig(max_trials=3, worker_timeout=1, max_retries_per_trial=0)
+    tuner, chief, errors = _in_process_chief(tmp_path, monkeypatch, cfg)
     trial = OracleClient(tuner.oracle).create_trial("w0")  # ... and nothing more from w0
     chief.join(timeout=30)
     assert not chief.is_alive(), "the chief is still waiting for its lost worker"
@@ -219,6 +230,53 @@ def test_a_chief_whose_workers_are_all_lost_fails_instead_of_waiting(tmp_path, m
     lost = tuner.oracle.trials[trial.trial_id]
     assert lost.status == kt.engine.trial.TrialStatus.FAILED and tuner.oracle.lost[trial.trial_id] == ["w0"]
     assert "tuner worker 'w0' stopped reporting" in lost.message and tuner.oracle.runs[trial.trial_id] == 1
+
+
+def test_a_chief_that_no_worker_reaches_fails_at_the_deadline(tmp_path, monkeypatch):
+    """No worker ever asks for a trial (one that crashed while loading its data): the chief stops
+    at the tune deadline, naming its address, instead of serving for ever."""
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TuneConfig
+
+    _, chief, errors = _in_process_chief(tmp_path, monkeypatch, TuneConfig(max_trials=3, worker_timeout=1), seconds=1)
+    chief.join(timeout=30)
+    assert not chief.is_alive(), "the chief is still waiting for a worker after the deadline"
+    assert isinstance(errors[0], ComponentError)
+    assert "tune: no tuner worker asked the oracle at 127.0.0.1:" in str(errors[0])
+    assert "for a trial within tune.max_seconds" in str(errors[0])
+
+
+@pytest.mark.parametrize("ended_by", ["chief reaping a lost worker", "worker reporting"])
+def test_the_failed_trial_limit_stops_the_chief_and_leaves_the_oracle_unlocked(tmp_path, monkeypatch, ended_by):
+    """KerasTuner's max_consecutive_failed_trials raises inside a synchronized oracle method,
+    whose lock kt.synchronized then never releases: the chief must fail with KerasTuner's
+    message, and the oracle must still answer (any locked-out request would block for ever)."""
+    import threading
+
+    import grpc
+    import keras_tuner as kt
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    from kfx.pipeline.component import ComponentError
+    from kfx.pipeline.config_modeling import TuneConfig
+
+    cfg = TuneConfig(max_trials=3, worker_timeout=1, max_retries_per_trial=0)
+    tuner, chief, errors = _in_process_chief(tmp_path, monkeypatch, cfg)
+    tuner.oracle.max_consecutive_failed_trials = 1
+    client = OracleClient(tuner.oracle)
+    trial = client.create_trial("w0")
+    if ended_by == "worker reporting":
+        trial.status = kt.engine.trial.TrialStatus.FAILED
+        with pytest.raises(grpc.RpcError, match="consecutive failures exceeded"):  # the worker hears it
+            client.end_trial(trial)
+    chief.join(timeout=30)
+    assert not chief.is_alive(), "the chief is still serving after KerasTuner stopped the search"
+    assert isinstance(errors[0], ComponentError)
+    assert "tune: Number of consecutive failures exceeded the limit of 1" in str(errors[0])
+    probe = threading.Thread(target=tuner.oracle.get_trial, args=(trial.trial_id,), daemon=True)
+    probe.start()
+    probe.join(timeout=10)
+    assert not probe.is_alive(), "the oracle's lock is still held: every later request waits for ever"
 
 
 def _raised(fn, *args):
