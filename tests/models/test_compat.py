@@ -23,7 +23,7 @@ def fresh_require():
 
 def _pins() -> dict[str, str]:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return dict(re.fullmatch(r"([\w-]+)==([\w.]+)", d).groups() for d in deps)
+    return dict(re.fullmatch(r"([\w-]+)(?:\[[\w,-]+\])?==([\w.]+)", d).groups() for d in deps)
 
 
 def test_written_for_the_pinned_and_installed_versions_and_check_passes():
