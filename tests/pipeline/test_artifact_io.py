@@ -167,13 +167,14 @@ def test_the_audit_hook_catches_kfx_opening_an_artifact_path(tmp_path):
     from tests.pipeline.artifact_audit import artifact_audit
 
     root = tmp_path / "runs" / "p"
-    with artifact_audit(str(root)) as violations:
+    with artifact_audit(str(root)) as audit:
         with push._lock(str(root / "serving"), "x.lock"):  # open() in kfx code: recorded
             pass
         with fs.open_binary(str(root / "serving" / "x.lock")) as f:  # fs.py's local branch: not recorded
             f.read()
         with open(tmp_path / "outside.txt", "w"):  # not under the root: not recorded
             pass
-    assert violations, "open() by kfx code under the audited root was not recorded"
-    assert all("push.py" in v and "_lock()" in v for v in violations), violations
-    assert any(v.startswith(f"open {root}/serving/x.lock ") for v in violations), violations
+    assert audit.violations, "open() by kfx code under the audited root was not recorded"
+    assert all("push.py" in v and "_lock()" in v for v in audit.violations), audit.violations
+    assert any(v.startswith(f"open {root}/serving/x.lock ") for v in audit.violations), audit.violations
+    assert audit.seen == {"kfx": len(audit.violations), "kfx.pipeline.fs": 1}, audit.seen
