@@ -90,6 +90,7 @@ ALLOWED = {
     ("pipeline/user_code.py", "locate", "Path"): "the user's module file, next to the config",
     ("pipeline/user_code.py", "_module_file", "Path"): "an importable module's source file (find_spec)",
     ("pipeline/user_code.py", "source_files", "Path"): "an imported module's source file",
+    ("pipeline/user_code.py", "pickle_by_value", "Path"): "an imported module's source file",
 }
 
 
