@@ -121,6 +121,21 @@ def load_function(ref: str, config_dir: str = "", what: str = "function") -> Cal
     return fn
 
 
+def pickle_by_value(fn: Callable) -> Callable:
+    """`fn`, with Beam told to pickle its module, and the imported modules of that module's folder,
+    by value: SDK workers of a distributed runner (Dataflow, Flink, Spark) see neither the user's
+    files nor the import path set in this process, so a user function a Beam step calls travels
+    inside the pipeline itself."""
+    from apache_beam.internal.cloudpickle import cloudpickle
+
+    files = set(source_files(sys.modules[fn.__module__]))
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and Path(path).resolve() in files:
+            cloudpickle.register_pickle_by_value(module)
+    return fn
+
+
 def _imported_names(tree: ast.AST, package: str) -> set[str]:
     names = set()
     for node in ast.walk(tree):

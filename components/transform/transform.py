@@ -348,15 +348,19 @@ def _analyze_label(task: dict, acc: dict) -> tuple[dict, dict]:
 
 
 # ------------------------------------------------------------------ materialization
-def transform_file(path: str, spec_json: str, batch_size: int):
-    """Serialized tf.Examples of transformed features for one raw TFRecord file (Beam worker)."""
+def transform_file(path: str, spec_json: str, batch_size: int, user_fn=None):
+    """Serialized tf.Examples of transformed features for one raw TFRecord file (Beam worker).
+
+    The user's preprocessing function comes as `user_fn`, pickled by value with the step (its
+    file is not on the workers), and `spec_json` then names none."""
     import numpy as np
     import tensorflow as tf
 
-    from kfx.models.preprocess import make_preprocessor, raw_feature_spec
+    from kfx.models.preprocess import apply_user_function, make_preprocessor, raw_feature_spec
 
     spec = json.loads(spec_json)
-    pre = make_preprocessor(spec)
+    base = make_preprocessor(spec)
+    pre = base if user_fn is None else (lambda feats: apply_user_function(user_fn, base(feats)))
     parse_spec = raw_feature_spec(spec, with_label=True)
     label = spec["task"]["label"]
     ds = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "").batch(batch_size)
@@ -456,12 +460,18 @@ def run(ctx: Context) -> dict[str, Any]:
     if cfg.materialize:
         from kfx.pipeline.artifacts import split_dir
 
-        spec_json = json.dumps(spec)
+        user_fn = None
+        if cfg.preprocessing:  # loaded here, shipped to the workers by value (user_code.pickle_by_value)
+            from kfx.pipeline.user_code import load_function, pickle_by_value
+
+            user_fn = pickle_by_value(load_function(cfg.preprocessing, ctx.pipeline.config_dir,
+                                                    what="transform.preprocessing"))
+        spec_json = json.dumps({k: v for k, v in spec.items() if k != "preprocessing"})
         with beam.Pipeline(options=ctx.beam_options()) as p:
             for split in columns["splits"]:
                 _ = (p | f"Files{split}" >> beam.Create(_files(examples, split))
                      | f"Spread{split}" >> beam.Reshuffle()
-                     | f"Transform{split}" >> beam.FlatMap(transform_file, spec_json, cfg.batch_size)
+                     | f"Transform{split}" >> beam.FlatMap(transform_file, spec_json, cfg.batch_size, user_fn)
                      | f"Write{split}" >> beam.io.WriteToTFRecord(
                          f"{split_dir(f'{out}/{TRANSFORMED_DIR}', split)}/data_tfrecord", file_name_suffix=".gz",
                          compression_type=beam.io.filesystem.CompressionTypes.GZIP))

@@ -56,3 +56,32 @@ def test_load_errors_name_the_reference_and_the_cause(tmp_path):
         user_code.load_function("fp_boom.py", str(tmp_path))
     with pytest.raises(user_code.UserCodeError, match="does not exist"):
         user_code.load_module("missing.py", str(tmp_path))
+
+
+def test_a_function_pickled_by_value_runs_where_its_files_are_not(tmp_path):
+    """pickle_by_value: Beam's pickle of the user's function (and the module it imports from its
+    folder) loads and runs in a process that has neither the files nor the import path; without
+    it, the same pickle is a reference that process cannot import (the failure on a cluster)."""
+    import subprocess
+    import sys
+
+    from apache_beam.internal import pickler
+
+    src = tmp_path / "shipped"
+    src.mkdir()
+    (src / "pv_feats.py").write_text("import pv_scale\n\ndef twice(x):\n    return pv_scale.K * x\n")
+    (src / "pv_scale.py").write_text("K = 2\n")
+    fn = user_code.load_function("pv_feats.py:twice", str(src))
+    by_reference = pickler.dumps(fn)
+    by_value = pickler.dumps(user_code.pickle_by_value(fn))
+    for path in src.iterdir():
+        path.unlink()
+    src.rmdir()
+    probe = "import sys; from apache_beam.internal import pickler; print(pickler.loads(sys.argv[1].encode())(21))"
+    env = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: this process put the user's folder there
+    ok = subprocess.run([sys.executable, "-c", probe, by_value.decode()], capture_output=True, text=True,
+                        timeout=120, cwd=tmp_path, env=env)
+    assert ok.returncode == 0 and ok.stdout.strip() == "42", ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-c", probe, by_reference.decode()], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env=env)
+    assert bad.returncode != 0 and "kfx_user_pv_feats" in bad.stderr, bad.stderr[-2000:]
