@@ -38,6 +38,9 @@ DATA_FILE_FUNCTIONS = {"np": {"load", "save", "savez", "savez_compressed", "load
 LOCAL_SCRATCH = "a local temporary directory made by tempfile, never an artifact URI"
 GUARDED = "the local branch of an `is_local` check; URIs go through tf.io.gfile"
 # (file, enclosing function, call) -> why that call never receives an artifact URI.
+LOCKED = "called only when `_lock` held a local lock"
+LOCK_FILE = "local serving directory only: `_lock` yields False for a URI"
+SERVER_LOG = "the server log in local scratch; copied into the artifact by tf.io.gfile.copy"
 ALLOWED = {
     ("components/data/datasets.py", "read_pixels", "gzip.open"): "wraps a tf.io.gfile.GFile object, not a path",
     ("components/data/datasets.py", "read_pixels", "np.loadtxt"): "reads the gzip stream of a tf.io.gfile.GFile",
@@ -54,18 +57,18 @@ ALLOWED = {
     ("components/deploy/infra_validate.py", "validate", "open"): "the server log in local scratch",
     ("components/deploy/infra_validate.py", "validate", "shutil.rmtree"): LOCAL_SCRATCH,
     ("components/deploy/infra_validate.py", "run", "os.path.exists"):
-        "the server log in local scratch; copied into the artifact by tf.io.gfile.copy",
+        SERVER_LOG,
     ("components/deploy/infra_validate.py", "run", "open"):
-        "the server log in local scratch; copied into the artifact by tf.io.gfile.copy",
+        SERVER_LOG,
     ("components/deploy/push.py", "_local", "os.path.abspath"): GUARDED,
     ("components/deploy/push.py", "_rename", "os.rename"): GUARDED + " (rename, not atomic there)",
     ("components/deploy/push.py", "_replace", "os.replace"): GUARDED + " (rename, not atomic there)",
-    ("components/deploy/push.py", "_lock", "os.makedirs"): "local serving directory only: `_lock` yields False for a URI",
-    ("components/deploy/push.py", "_lock", "open"): "local serving directory only: `_lock` yields False for a URI",
-    ("components/deploy/push.py", "_remove_leftovers", "os.listdir"): "called only when `_lock` held a local lock",
-    ("components/deploy/push.py", "_remove_leftovers", "os.path.isdir"): "called only when `_lock` held a local lock",
-    ("components/deploy/push.py", "_remove_leftovers", "shutil.rmtree"): "called only when `_lock` held a local lock",
-    ("components/deploy/push.py", "_remove_leftovers", "os.remove"): "called only when `_lock` held a local lock",
+    ("components/deploy/push.py", "_lock", "os.makedirs"): LOCK_FILE,
+    ("components/deploy/push.py", "_lock", "open"): LOCK_FILE,
+    ("components/deploy/push.py", "_remove_leftovers", "os.listdir"): LOCKED,
+    ("components/deploy/push.py", "_remove_leftovers", "os.path.isdir"): LOCKED,
+    ("components/deploy/push.py", "_remove_leftovers", "shutil.rmtree"): LOCKED,
+    ("components/deploy/push.py", "_remove_leftovers", "os.remove"): LOCKED,
     ("components/evaluation/explain.py", "explain", "np.savez_compressed"):
         "into an io.BytesIO, written to the artifact by tf.io.gfile.GFile",
     ("components/training/tune.py", "run", "shutil.rmtree"): "the tuner's local working directory (tempfile)",
