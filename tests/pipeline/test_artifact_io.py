@@ -37,10 +37,10 @@ DATA_FILE_FUNCTIONS = {"np": {"load", "save", "savez", "savez_compressed", "load
 
 LOCAL_SCRATCH = "a local temporary directory made by tempfile, never an artifact URI"
 GUARDED = "the local branch of an `is_local` check; URIs go through tf.io.gfile"
-# (file, enclosing function, call) -> why that call never receives an artifact URI.
 LOCKED = "called only when `_lock` held a local lock"
 LOCK_FILE = "local serving directory only: `_lock` yields False for a URI"
 SERVER_LOG = "the server log in local scratch; copied into the artifact by tf.io.gfile.copy"
+# (file, enclosing function, call) -> why that call never receives an artifact URI.
 ALLOWED = {
     ("components/data/datasets.py", "read_pixels", "gzip.open"): "wraps a tf.io.gfile.GFile object, not a path",
     ("components/data/datasets.py", "read_pixels", "np.loadtxt"): "reads the gzip stream of a tf.io.gfile.GFile",
