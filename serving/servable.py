@@ -21,6 +21,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's kMaxNumRecords
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2 SavedModels' initializer, stored as a signature
 
 
 class Servable:
@@ -54,6 +55,8 @@ class Servable:
         self._callables = {}
         self._lock = threading.Lock()
         for key, signature in self.signatures.items():  # the usual call is prepared before serving
+            if key == INIT_OP_SIGNATURE:  # runs at load, never served
+                continue
             try:
                 self._make_callable(key, tuple(sorted(signature.outputs)))
             except (tf.errors.OpError, ValueError) as exc:  # left to fail on its first request
