@@ -21,6 +21,7 @@ def _bool(text: str) -> bool:
 # (flag, type, default, help) -- names and defaults are tensorflow_model_server's.
 _SERVE_FLAGS = [
     ("port", int, 8500, "TCP port for the gRPC API."),
+    ("grpc_socket_path", str, "", "If non-empty, also serve the gRPC API on this Unix domain socket."),
     ("host", str, "127.0.0.1", "Address to bind (kfx addition; TF Serving binds all interfaces)."),
     ("rest_api_port", int, 0, "Port for the HTTP/REST API; 0 disables it."),
     ("rest_api_num_threads", int, 0, "Accepted for compatibility; REST uses a thread per connection."),
@@ -44,6 +45,8 @@ _SERVE_FLAGS = [
     ("saved_model_tags", str, "serve", "Comma separated MetaGraph tags to load."),
     ("enable_signature_method_name_check", bool, False, "Check SignatureDef method names as TF1 did."),
     ("num_load_threads", int, 0, "Threads loading models (0: 2)."),
+    ("prefer_tflite_model", bool, False, "Serve <version>/model.tflite with TF Lite when it exists."),
+    ("enable_profiler", bool, True, "Serve tensorflow.ProfilerService on the gRPC port."),
     ("shutdown_grace_seconds", float, 10.0, "On SIGTERM/SIGINT, seconds in-flight requests get to finish "
      "(kfx addition; TF Serving ignores SIGTERM)."),
 ]
@@ -78,8 +81,10 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server.start()
     except (ValueError, errors.ServingError) as exc:
-        print(f"Failed to start server. Error: {exc}", file=sys.stderr)
-        return 1
+        # tensorflow_model_server's words, on stdout, and its exit status (main returns -1).
+        code = exc.code.name if isinstance(exc, errors.ServingError) else "INVALID_ARGUMENT"
+        print(f"Failed to start server. Error: {code}: {exc}", flush=True)
+        return 255
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: server._stop.set())
     server.wait()

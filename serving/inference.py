@@ -29,12 +29,12 @@ def _fill_model_spec(spec, servable: Servable, signature_name: str) -> None:
 
 
 def check_inputs(signature, feeds: dict) -> None:
-    """Checks dtypes and shapes against the SignatureDef before anything is queued or run.
+    """Checks dtypes against the SignatureDef before anything is queued or run.
 
-    The dtype message is the one TensorFlow's Session::Run gives TF Serving ("Expects arg[i]
-    to be float but int64 is provided", i counted in sorted alias order). TF Serving leaves shape
-    errors to the graph's ops; checking here gives a clear message and keeps one bad request
-    from failing a whole batch.
+    The message is the one TensorFlow's Session::Run gives TF Serving ("Expects arg[i] to be
+    float but int64 is provided", i counted in sorted alias order); checking here keeps one bad
+    request from failing a whole batch. Shapes are not checked, as in TF Serving: the graph
+    decides, so a `[3]` tensor fed to a `[-1,1]` input that the graph broadcasts succeeds.
     """
     for index, alias in enumerate(sorted(signature.inputs)):
         info, array = signature.inputs[alias], feeds[alias]
@@ -43,13 +43,6 @@ def check_inputs(signature, feeds: dict) -> None:
             raise errors.invalid_argument(
                 f"Expects arg[{index}] to be {tensors.type_name(info.dtype)} but "
                 f"{tensors.type_name(given) if given is not None else array.dtype} is provided")
-        if info.tensor_shape.unknown_rank:
-            continue
-        expected = [dim.size for dim in info.tensor_shape.dim]
-        if len(expected) != array.ndim or any(e not in (-1, a) for e, a in zip(expected, array.shape)):
-            raise errors.invalid_argument(
-                f"input tensor alias '{alias}' has shape {tensors.shape_string(array.shape)} "
-                f"incompatible with the signature's shape {tensors.shape_string(expected)}")
 
 
 def predict(servable: Servable, request: predict_pb2.PredictRequest, deadline=None,

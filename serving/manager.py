@@ -6,7 +6,9 @@ with the AvailabilityPreservingPolicy, and ServableStateMonitor:
 - a ModelServerConfig (model_config_list) names the models, base paths, version policies
   (latest{N} / all / specific) and version labels;
 - every --file_system_poll_wait_seconds the base paths are listed; numeric directories the
-  policy selects are aspired and loaded in the background (warmup included) before they serve;
+  policy selects are aspired and loaded in the background (warmup included) before they serve,
+  from the directory's own name (`00000123` is version 123), as TF Lite when
+  --prefer_tflite_model and the version holds model.tflite;
 - a version that fails to load ends in END with its error and never replaces a working one;
 - versions that leave the policy are unloaded once an aspired version is AVAILABLE, after
   their in-flight requests finish, so swaps fail no request;
@@ -22,7 +24,7 @@ import time
 
 import tensorflow as tf
 
-from kfx.serving import errors, inference
+from kfx.serving import errors, inference, tflite
 from kfx.serving.servable import Servable, read_warmup_requests
 
 LOG = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class ManagerOptions:
     saved_model_tags: tuple = ("serve",)
     enable_signature_method_name_check: bool = False
     num_load_threads: int = 2
+    prefer_tflite_model: bool = False
 
 
 @dataclasses.dataclass
@@ -69,13 +72,20 @@ def aspired_versions(policy, on_disk) -> set:
     return set(sorted(on_disk)[-count:])
 
 
-def list_versions(base_path: str) -> list:
-    """Numeric subdirectories of a base path (any tf.io.gfile URI)."""
-    versions = []
-    for child in tf.io.gfile.listdir(base_path):
+def list_versions(base_path: str) -> dict:
+    """Numeric subdirectories of a base path (any tf.io.gfile URI): version -> directory name.
+
+    The name is kept as found (TF Serving's own testdata uses `00000123` for version 123). When
+    two names give one number, the last in sorted order wins, with a warning, as in TF Serving.
+    """
+    versions = {}
+    for child in sorted(tf.io.gfile.listdir(base_path)):
         name = child.rstrip("/")
         if name.isdigit() and tf.io.gfile.isdir(f"{base_path.rstrip('/')}/{name}"):
-            versions.append(int(name))
+            if int(name) in versions:
+                LOG.warning("Duplicate version directories detected. Version %d will be loaded from %s, "
+                            "%s will be ignored.", int(name), name, versions[int(name)])
+            versions[int(name)] = name
     return versions
 
 
@@ -228,13 +238,13 @@ class ModelManager:
                     continue
                 if not on_disk:
                     LOG.warning("No versions of servable %s found under base path %s", name, model.base_path)
-                found[name] = (model, aspired_versions(model.model_version_policy, on_disk))
+                found[name] = (model, on_disk, aspired_versions(model.model_version_policy, on_disk))
             with self._lock:
                 for name, entries in self._versions.items():
                     if name not in models:
                         for entry in entries.values():
                             entry.aspired = False
-                for name, (model, aspired) in found.items():
+                for name, (model, on_disk, aspired) in found.items():
                     entries = self._versions.setdefault(name, {})
                     for version, entry in entries.items():
                         entry.aspired = version in aspired
@@ -243,7 +253,7 @@ class ModelManager:
                         if entry is None or (entry.state == END and entry.error is None):
                             entries[version] = VersionState()
                             self._notify(name, version, START)
-                            self._loader.submit(self._load, name, version, f"{model.base_path.rstrip('/')}/{version}")
+                            self._loader.submit(self._load, name, version, f"{model.base_path.rstrip('/')}/{on_disk[version]}")
                 for name in list(self._versions):
                     self._unload_unaspired(name)
 
@@ -258,7 +268,10 @@ class ModelManager:
                     error = None
                     break
             try:
-                servable = Servable(name, version, path, options.saved_model_tags)
+                if options.prefer_tflite_model and tflite.model_path(path):
+                    servable = tflite.TfLiteServable(name, version, path)
+                else:
+                    servable = Servable(name, version, path, options.saved_model_tags)
             except Exception as exc:  # any load failure is reported in the version's status
                 error = errors.from_exception(exc)
                 LOG.error("Loading servable: {name: %s version: %s} failed: %s", name, version, error.message)

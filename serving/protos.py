@@ -7,6 +7,7 @@ tensorflow_model_server reads parse here too. ModelServerConfig comes from the w
 """
 
 import functools
+import logging
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf import wrappers_pb2
@@ -74,14 +75,21 @@ def MonitoringConfig(**kwargs):  # noqa: N802
 
 
 def read_text_proto(path: str, message):
-    """Parses the text proto file at `path` into `message` and returns it.
+    """Parses the text proto file at `path` into `message` and returns it (TF Serving's ParseProtoTextFile).
+
+    A parse error is logged first as libprotobuf logs it for TF Serving ("Error parsing
+    text-format tensorflow.serving.ModelServerConfig: 1:10: ...").
 
     Raises:
-        ValueError: naming the file, when it cannot be read or parsed (TF Serving's wording).
+        ValueError: "Invalid protobuf file: '<path>'" (TF Serving's wording), when it cannot be
+            read or parsed.
     """
     try:
         with open(path, encoding="utf-8") as handle:
             text_format.Parse(handle.read(), message)
-    except (OSError, text_format.ParseError) as exc:
+    except text_format.ParseError as exc:
+        logging.getLogger(__name__).error("Error parsing text-format %s: %s", message.DESCRIPTOR.full_name, exc)
+        raise ValueError(f"Invalid protobuf file: '{path}'") from exc
+    except OSError as exc:
         raise ValueError(f"Invalid protobuf file: '{path}': {exc}") from exc
     return message

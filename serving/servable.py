@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 from kfx.serving import errors
 
@@ -20,6 +21,7 @@ LOG = logging.getLogger(__name__)
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's kMaxNumRecords
+INIT_OP_SIGNATURE = "__saved_model_init_op"  # TF2 SavedModels' initializer, stored as a signature
 
 
 class Servable:
@@ -52,6 +54,13 @@ class Servable:
         self.signatures = dict(meta_graph.signature_def)
         self._callables = {}
         self._lock = threading.Lock()
+        for key, signature in self.signatures.items():  # the usual call is prepared before serving
+            if key == INIT_OP_SIGNATURE:  # runs at load, never served
+                continue
+            try:
+                self._make_callable(key, tuple(sorted(signature.outputs)))
+            except (tf.errors.OpError, ValueError) as exc:  # left to fail on its first request
+                LOG.warning("Signature %s of %s version %s cannot be prepared: %s", key, name, version, exc)
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._closed = False
@@ -79,11 +88,8 @@ class Servable:
 
     def run_unbatched(self, signature_name: str, feeds: dict, output_aliases: tuple) -> dict:
         """Runs a signature in the session now (one Session::Run)."""
-        key = (signature_name, output_aliases)
-        fn = self._callables.get(key)
-        if fn is None:
-            fn = self._make_callable(signature_name, output_aliases)
-        aliases = sorted(self.signatures[signature_name].inputs)
+        fn, aliases = self._callables.get((signature_name, output_aliases)) or self._make_callable(
+            signature_name, output_aliases)
         try:
             outputs = fn(*[feeds[alias] for alias in aliases])
         except tf.errors.OpError as exc:
@@ -91,16 +97,25 @@ class Servable:
         return dict(zip(output_aliases, outputs))
 
     def _make_callable(self, signature_name: str, output_aliases: tuple):
+        """(callable, input aliases in feed order) for fetching `output_aliases` of a signature.
+
+        The callable is C++ Session::MakeCallable's, fed by tensor name as TF Serving's
+        Session::Run is: no Python-side check of fed shapes against the placeholders' static
+        shapes (`session.make_callable(feed_list=...)` goes through `Session.run`, which has
+        one), so the graph decides what a shape means, as in TF Serving. A wrong dtype is
+        still refused by the runtime.
+        """
         signature = self.signatures[signature_name]
-        graph = self._graph
-        feeds = [graph.get_tensor_by_name(signature.inputs[a].name) for a in sorted(signature.inputs)]
-        fetches = [graph.get_tensor_by_name(signature.outputs[a].name) for a in output_aliases]
+        aliases = tuple(sorted(signature.inputs))
+        options = config_pb2.CallableOptions(
+            feed=[signature.inputs[a].name for a in aliases],
+            fetch=[signature.outputs[a].name for a in output_aliases])
         with self._lock:
-            fn = self._callables.get((signature_name, output_aliases))
-            if fn is None:
-                fn = self._session.make_callable(fetches, feed_list=feeds)
-                self._callables[(signature_name, output_aliases)] = fn
-        return fn
+            entry = self._callables.get((signature_name, output_aliases))
+            if entry is None:
+                entry = (self._session._make_callable_from_options(options), aliases)  # noqa: SLF001
+                self._callables[(signature_name, output_aliases)] = entry
+        return entry
 
     def acquire(self) -> bool:
         """Takes a reference for one request; False once the version is unloading."""
@@ -132,8 +147,11 @@ class Servable:
                 return False
         if self.batching is not None:
             self.batching.close_servable(self)
-        self._session.close()
+        self._free()
         return True
+
+    def _free(self) -> None:
+        self._session.close()
 
 
 def read_warmup_requests(version_path: str) -> list:

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from kfx.serving import batching, grpc_service, manager, metrics as metrics_lib, protos, rest
+from kfx.serving import batching, grpc_service, manager, metrics as metrics_lib, profiler, protos, rest
 from kfx.serving.core import ServingCore
 
 LOG = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class ServerOptions:
     enable_signature_method_name_check: bool = False
     num_load_threads: int = 0
     shutdown_grace_seconds: float = 10.0
+    grpc_socket_path: str = ""
+    prefer_tflite_model: bool = False
+    enable_profiler: bool = True
 
 
 def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
@@ -163,7 +166,7 @@ class ModelServer:
                 allow_version_labels_for_unavailable_models=opts.allow_version_labels_for_unavailable_models,
                 saved_model_tags=tuple(t for t in opts.saved_model_tags.split(",") if t),
                 enable_signature_method_name_check=opts.enable_signature_method_name_check,
-                num_load_threads=opts.num_load_threads or 2),
+                num_load_threads=opts.num_load_threads or 2, prefer_tflite_model=opts.prefer_tflite_model),
             batching=self._batching, on_state=self.metrics.record_state)
         self.core = ServingCore(self.manager, self.metrics)
         config = model_server_config(opts)
@@ -193,19 +196,23 @@ class ModelServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         for name in ("",) + SERVICE_NAMES:
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        address = f"{opts.host}:{opts.port}"
+        if opts.enable_profiler:
+            profiler.add_service(self._grpc)
+        # TF Serving also listens on a Unix domain socket (--grpc_socket_path), with the same credentials.
+        addresses = [f"{opts.host}:{opts.port}"] + [f"unix:{opts.grpc_socket_path}"] * bool(opts.grpc_socket_path)
+        credentials = None
         if opts.ssl_config_file:
             ssl = protos.read_text_proto(opts.ssl_config_file, protos.SSLConfig())
             credentials = grpc.ssl_server_credentials(
                 [(ssl.server_key.encode(), ssl.server_cert.encode())],
                 root_certificates=ssl.custom_ca.encode() or None, require_client_auth=ssl.client_verify)
-            bound = self._grpc.add_secure_port(address, credentials)
-        else:
-            bound = self._grpc.add_insecure_port(address)
-        if not bound:
-            raise ValueError(f"Failed to bind gRPC server to {address}")
+        for address in addresses:
+            bound = (self._grpc.add_secure_port(address, credentials) if credentials
+                     else self._grpc.add_insecure_port(address))
+            if not bound:
+                raise ValueError(f"Failed to bind gRPC server to {address}")
         self._grpc.start()
-        LOG.info("Running gRPC ModelServer at %s ...", address)
+        LOG.info("Running gRPC ModelServer at %s ...", " and ".join(addresses))
 
     def _start_rest(self) -> None:
         opts = self.options

@@ -224,16 +224,20 @@ ERRORS = [
      "Expects arg[0] to be float but int64 is provided"),
     (dict(inputs={"x": X.astype(np.float64)}), grpc.StatusCode.INVALID_ARGUMENT,
      "Expects arg[0] to be float but double is provided"),
-    (dict(inputs={"x": np.ones((2, 4), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
-     "input tensor alias 'x' has shape [2,4] incompatible with the signature's shape [-1,3]"),
-    (dict(inputs={"x": np.ones((3,), np.float32)}), grpc.StatusCode.INVALID_ARGUMENT,
-     "input tensor alias 'x' has shape [3] incompatible with the signature's shape [-1,3]"),
 ]
 
 
 @pytest.mark.parametrize("fields, code, message", ERRORS, ids=[e[2][:40] for e in ERRORS])
 def test_predict_errors(stub, fields, code, message):
     assert rpc_error(stub.Predict, predict_request(**fields)) == (code, message)
+
+
+@pytest.mark.parametrize("shape, message", [((2, 4), "Matrix size-incompatible: In[0]: [2,4], In[1]: [3,1]\n"),
+                                            ((3,), "In[0] is not a matrix\n")])
+def test_predict_shape_is_left_to_the_graph(stub, shape, message):
+    """No shape pre-check, as in TF Serving: the graph's own op fails, with its message and node."""
+    code, details = rpc_error(stub.Predict, predict_request(inputs={"x": np.ones(shape, np.float32)}))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(message) and "{{node " in details
 
 
 def test_missing_model_spec(stub, model_stub):
@@ -328,8 +332,6 @@ REST_ERRORS = [
     ("POST", "/v1/models/keras:predict", {"instances": [["a", 2, 3]]}, 400,
      "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
      'JSON Value: "a" Type: String is not of expected type: float'),
-    ("POST", "/v1/models/keras:predict", {"instances": [[1, 2, 3, 4]]}, 400,
-     "input tensor alias 'x' has shape [1,4] incompatible with the signature's shape [-1,3]"),
     ("POST", "/v1/models/keras:predict", {}, 400, "Missing 'inputs' or 'instances' key"),
     ("POST", "/v1/models/keras:predict", b"{not json", 400, None),
     ("POST", "/v1/models/keras:explain", {"instances": []}, 400, "Malformed request: POST /v1/models/keras:explain"),
@@ -346,6 +348,11 @@ def test_rest_errors(main_server, method, path, body, http_status, message):
         assert payload["error"].startswith("JSON Parse error")
     else:
         assert payload == {"error": message}
+
+
+def test_rest_shape_is_left_to_the_graph(main_server):
+    status, payload = rest(main_server, "POST", "/v1/models/keras:predict", {"instances": [[1, 2, 3, 4]]})
+    assert status == 400 and payload["error"].startswith("Matrix size-incompatible: In[0]: [1,4], In[1]: [3,1]")
 
 
 def test_prometheus_metrics(main_server, client):

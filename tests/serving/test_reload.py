@@ -156,6 +156,7 @@ def test_version_policy_and_handle_reload_config(setup, models_dir):
                         'model_platform: "tensorflow" model_version_policy { all {} } } }')
         client.wait_until_available("extra", version=1)  # reload waits for one version, as TF Serving
         assert client.predict("extra", {"x": X}, version=1)["y"].item() == 6.0
+        client.wait_until_available("extra", version=2)  # loading in parallel; not what the reload waits for
         assert client.predict("extra", {"x": X})["y"].item() == 16.0
         wait_for(lambda: all(s[0] == "END" for s in states(client).values()), "hot to unload")
         with pytest.raises(grpc.RpcError) as info:

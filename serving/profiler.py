@@ -1,0 +1,78 @@
+"""tensorflow.ProfilerService on the gRPC port, as tensorflow_model_server registers it (--enable_profiler).
+
+TensorBoard's "capture profile" and `tf.profiler.experimental.client.trace(...)` call its
+Profile method: profile this process for `duration_ms`, write the trace under the request's
+`repository_root` (`<logdir>/plugins/profile`, where TensorBoard reads it) and answer whether the
+trace is empty. The TensorFlow wheel ships the profiler but not this service's Python protos, so
+the few fields used are declared here (tsl/profiler/protos/profiler_service.proto); the others
+are kept as unknown fields.
+"""
+
+import functools
+import logging
+import threading
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+LOG = logging.getLogger(__name__)
+
+SERVICE = "tensorflow.ProfilerService"
+PLUGIN_DIR = "/plugins/profile"  # GetTensorBoardProfilePluginDir: <logdir>/plugins/profile
+_F = descriptor_pb2.FieldDescriptorProto
+_MESSAGES = {
+    "ProfileRequest": [("duration_ms", 1, _F.TYPE_UINT64), ("repository_root", 5, _F.TYPE_STRING),
+                       ("session_id", 6, _F.TYPE_STRING), ("host_name", 7, _F.TYPE_STRING)],
+    "ProfileResponse": [("empty_trace", 7, _F.TYPE_BOOL)],
+}
+
+
+@functools.cache
+def _classes() -> dict:
+    pool = descriptor_pool.DescriptorPool()
+    file_proto = descriptor_pb2.FileDescriptorProto(
+        name="kfx/serving/profiler_service.proto", package="tensorflow", syntax="proto3")
+    for name, fields in _MESSAGES.items():
+        message = file_proto.message_type.add(name=name)
+        for field_name, number, ftype in fields:
+            message.field.add(name=field_name, number=number, type=ftype, label=_F.LABEL_OPTIONAL)
+    pool.Add(file_proto)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{name}"))
+            for name in _MESSAGES}
+
+
+class ProfilerService:
+    """Profile: one profiler session at a time over this process (TF's ProfilerServiceImpl)."""
+
+    def __init__(self):
+        self._busy = threading.Lock()
+
+    def profile(self, request, context):
+        """Profiles for request.duration_ms (shortened if the client goes away) and exports the trace."""
+        from tensorflow.python.profiler.internal import _pywrap_profiler
+
+        if not self._busy.acquire(blocking=False):
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session is active.")
+        try:
+            root = request.repository_root
+            logdir = root[:-len(PLUGIN_DIR)] if root.endswith(PLUGIN_DIR) else root
+            session = _pywrap_profiler.ProfilerSession()
+            try:
+                session.start(logdir, {})
+            except Exception as exc:  # noqa: BLE001 - TensorFlow's status, passed on to the client
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            threading.Event().wait(request.duration_ms / 1000)
+            session.export_to_tb()
+            LOG.info("Profile of %d ms written under %s", request.duration_ms, root)
+            return _classes()["ProfileResponse"](empty_trace=False)
+        finally:
+            self._busy.release()
+
+
+def add_service(server: grpc.Server) -> None:
+    """Registers tensorflow.ProfilerService (Profile) on a grpc.Server."""
+    classes = _classes()
+    handler = grpc.unary_unary_rpc_method_handler(
+        ProfilerService().profile, request_deserializer=classes["ProfileRequest"].FromString,
+        response_serializer=classes["ProfileResponse"].SerializeToString)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Profile": handler})])

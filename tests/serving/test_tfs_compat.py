@@ -1,0 +1,193 @@
+"""kfx serve against the differences from TF Serving that TF Serving's own server test suite found.
+
+One real server (`python -m kfx.serving`) serves models made here:
+- hpt: a TF1 half_plus_two (y = 0.5 x + 2, x float [-1,1]) in a zero-padded version folder `00000123`;
+- lite: the same SavedModel plus a model.tflite computing 0.5 x + 3 (so the answer shows which
+  one served) whose SignatureDefs are generated from its tensor names;
+- lite_sig: a model.tflite alone, with a stored `signature_defs_metadata` SignatureDef (x -> y).
+It also listens on a Unix domain socket and serves tensorflow.ProfilerService. A bad
+--model_config_file must fail the start with TF Serving's messages.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from flatbuffers import flexbuffers
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
+
+from tests.serving.conftest import REPO, ServerProcess, write_config
+
+VERSION_DIR = "00000123"
+
+
+def build_half_plus_two(path: str) -> None:
+    """TF Serving's half_plus_two: a TF1 predict signature x [-1,1] -> y = 0.5 x + 2."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        x = v1.placeholder(tf.float32, [None, 1], name="x")
+        builder = v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+            "serving_default": v1.saved_model.signature_def_utils.predict_signature_def({"x": x}, {"y": 0.5 * x + 2.0})})
+        builder.save()
+
+
+def build_tflite(path: str, signature: bool) -> None:
+    """model.tflite of y = 0.5 x + 3 on a [1,1] input; with `signature`, a stored SignatureDef x -> y."""
+    fn = tf.function(lambda x: {"y": 0.5 * x + 3.0}, input_signature=[tf.TensorSpec([1, 1], tf.float32, name="x")])
+    content = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert()
+    if signature:  # what tensorflow/lite/tools/signature/signature_def_util.cc stores
+        from tensorflow.lite.python import schema_py_generated as schema
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+        output_name = model.subgraphs[0].tensors[model.subgraphs[0].outputs[0]].name.decode()
+        sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+        sig.inputs["x"].name, sig.inputs["x"].dtype = "x:0", types_pb2.DT_FLOAT  # legacy ":0" names
+        sig.outputs["y"].name, sig.outputs["y"].dtype = f"{output_name}:0", types_pb2.DT_FLOAT
+        builder = flexbuffers.Builder()
+        with builder.Map():
+            builder.Key("serving_default")
+            builder.String(sig.SerializeToString().decode("ascii"))  # small protos are plain ASCII
+        buffer = schema.BufferT()
+        buffer.data = list(builder.Finish())
+        model.buffers.append(buffer)
+        metadata = schema.MetadataT()
+        metadata.name, metadata.buffer = b"signature_defs_metadata", len(model.buffers) - 1
+        model.metadata = (model.metadata or []) + [metadata]
+        content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "model.tflite"), "wb") as handle:
+        handle.write(content)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfs_compat")
+    build_half_plus_two(str(root / "hpt" / VERSION_DIR))
+    build_half_plus_two(str(root / "lite" / VERSION_DIR))
+    build_tflite(str(root / "lite" / VERSION_DIR), signature=False)
+    build_tflite(str(root / "lite_sig" / "7"), signature=True)
+    config = write_config(str(root / "models.config"), [(name, str(root / name), "")
+                                                         for name in ("hpt", "lite", "lite_sig")])
+    process = ServerProcess(root, f"--model_config_file={config}", f"--grpc_socket_path={root / 'grpc.sock'}",
+                            "--prefer_tflite_model=true", rest=True)
+    process.socket = f"unix:{root / 'grpc.sock'}"
+    try:
+        yield process.wait_serving()
+    finally:
+        process.stop()
+
+
+def rest(server, path, body):
+    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{path}", data=json.dumps(body).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def predict(target, model, values, version=None, output_filter=("y",)):
+    request = predict_pb2.PredictRequest(output_filter=list(output_filter))
+    request.model_spec.name = model
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(values))
+    with grpc.insecure_channel(target) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+
+
+def test_zero_padded_version_folder_is_loaded_from_its_own_name(server):
+    with grpc.insecure_channel(server.target) as channel:
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "hpt"}), timeout=30)
+    assert [(s.version, s.state, s.status.error_message) for s in status.model_version_status] == [(123, 30, "")]
+    response = predict(server.target, "hpt", np.array([[2.0]], np.float32), version=123)
+    assert response.model_spec.version.value == 123 and list(response.outputs["y"].float_val) == [3.0]
+
+
+@pytest.mark.parametrize("values, expected", [([2.0], [3.0]), ([1.0, 2.0, 3.0], [2.5, 3.0, 3.5]),
+                                              ([[1.0], [2.0]], [2.5, 3.0])])
+def test_shapes_are_left_to_the_graph(server, values, expected):
+    """A [1] or [3] tensor fed to the [-1,1] input: the graph broadcasts it, as in TF Serving."""
+    y = predict(server.target, "hpt", np.array(values, np.float32)).outputs["y"]
+    assert y.dtype == types_pb2.DT_FLOAT and list(y.float_val) == expected
+    assert [d.size for d in y.tensor_shape.dim] == list(np.shape(values))
+
+
+def test_rest_row_and_columnar_shapes(server):
+    assert rest(server, "/v1/models/hpt:predict", {"instances": [1.0, 2.0, 5.0]}) == (
+        200, {"predictions": [2.5, 3.0, 4.5]})
+    assert rest(server, "/v1/models/hpt:predict", {"inputs": [1.0, 2.0, 5.0]}) == (
+        200, {"outputs": [2.5, 3.0, 4.5]})
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.array([2], np.int64), "Expects arg[0] to be float but int64 is provided"),
+    (None, "input size does not match signature: 0!=1 len({}) != len({x}). Sent extra: {}. "
+           "Missing but required: {x}.")])
+def test_dtype_and_missing_input_keep_tf_serving_messages(server, values, message):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "hpt"
+    if values is not None:
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(values))
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def test_unix_domain_socket(server):
+    response = predict(server.socket, "hpt", np.array([[4.0]], np.float32))
+    assert list(response.outputs["y"].float_val) == [4.0] and response.model_spec.version.value == 123
+
+
+def test_tflite_preferred_with_generated_signature(server):
+    """lite holds a SavedModel (0.5x+2) and a model.tflite (0.5x+3): the TF Lite one answers."""
+    with grpc.insecure_channel(server.target) as channel:
+        metadata = prediction_service_pb2_grpc.PredictionServiceStub(channel).GetModelMetadata(
+            get_model_metadata_pb2.GetModelMetadataRequest(model_spec={"name": "lite"},
+                                                           metadata_field=["signature_def"]), timeout=30)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    metadata.metadata["signature_def"].Unpack(signatures)
+    generated = signatures.signature_def["serving_default"]
+    assert list(generated.inputs) == ["x"] and list(generated.outputs) == ["Identity"]
+    assert generated.method_name == "tensorflow/serving/predict"
+    response = predict(server.target, "lite", np.array([[2.0]], np.float32), output_filter=())
+    assert list(response.outputs["Identity"].float_val) == [4.0]
+    resized = predict(server.target, "lite", np.array([2.0, 4.0], np.float32), output_filter=())  # [1,1] -> [2]
+    assert list(resized.outputs["Identity"].float_val) == [4.0, 5.0]
+
+
+def test_tflite_stored_signature(server):
+    response = predict(server.target, "lite_sig", np.array([2.0], np.float32))
+    assert list(response.outputs["y"].float_val) == [4.0] and response.model_spec.version.value == 7
+
+
+def test_profiler_service_traces_the_server(server, tmp_path):
+    from tensorflow.python.profiler import profiler_client
+
+    profiler_client.trace(server.target, str(tmp_path), 300, "", 3)
+    traces = [name for _, _, names in os.walk(tmp_path / "plugins" / "profile") for name in names]
+    assert any(name.endswith(".xplane.pb") for name in traces), traces
+
+
+def test_bad_model_config_fails_with_tf_serving_messages(tmp_path):
+    config = tmp_path / "bad.config"
+    config.write_text("improperly formatted file")
+    proc = subprocess.run([sys.executable, "-m", "kfx.serving", f"--model_config_file={config}", "--port=0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 255
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig: 1:" in proc.stderr
+    assert proc.stdout.strip() == f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'"
