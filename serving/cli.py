@@ -24,7 +24,7 @@ _SERVE_FLAGS = [
     ("grpc_socket_path", str, "", "If non-empty, also serve the gRPC API on this Unix domain socket."),
     ("host", str, "127.0.0.1", "Address to bind (kfx addition; TF Serving binds all interfaces)."),
     ("rest_api_port", int, 0, "Port for the HTTP/REST API; 0 disables it."),
-    ("rest_api_num_threads", int, 0, "Accepted for compatibility; REST uses a thread per connection."),
+    ("rest_api_num_threads", int, 0, "Accepted for compatibility; REST requests run on the inference threads."),
     ("rest_api_timeout_in_ms", int, 30000, "Timeout for HTTP/REST API calls."),
     ("model_name", str, "default", "Name of the model (ignored with --model_config_file)."),
     ("model_base_path", str, "", "Path to the model's versions (ignored with --model_config_file)."),

@@ -8,6 +8,7 @@ the few fields used are declared here (tsl/profiler/protos/profiler_service.prot
 are kept as unknown fields.
 """
 
+import asyncio
 import functools
 import logging
 import threading
@@ -42,37 +43,48 @@ def _classes() -> dict:
 
 
 class ProfilerService:
-    """Profile: one profiler session at a time over this process (TF's ProfilerServiceImpl)."""
+    """Profile: one profiler session at a time over this process (TF's ProfilerServiceImpl).
 
-    def __init__(self):
+    The profiling itself blocks for duration_ms, so it runs on the server's executor, off the
+    event loop that serves every other call.
+    """
+
+    def __init__(self, executor):
         self._busy = threading.Lock()
+        self._executor = executor
 
-    def profile(self, request, context):
-        """Profiles for request.duration_ms (shortened if the client goes away) and exports the trace."""
-        from tensorflow.python.profiler.internal import _pywrap_profiler
-
+    async def profile(self, request, context):
+        """Profiles for request.duration_ms and exports the trace under request.repository_root."""
         if not self._busy.acquire(blocking=False):
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session is active.")
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session is active.")
         try:
-            root = request.repository_root
-            logdir = root[:-len(PLUGIN_DIR)] if root.endswith(PLUGIN_DIR) else root
-            session = _pywrap_profiler.ProfilerSession()
-            try:
-                session.start(logdir, {})
-            except Exception as exc:  # noqa: BLE001 - TensorFlow's status, passed on to the client
-                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            threading.Event().wait(request.duration_ms / 1000)
-            session.export_to_tb()
-            LOG.info("Profile of %d ms written under %s", request.duration_ms, root)
-            return _classes()["ProfileResponse"](empty_trace=False)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, _profile, request)
+        except RuntimeError as exc:  # the profiler could not start: TensorFlow's status, passed on
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             self._busy.release()
 
 
-def add_service(server: grpc.Server) -> None:
-    """Registers tensorflow.ProfilerService (Profile) on a grpc.Server."""
+def _profile(request):
+    from tensorflow.python.profiler.internal import _pywrap_profiler
+
+    root = request.repository_root
+    logdir = root[:-len(PLUGIN_DIR)] if root.endswith(PLUGIN_DIR) else root
+    session = _pywrap_profiler.ProfilerSession()
+    try:
+        session.start(logdir, {})
+    except Exception as exc:  # noqa: BLE001 - TensorFlow raises its own status types
+        raise RuntimeError(str(exc)) from exc
+    threading.Event().wait(request.duration_ms / 1000)
+    session.export_to_tb()
+    LOG.info("Profile of %d ms written under %s", request.duration_ms, root)
+    return _classes()["ProfileResponse"](empty_trace=False)
+
+
+def add_service(server: grpc.aio.Server, executor) -> None:
+    """Registers tensorflow.ProfilerService (Profile) on the grpc.aio server; profiles run on executor."""
     classes = _classes()
     handler = grpc.unary_unary_rpc_method_handler(
-        ProfilerService().profile, request_deserializer=classes["ProfileRequest"].FromString,
+        ProfilerService(executor).profile, request_deserializer=classes["ProfileRequest"].FromString,
         response_serializer=classes["ProfileResponse"].SerializeToString)
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Profile": handler})])

@@ -8,9 +8,9 @@ same format; string inputs accept {"b64": ...} and outputs whose alias ends in "
 written that way. Errors are {"error": message} with TF Serving's HTTP status for the code.
 """
 
+import asyncio
 import base64
 import binascii
-import http.server
 import json
 import logging
 import re
@@ -26,9 +26,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      predict_pb2, regression_pb2)
 
 from kfx.serving import errors, tensors
+from kfx.serving.grpc_service import SHUTTING_DOWN
 
 LOG = logging.getLogger(__name__)
-SHUTTING_DOWN = "Server is shutting down"
 
 _PREDICTION_PATH = re.compile(
     r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
@@ -404,69 +404,120 @@ class RestApi:
         return _outputs_json(response.outputs, row_format)
 
 
-def make_http_server(host: str, port: int, api: RestApi, metrics=None, metrics_path: str | None = None):
-    """A ThreadingHTTPServer serving the REST API (and the Prometheus page when configured)."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as clients of TF Serving expect
-
-        def _reply(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            with server.idle:
-                draining = server.draining
-                server.in_flight += not draining
-            if draining:  # a request on a kept-alive connection after shutdown began
-                self.close_connection = True
-                return self._reply(503, json.dumps({"error": SHUTTING_DOWN}).encode())
-            try:
-                self._answer(method, body)
-            finally:
-                with server.idle:
-                    server.in_flight -= 1
-                    server.idle.notify_all()
-
-        def _answer(self, method: str, body: bytes) -> None:
-            path = urllib.parse.urlsplit(self.path).path
-            if metrics is not None and metrics_path and path == metrics_path:
-                return self._reply(200, metrics.exposition(), "text/plain; version=0.0.4")
-            if not path.lower().startswith("/v1/"):
-                return self._reply(404, b"")
-            status, payload = api.handle(method, path, body)
-            self._reply(status, json.dumps(payload, indent=4).encode())
-
-        def do_GET(self):  # noqa: N802 - http.server's naming
-            self._serve("GET")
-
-        def do_POST(self):  # noqa: N802
-            self._serve("POST")
-
-        def log_message(self, fmt, *args):  # per-request access logs would flood the server log
-            LOG.debug(fmt, *args)
-
-    server = http.server.ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    server.draining, server.in_flight, server.idle = False, 0, threading.Condition()
-    thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
-    thread.start()
-    return server
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+MAX_HEADER_LINE = 65536
 
 
-def drain(server, deadline: float) -> None:
-    """Shuts down a server from make_http_server: new connections are refused and new requests on
-    open ones get 503; returns when the requests already running are answered or at `deadline`
-    (a time.monotonic() value)."""
-    with server.idle:
-        server.draining = True
-    server.shutdown()
-    server.server_close()
-    with server.idle:
-        if not server.idle.wait_for(lambda: server.in_flight == 0, max(deadline - time.monotonic(), 0)):
-            LOG.warning("%d REST requests still running at the end of the shutdown grace period", server.in_flight)
+class HttpServer:
+    """HTTP/1.1 with keep-alive on asyncio, serving the REST API (and the Prometheus page when
+    configured). The event loop parses and writes; each request's work runs on `executor`.
+
+    Args:
+        api: the RestApi.
+        executor: the concurrent.futures.Executor requests run on.
+        metrics: a kfx.serving.metrics.Metrics (for the Prometheus page), or None.
+        metrics_path: the Prometheus page's path, or None for none.
+    """
+
+    def __init__(self, api: RestApi, executor, metrics=None, metrics_path: str | None = None):
+        self.api, self.executor, self.metrics, self.metrics_path = api, executor, metrics, metrics_path
+        self.draining, self.in_flight, self.idle = False, 0, threading.Condition()
+        self._server = None
+
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> None:
+        """Listens on host:port."""
+        self._server = await asyncio.start_server(self._connection, host, port, reuse_port=reuse_port or None,
+                                                  limit=MAX_HEADER_LINE)
+
+    async def close(self) -> None:
+        """Stops listening (new connections are refused); open connections get 503 from now on."""
+        with self.idle:
+            self.draining = True
+        self._server.close()
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Waits (from any thread but the loop's) until no request runs or `deadline` (monotonic)."""
+        with self.idle:
+            return self.idle.wait_for(lambda: self.in_flight == 0, max(deadline - time.monotonic(), 0))
+
+    def _answer(self, method: str, target: str, body: bytes) -> tuple:
+        """(status, payload, content type) for one request; runs on the executor."""
+        path = urllib.parse.urlsplit(target).path
+        if self.metrics is not None and self.metrics_path and path == self.metrics_path:
+            return 200, self.metrics.exposition(), "text/plain; version=0.0.4"
+        if not path.lower().startswith("/v1/"):
+            return 404, b"", "application/json"
+        status, payload = self.api.handle(method, path, body)
+        return status, json.dumps(payload, indent=4).encode(), "application/json"
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                request = await self._read_request(reader, writer)
+                if request is None:
+                    break
+                method, target, body, keep_alive = request
+                with self.idle:
+                    draining = self.draining
+                    self.in_flight += not draining
+                if draining:  # a request on a kept-alive connection after shutdown began
+                    self._write(writer, 503, json.dumps({"error": SHUTTING_DOWN}).encode(), "application/json",
+                                False)
+                    break
+                try:
+                    if method in ("GET", "POST"):
+                        reply = await loop.run_in_executor(self.executor, self._answer, method, target, body)
+                    else:
+                        reply = 501, f"Unsupported method ({method!r})".encode(), "text/plain"
+                    self._write(writer, *reply, keep_alive)
+                finally:
+                    with self.idle:
+                        self.in_flight -= 1
+                        self.idle.notify_all()
+                await writer.drain()
+                if not keep_alive:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    async def _read_request(self, reader, writer):
+        """(method, target, body, keep-alive) of the next request; None at the end of the connection."""
+        line = await reader.readline()
+        if not line.strip():
+            return None
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self._write(writer, 400, b"Bad request syntax", "text/plain", False)
+            return None
+        method, target, version = parts
+        headers = {}
+        while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = header.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        connection = headers.get("connection", "").lower()
+        keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._write(writer, 400, b"Bad Content-Length", "text/plain", False)
+            return None
+        if length and headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await reader.readexactly(length) if length else b""
+        return method, target, body, keep_alive
+
+    @staticmethod
+    def _write(writer, status: int, payload: bytes, content_type: str, keep_alive: bool) -> None:
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(payload)}\r\n")
+        if not keep_alive:
+            head += "Connection: close\r\n"
+        writer.write((head + "\r\n").encode("latin-1") + payload)

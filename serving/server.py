@@ -3,8 +3,14 @@
 `ModelServer(options).start()` behaves like `tensorflow_model_server` started with the same
 flags: it loads the configured models (waiting until they are AVAILABLE), then listens for
 gRPC (and REST when rest_api_port > 0).
+
+gRPC (grpc.aio) and REST share one asyncio event loop on its own thread, which only moves
+messages; the calls' work runs on a pool of inference threads (TensorFlow releases the GIL
+while a model runs). A worker process of a multi-process server runs one ModelServer with
+`reuse_port=True`, so that several processes listen on the same ports.
 """
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import logging
@@ -84,62 +90,26 @@ def parse_channel_arguments(text: str) -> list:
     return arguments
 
 
-class _Drain(grpc.ServerInterceptor):
-    """Counts unary calls in flight; once draining, answers new ones UNAVAILABLE.
-
-    gRPC's own server.stop(grace) answers calls that arrive during the grace period CANCELLED;
-    clients retry UNAVAILABLE (the code of a server going away), so kfx refuses them itself
-    first. Health checks pass through and report NOT_SERVING.
-    """
-
-    def __init__(self):
-        self.draining, self.in_flight, self.idle = False, 0, threading.Condition()
-
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
-        if handler is None or handler.unary_unary is None or details.method.startswith("/grpc.health."):
-            return handler
-        inner = handler.unary_unary
-
-        def behavior(request, context):
-            with self.idle:
-                draining = self.draining
-                self.in_flight += not draining
-            if draining:
-                context.abort(grpc.StatusCode.UNAVAILABLE, rest.SHUTTING_DOWN)
-            try:
-                return inner(request, context)
-            finally:
-                with self.idle:
-                    self.in_flight -= 1
-                    self.idle.notify_all()
-
-        return grpc.unary_unary_rpc_method_handler(behavior, handler.request_deserializer,
-                                                   handler.response_serializer)
-
-    def drain(self, deadline: float) -> None:
-        """Refuses new calls; returns when the running ones are done or at `deadline` (monotonic)."""
-        with self.idle:
-            self.draining = True
-            if not self.idle.wait_for(lambda: self.in_flight == 0, max(deadline - time.monotonic(), 0)):
-                LOG.warning("%d gRPC calls still running at the end of the shutdown grace period", self.in_flight)
-
-
 class ModelServer:
     """A running kfx serve instance.
 
     Args:
         options: ServerOptions.
+        reuse_port: listen with SO_REUSEPORT (gRPC and REST), so that several server processes
+            can share the ports; the kernel spreads new connections over them.
     """
 
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: ServerOptions, reuse_port: bool = False):
         self.options = options
+        self.reuse_port = reuse_port
         self.metrics = metrics_lib.Metrics()
         self._batching = None
         self._grpc = None
-        self._drain = None
+        self._gate = grpc_service.Gate()
         self._http = None
         self._health = None
+        self._loop = None
+        self._executor = None
         self._stop = threading.Event()
         self._config_text = None
 
@@ -147,7 +117,7 @@ class ModelServer:
         """Loads the models and starts listening. Returns once the server is serving.
 
         Raises:
-            ValueError: for unreadable flag files or configs.
+            ValueError: for unreadable flag files or configs, or a port that cannot be bound.
             errors.ServingError: when the models cannot be loaded (TF Serving fails to start too).
         """
         opts = self.options
@@ -177,27 +147,32 @@ class ModelServer:
             with open(opts.model_config_file, encoding="utf-8") as handle:
                 self._config_text = handle.read()
             threading.Thread(target=self._poll_config_file, name="config-poll", daemon=True).start()
-        self._start_grpc()
+        # Every call in flight (including one waiting for its batch) holds an inference thread.
+        self._executor = concurrent.futures.ThreadPoolExecutor(opts.grpc_max_threads or 128, "inference")
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="serving-loop", daemon=True).start()
+        self._on_loop(self._start_grpc())
         if opts.rest_api_port > 0:
-            self._start_rest()
+            self._on_loop(self._start_rest())
 
-    def _start_grpc(self) -> None:
+    def _on_loop(self, coroutine):
+        """Runs a coroutine on the server's event loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _start_grpc(self) -> None:
         opts = self.options
         channel_options = [("grpc.max_send_message_length", MAX_MESSAGE_SIZE),
-                           ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE)]
+                           ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
+                           ("grpc.so_reuseport", int(self.reuse_port))]
         channel_options += parse_channel_arguments(opts.grpc_channel_arguments)
-        # Every in-flight request (including ones waiting in a batch) holds a thread.
-        workers = opts.grpc_max_threads or 128
-        self._drain = _Drain()
-        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(workers, "grpc"), options=channel_options,
-                                 interceptors=[self._drain])
-        grpc_service.add_services(self._grpc, self.core)
-        self._health = health.HealthServicer()
+        self._grpc = grpc.aio.server(options=channel_options)
+        grpc_service.add_services(self._grpc, self.core, self._executor, self._gate)
+        self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         for name in ("",) + SERVICE_NAMES:
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if opts.enable_profiler:
-            profiler.add_service(self._grpc)
+            profiler.add_service(self._grpc, self._executor)
         # TF Serving also listens on a Unix domain socket (--grpc_socket_path), with the same credentials.
         addresses = [f"{opts.host}:{opts.port}"] + [f"unix:{opts.grpc_socket_path}"] * bool(opts.grpc_socket_path)
         credentials = None
@@ -207,14 +182,17 @@ class ModelServer:
                 [(ssl.server_key.encode(), ssl.server_cert.encode())],
                 root_certificates=ssl.custom_ca.encode() or None, require_client_auth=ssl.client_verify)
         for address in addresses:
-            bound = (self._grpc.add_secure_port(address, credentials) if credentials
-                     else self._grpc.add_insecure_port(address))
+            try:
+                bound = (self._grpc.add_secure_port(address, credentials) if credentials
+                         else self._grpc.add_insecure_port(address))
+            except RuntimeError:
+                bound = 0
             if not bound:
                 raise ValueError(f"Failed to bind gRPC server to {address}")
-        self._grpc.start()
+        await self._grpc.start()
         LOG.info("Running gRPC ModelServer at %s ...", " and ".join(addresses))
 
-    def _start_rest(self) -> None:
+    async def _start_rest(self) -> None:
         opts = self.options
         metrics_path = None
         if opts.monitoring_config_file:
@@ -222,7 +200,8 @@ class ModelServer:
             if monitoring.prometheus_config.enable:
                 metrics_path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
         api = rest.RestApi(self.core, opts.rest_api_timeout_in_ms)
-        self._http = rest.make_http_server(opts.host, opts.rest_api_port, api, self.metrics, metrics_path)
+        self._http = rest.HttpServer(api, self._executor, self.metrics, metrics_path)
+        await self._http.start(opts.host, opts.rest_api_port, self.reuse_port)
         LOG.info("Exporting HTTP/REST API at:%s:%s ...", opts.host, opts.rest_api_port)
 
     def _poll_config_file(self) -> None:
@@ -254,16 +233,23 @@ class ModelServer:
         grace = self.options.shutdown_grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
         self._stop.set()
+        with self._gate.idle:
+            self._gate.draining = True
         if self._health is not None:
-            self._health.enter_graceful_shutdown()
-        if self._drain is not None:
-            with self._drain.idle:
-                self._drain.draining = True
+            self._on_loop(self._health.enter_graceful_shutdown())
         if self._http is not None:
-            rest.drain(self._http, deadline)
+            self._on_loop(self._http.close())
+            if not self._http.wait_idle(deadline):
+                LOG.warning("%d REST requests still running at the end of the shutdown grace period",
+                            self._http.in_flight)
         if self._grpc is not None:
-            self._drain.drain(deadline)
-            self._grpc.stop(max(deadline - time.monotonic(), 0)).wait()
+            if not self._gate.drain(deadline):
+                LOG.warning("%d gRPC calls still running at the end of the shutdown grace period",
+                            self._gate.in_flight)
+            self._on_loop(self._grpc.stop(max(deadline - time.monotonic(), 0)))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._executor.shutdown(wait=False)
         if self._batching is not None:
             self._batching.stop()
         return self.manager.stop(deadline)

@@ -7,7 +7,7 @@ typed fields or tensor_content.
 """
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from kfx.serving import errors
 
@@ -64,6 +64,8 @@ def dtype_or_none(array: np.ndarray) -> int | None:
 def to_numpy(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
     """Decodes a TensorProto as TensorFlow's Tensor::FromProto does.
 
+    tensor_content is used in place (a read-only view of the request's bytes, no copy).
+
     Args:
         proto: the tensor.
         alias: its name in the request, for the error message.
@@ -76,36 +78,40 @@ def to_numpy(proto: tensor_pb2.TensorProto, alias: str) -> np.ndarray:
             valid tensor: unknown dtype, bad shape, tensor_content of the wrong length, more
             values than the shape holds, or a shape too large to allocate.
     """
-    parse_error = errors.invalid_argument(f"tensor parsing error: {alias}")
-    if proto.dtype not in _TYPES or proto.tensor_shape.unknown_rank:
-        raise parse_error
-    np_dtype, field, _ = _TYPES[proto.dtype]
-    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
-        raise parse_error
+    dtype = proto.dtype
+    spec = _TYPES.get(dtype)
+    shape = tuple([dim.size for dim in proto.tensor_shape.dim])
     count = 1
     for size in shape:
         count *= size
-    if count * max(np_dtype.itemsize, 8) > MAX_TENSOR_BYTES:
-        raise parse_error
-    if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
-        if len(proto.tensor_content) != count * np_dtype.itemsize:
-            raise parse_error
-        return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape)
+    if spec is None or proto.tensor_shape.unknown_rank or min(shape, default=0) < 0 or (
+            count * max(spec[0].itemsize, 8) > MAX_TENSOR_BYTES):
+        raise errors.invalid_argument(f"tensor parsing error: {alias}")
+    np_dtype, field, _ = spec
+    if dtype != types_pb2.DT_STRING:
+        content = proto.tensor_content
+        if content:
+            if len(content) != count * np_dtype.itemsize:
+                raise errors.invalid_argument(f"tensor parsing error: {alias}")
+            return np.frombuffer(content, dtype=np_dtype).reshape(shape)
     values = getattr(proto, field)
     given = len(values)
+    if given == count == 1 and dtype != types_pb2.DT_HALF:  # the common batch-1 scalar feature
+        flat = np.empty(1, dtype=np_dtype)
+        flat[0] = values[0]
+        return flat.reshape(shape)
     if given > count:
-        raise parse_error
-    if proto.dtype == types_pb2.DT_HALF:
+        raise errors.invalid_argument(f"tensor parsing error: {alias}")
+    if dtype == types_pb2.DT_HALF:
         flat = np.array(values, dtype=np.uint16).view(np.float16)
-    elif proto.dtype == types_pb2.DT_STRING:
+    elif dtype == types_pb2.DT_STRING:
         flat = np.empty(given, dtype=object)
         flat[:] = list(values)
     else:
         flat = np.array(values, dtype=np_dtype)
     if given < count:
         # TensorFlow fills missing values with the last one given (zeros when none is).
-        fill = flat[-1] if given else (b"" if proto.dtype == types_pb2.DT_STRING else 0)
+        fill = flat[-1] if given else (b"" if dtype == types_pb2.DT_STRING else 0)
         flat = np.concatenate([flat, np.full(count - given, fill, dtype=np_dtype)])
     return flat.reshape(shape)
 
@@ -120,13 +126,13 @@ def to_proto(array, dtype: int | None = None) -> tensor_pb2.TensorProto:
     array = np.asarray(array)
     dtype = dtype_of(array) if dtype is None else dtype
     np_dtype, field, _ = _TYPES[dtype]
-    proto = tensor_pb2.TensorProto(
-        dtype=dtype,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in array.shape]))
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    dims = proto.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
     flat = array.ravel()
     if dtype == types_pb2.DT_STRING:
-        getattr(proto, field).extend(v.encode() if isinstance(v, str) else bytes(v) for v in flat)
+        getattr(proto, field).extend([v.encode() if isinstance(v, str) else bytes(v) for v in flat])
     elif dtype == types_pb2.DT_HALF:
         proto.half_val.extend(flat.astype(np.float16).view(np.uint16).tolist())
     else:

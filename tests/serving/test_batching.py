@@ -30,7 +30,8 @@ def server(models_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("batching")
     (tmp / "batching.config").write_text(BATCHING)
     (tmp / "monitoring.config").write_text('prometheus_config { enable: true path: "/metrics" }\n')
-    config = write_config(str(tmp / "models.config"), [("keras", str(models_dir / "keras"), "")])
+    config = write_config(str(tmp / "models.config"), [("keras", str(models_dir / "keras"), ""),
+                                                        ("tf2", str(models_dir / "tf2"), "")])
     proc = ServerProcess(tmp, f"--model_config_file={config}", "--enable_batching",
                          f"--batching_parameters_file={tmp / 'batching.config'}",
                          f"--monitoring_config_file={tmp / 'monitoring.config'}", rest=True)
@@ -46,32 +47,28 @@ def client(server):
         yield c
 
 
-def _batch_metrics(server) -> tuple:
-    """(batches run, sum of their padded sizes) for model keras, from the Prometheus page."""
+def _batch_metrics(server, model: str = "keras") -> tuple:
+    """(batches run, sum of their padded sizes) for a model, from the Prometheus page."""
     page = urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/metrics").read().decode()
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
                if line.startswith(":tensorflow:serving:batching_session:processed_batch_size")}
-    name = ":tensorflow:serving:batching_session:processed_batch_size_{}{{model_name=\"keras\"}}"
+    name = f":tensorflow:serving:batching_session:processed_batch_size_{{}}{{{{model_name=\"{model}\"}}}}"
     return samples.get(name.format("count"), 0.0), samples.get(name.format("sum"), 0.0)
 
 
-def test_concurrent_requests_are_batched_and_answered_individually(server, client, models_dir):
-    # Requests of 1, 2 and 3 rows (15 rows in all, an odd number, so some batch is padded),
-    # integer-valued so batched and unbatched float sums are exactly equal.
-    rng = np.random.default_rng(0)
-    inputs = [rng.integers(0, 100, size=(1 + i % 3, 3)).astype(np.float32) for i in range(8)]
-    unbatched = tf.saved_model.load(str(models_dir / "keras" / "2")).signatures["serving_default"]
-    expected = [unbatched(x=tf.constant(x))["y"].numpy().tolist() for x in inputs]
-    runs_before, rows_before = _batch_metrics(server)
+def _send_concurrently(client, model: str, inputs: list) -> tuple:
+    """Sends every request at once from its own thread; returns ({i: outputs}, failures).
+
+    max_enqueued_batches is 1: a request that finds the open batch too full to join is answered
+    UNAVAILABLE at once, as by TF Serving, and is sent again. Rejected requests never run, so
+    batch counts still hold.
+    """
     results, failures = {}, []
 
     def send(i):
-        # max_enqueued_batches is 1: a request that finds the open batch too full to join is
-        # answered UNAVAILABLE at once, as by TF Serving, and a client retries it. Rejected
-        # requests never run, so the batch counts below still hold.
         for _ in range(200):
             try:
-                results[i] = client.predict("keras", {"x": inputs[i]})["y"].tolist()
+                results[i] = {k: v.tolist() for k, v in client.predict(model, inputs[i]).items()}
                 return
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE or QUEUE_FULL not in exc.details():
@@ -85,9 +82,21 @@ def test_concurrent_requests_are_batched_and_answered_individually(server, clien
         thread.start()
     for thread in threads:
         thread.join()
+    return results, failures
+
+
+def test_concurrent_requests_are_batched_and_answered_individually(server, client, models_dir):
+    # Requests of 1, 2 and 3 rows (15 rows in all, an odd number, so some batch is padded),
+    # integer-valued so batched and unbatched float sums are exactly equal.
+    rng = np.random.default_rng(0)
+    inputs = [rng.integers(0, 100, size=(1 + i % 3, 3)).astype(np.float32) for i in range(8)]
+    unbatched = tf.saved_model.load(str(models_dir / "keras" / "2")).signatures["serving_default"]
+    expected = [unbatched(x=tf.constant(x))["y"].numpy().tolist() for x in inputs]
+    runs_before, rows_before = _batch_metrics(server)
+    results, failures = _send_concurrently(client, "keras", [{"x": x} for x in inputs])
     assert failures == []
     # Every response equals what the model answers for that request alone, row for row.
-    assert results == dict(enumerate(expected))
+    assert {i: r["y"] for i, r in results.items()} == dict(enumerate(expected))
     runs_after, rows_after = _batch_metrics(server)
     runs, padded_rows = runs_after - runs_before, rows_after - rows_before
     print(f"\n{len(inputs)} requests ({sum(len(x) for x in inputs)} rows) ran in {runs:.0f} model runs "
@@ -95,6 +104,24 @@ def test_concurrent_requests_are_batched_and_answered_individually(server, clien
     assert runs < len(inputs)  # requests were merged
     assert padded_rows > sum(len(x) for x in inputs)  # some batch was padded to an allowed size
     assert padded_rows % 2 == 0 and 2 * runs <= padded_rows <= 4 * runs  # only allowed sizes (2, 4) run
+
+
+def test_string_and_int_inputs_batch_and_split_like_unbatched_runs(server, client, models_dir):
+    # Several inputs (int64 age, string name) and outputs (float score, string greeting), 7 requests
+    # of 1-3 rows with names of different lengths: every answer equals the unbatched model's.
+    inputs = [{"age": np.arange(1 + i % 3, dtype=np.int64) + 10 * i,
+               "name": np.array([f"n{i}{'x' * j}".encode() for j in range(1 + i % 3)], object)} for i in range(7)]
+    unbatched = tf.saved_model.load(str(models_dir / "tf2" / "1")).signatures["serving_default"]
+    expected = {i: {k: v.numpy().tolist() for k, v in unbatched(age=tf.constant(x["age"]),
+                                                                 name=tf.constant(x["name"])).items()}
+                for i, x in enumerate(inputs)}
+    runs_before, rows_before = _batch_metrics(server, "tf2")
+    results, failures = _send_concurrently(client, "tf2", inputs)
+    assert failures == []
+    assert results == expected
+    runs, padded_rows = (after - before for after, before in zip(_batch_metrics(server, "tf2"),
+                                                                (runs_before, rows_before)))
+    assert runs < len(inputs) and padded_rows % 2 == 0 and padded_rows >= sum(len(x["age"]) for x in inputs)
 
 
 def test_single_row_is_padded_to_allowed_size(client):
