@@ -6,9 +6,12 @@ strings one-hot encoded (embedded above `one_hot_max` values), natural-language 
 tokenized, image features (schema image_domain) decoded at the schema's `image_shape:` size. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
 vocabularies, pixel scaling) supplies its options, analyzer and Keras layer; this stage adds the
 feature-level analyses (missing values, the train mean that fills missing numbers) and the
-task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
-parses a whole batch with tf.io.parse_example and emits one partial accumulator per batch, and
-a CombineFn merges them (per-element Beam would be ~10x slower).
+task's label statistic. The analyzers run in Beam over batches of the train split: a worker
+reads the Parquet shards as Arrow record batches (numpy over the buffers; TensorFlow is imported
+only by kinds that need it, text and encoded_image) or, for an examples artifact of the previous
+format, parses TFRecord batches with tf.io.parse_example; both give the same (values, row ids)
+per feature, and each batch one partial accumulator, which a CombineFn merges (per-element Beam
+would be ~10x slower). The materialization and the user's preprocessing read tf.Examples.
 Graph examples (ingest.graph) are served by node id: their id feature gets the whole graph (node
 features, normalised adjacency) as its state (components/transform/graph.py).
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator, NamedTuple
 
+from kfx.pipeline.artifacts.examples import PARQUET_SUFFIX
 from kfx.pipeline.config_modeling import TransformConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
@@ -160,7 +164,18 @@ def _parse_spec(raw: dict, label: str, label_dtype: str):
 
 
 def _batches(path: str, raw: dict, label: str, label_dtype: str, batch_size: int) -> Iterator[tuple[int, dict]]:
-    """(rows, {feature: (values ndarray, row ids ndarray)}) per batch of one TFRecord file."""
+    """(rows, {feature: (values ndarray, row ids ndarray)}) per batch of one examples shard: a Parquet
+    shard as Arrow record batches (numpy over the buffers, no TensorFlow), else a TFRecord file of
+    tf.Examples (an artifact of the previous format) parsed with tf.io.parse_example."""
+    if path.endswith(PARQUET_SUFFIX):
+        import numpy as np
+
+        from kfx.pipeline.artifacts.examples import read_lists
+
+        for n, cols in read_lists(path, list(dict.fromkeys([*raw, label])), batch_size):
+            yield n, {k: (values, np.repeat(np.arange(n, dtype=np.int64), lengths))
+                      for k, (values, lengths) in cols.items()}
+        return
     import tensorflow as tf
 
     spec = _parse_spec(raw, label, label_dtype)
@@ -228,7 +243,7 @@ def _accumulate(kind, t: dict, values, row_ids):
 
 
 def analyze_file(path: str, raw: dict, transforms: list[dict], task: dict, batch_size: int):
-    """Partial accumulators, one per batch of a TFRecord file (runs on a Beam worker)."""
+    """Partial accumulators, one per batch of an examples shard (runs on a Beam worker)."""
     plan_ = analyzers(raw, transforms, task)
     for n, cols in _batches(path, raw, task["label"], task["label_dtype"], batch_size):
         acc: dict[str, Any] = {ROWS: n}
@@ -408,10 +423,12 @@ def preprocessing_code(cfg, pipeline) -> list:
 
 
 # ------------------------------------------------------------------ the stage
-def _files(examples: str, split: str) -> list[str]:
-    from kfx.pipeline.artifacts.examples import tfrecord_files
+def _files(examples: str, split: str, columnar: bool = False) -> list[str]:
+    """The split's Parquet shards (`columnar`: what the analyzers read) or its tf.Example files."""
+    from kfx.pipeline.artifacts import split_dir
+    from kfx.pipeline.artifacts.examples import shards, tfrecord_files
 
-    files = tfrecord_files(examples, split)
+    files = shards(split_dir(examples, split)) if columnar else tfrecord_files(examples, split)
     if not files:
         raise ComponentError(f"transform: no files in split {split!r} of {examples}")
     return files
@@ -422,6 +439,7 @@ def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
     from kfx.pipeline.artifacts import read_columns
+    from kfx.pipeline.artifacts.examples import has_columnar
     from kfx.models.preprocess import ANALYZERS_FILE, TRANSFORM_FILE, TRANSFORMED_DIR
     from kfx.pipeline.artifacts import load_schema
     from kfx.pipeline.artifacts.graph import read_graph
@@ -435,9 +453,9 @@ def run(ctx: Context) -> dict[str, Any]:
         from kfx.components.transform import graph as graphs
 
         raw, transforms = graphs.plan(graph, raw)
-    files = _files(examples, "train")
+    # The analyzers read the Parquet shards when the artifact has them (previous format: tf.Example).
     with beam.Pipeline(options=ctx.beam_options()) as p:
-        _ = (p | "Files" >> beam.Create(files)
+        _ = (p | "Files" >> beam.Create(_files(examples, "train", has_columnar(columns)))
              | "Spread" >> beam.Reshuffle()
              | "Analyze" >> beam.FlatMap(analyze_file, raw, transforms, task, cfg.batch_size)
              | "Merge" >> beam.CombineGlobally(_combine_fn(raw, transforms, task))
@@ -450,7 +468,7 @@ def run(ctx: Context) -> dict[str, Any]:
     tf.io.gfile.remove(f"{out}/.accumulators")
     spec, report = finalize(acc, raw, transforms, task)
     if cfg.preprocessing:
-        spec = with_user_preprocessing(spec, cfg.preprocessing, ctx.pipeline.config_dir, files)
+        spec = with_user_preprocessing(spec, cfg.preprocessing, ctx.pipeline.config_dir, _files(examples, "train"))
     with tf.io.gfile.GFile(f"{out}/{TRANSFORM_FILE}", "w") as f:
         json.dump(spec, f, indent=1, sort_keys=True)
     with tf.io.gfile.GFile(f"{out}/{ANALYZERS_FILE}", "w") as f:
