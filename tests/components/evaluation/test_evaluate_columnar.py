@@ -62,24 +62,6 @@ def test_columnar_evaluation_equals_the_tf_example_path(arts):
     assert preds[0] == preds[1] and preds[0].count(b"\n") == 901
 
 
-def _write_both(uri: Path, columns: dict[str, str], rows: list[dict]) -> dict:
-    """One split `test` of `rows` ({name: [values]}) as tf.Example shards and as a Parquet shard."""
-    import tensorflow as tf
-
-    from kfx.pipeline.artifacts import examples
-
-    kinds = {"int": ("int64_list", tf.train.Int64List), "float": ("float_list", tf.train.FloatList),
-             "string": ("bytes_list", tf.train.BytesList)}
-    (uri / "Split-test").mkdir(parents=True)
-    with tf.io.TFRecordWriter(str(uri / "Split-test" / "data_tfrecord-00000-of-00001.gz"), options="GZIP") as w:
-        for r in rows:
-            feats = {n: tf.train.Feature(**{kinds[k][0]: kinds[k][1](value=r[n])})
-                     for n, k in columns.items() if r.get(n) is not None}
-            w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
-    examples.write_shard(str(uri / "Split-test"), "part-00000.parquet", examples.record_batch(columns, rows))
-    return {"columns": columns, "splits": ["test"], "columnar": True}
-
-
 def test_reader_equals_the_tf_example_reader_on_missing_multi_valued_and_binary_values(tmp_path):
     import tensorflow as tf
 
@@ -91,7 +73,7 @@ def test_reader_equals_the_tf_example_reader_on_missing_multi_valued_and_binary_
             {"n": None, "window": [0.25], "name": None, "png": [b"ok"]},
             {"n": [-7], "window": None, "name": [b"b"], "png": None},
             {"n": [2**40], "window": [], "name": [b""], "png": [b"\x00\xfe"]}]
-    meta = _write_both(tmp_path, columns, rows)
+    meta = fx.write_both_formats(tmp_path, columns, rows)
     new, old = read_split(str(tmp_path), "test", meta, batch_size=3), read_tf_examples(str(tmp_path), "test", columns, 3)
     assert new.rows == old.rows == 4
     for name in columns:

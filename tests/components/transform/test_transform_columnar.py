@@ -184,3 +184,34 @@ def test_a_columnar_artifact_without_train_shards_fails_naming_the_split(runs, t
     broken = _old_format(outs["ingest"]["examples"], tmp_path / "broken", keep_flag=True)
     with pytest.raises(ComponentError, match="no files in split 'train'"):
         _transform(config, broken, outs["schema"]["schema"], tmp_path / "out")
+
+
+def test_parquet_batches_made_dense_equal_parse_example_and_bad_rows_fail(tmp_path):
+    """What materialization and the user's preprocessing get: defaults for missing values, shaped
+    features, the label required; a wrong value count names the feature."""
+    import numpy as np
+    import tensorflow as tf
+
+    from kfx.components.transform.transform import parsed_batches
+    from kfx.pipeline.artifacts import split_dir
+    from kfx.pipeline.artifacts.examples import shards, tfrecord_files
+    from kfx.pipeline.component import ComponentError
+    from tests.components.evaluation.evaluation_fixtures import write_both_formats
+
+    columns = {"n": "int", "x": "float", "s": "string", "y": "string"}
+    rows = [{"n": [3], "x": [1.0, 2.0], "s": [b"a"], "y": [b"pos"]}, {"n": None, "x": None, "s": None, "y": [b"neg"]},
+            {"n": [-1], "x": [0.5, 0.25], "s": [b"\xff"], "y": [b"pos"]}]
+    write_both_formats(tmp_path, columns, rows, "train")
+    spec = {"n": tf.io.FixedLenFeature([], tf.int64, 7), "x": tf.io.FixedLenFeature([2], tf.float32, [9.0, 9.0]),
+            "s": tf.io.FixedLenFeature([], tf.string, ""), "y": tf.io.FixedLenFeature([], tf.string)}
+    (parquet,), (tfrecord,) = shards(split_dir(str(tmp_path), "train")), tfrecord_files(str(tmp_path), "train")
+    got = [b for path in (parquet, tfrecord) for b in parsed_batches(path, spec, 2)]
+    assert [n for n, _ in got] == [2, 1, 2, 1]
+    for (_, a), (_, b) in ((got[0], got[2]), (got[1], got[3])):
+        for name in spec:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name].numpy(), b[name].numpy()), name
+    assert got[0][1]["n"].numpy().tolist() == [3, 7] and got[0][1]["x"].numpy().tolist() == [[1, 2], [9, 9]]
+    with pytest.raises(ComponentError, match="feature 'x' has 2 values in a row .* it needs 1"):
+        list(parsed_batches(parquet, {**spec, "x": tf.io.FixedLenFeature([], tf.float32, 0.0)}, 2))
+    with pytest.raises(ComponentError, match="feature 'n' has 0 values"):
+        list(parsed_batches(parquet, {**spec, "n": tf.io.FixedLenFeature([], tf.int64)}, 2))
