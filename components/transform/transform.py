@@ -456,7 +456,7 @@ def preprocessing_code(cfg, pipeline) -> list:
 
 # ------------------------------------------------------------------ the stage
 def _files(examples: str, split: str, columnar: bool = False) -> list[str]:
-    """The split's Parquet shards (`columnar`: what the analyzers read) or its tf.Example files."""
+    """The split's Parquet shards when `columnar` (the artifact has them), else its tf.Example files."""
     from kfx.pipeline.artifacts import split_dir
     from kfx.pipeline.artifacts.examples import shards, tfrecord_files
 
@@ -539,11 +539,11 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def _code() -> tuple[str, ...]:
     """kfx modules whose source is part of transform's code version: the preprocessing, the
-    kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
+    examples' readers, the kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
     from kfx.models import kinds, tasks
 
     return ("kfx.models.preprocess", "kfx.components.transform.graph", "kfx.pipeline.artifacts.graph",
-            *kinds.modules(), *tasks.modules())
+            "kfx.pipeline.artifacts.examples", *kinds.modules(), *tasks.modules())
 
 
 SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,
