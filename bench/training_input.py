@@ -62,7 +62,7 @@ def _model(spec):
     fam = models.get("mlp")
     hp = defaults(fam.SPACE)
     model = fam.build(spec["outputs"], spec["task"], hp)
-    compile_model(model, spec["task"], load_config(None).train, hp["learning_rate"], 100)
+    compile_model(model, spec["task"], load_config(None).stage("train"), hp["learning_rate"], 100)
     return model
 
 

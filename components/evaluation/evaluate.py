@@ -1,6 +1,7 @@
 """evaluate: metrics overall and by slice, fairness with bootstrap intervals, and the blessing.
 
-The candidate SavedModel scores the split (default test) through its serving_default signature
+The candidate SavedModel scores the split (default test, read from the examples' Parquet shards as
+Arrow record batches: components/evaluation/columnar.py) through its serving_default signature
 on raw features, once; every number is then vectorised numpy over those scores. What is scored
 and which metrics, fairness gaps, curves and report sections apply is the model's task's
 (models/tasks/, read from the task description inside the model), so this stage is the same
@@ -166,14 +167,13 @@ def _baseline(uri: str | None, data, label: str, cfg, task_name: str) -> dict:
     return out
 
 
-def _mitigate(cfg, task, o, data, examples: str, columns: dict, label: str, model: str,
-              feature: str, numeric: set[str]) -> dict:
-    """Per-group thresholds chosen on cfg.mitigation.split, applied to the evaluated rows."""
+def _mitigate(cfg, task, o, data, read_split, label: str, model: str, feature: str, numeric: set[str]) -> dict:
+    """Per-group thresholds chosen on cfg.mitigation.split (`read_split(name)` reads it), applied
+    to the evaluated rows."""
     from kfx.components.evaluation.mitigation import apply_group_thresholds, choose_group_thresholds
-    from kfx.pipeline.artifacts.scoring import read_split
 
     mit = cfg.mitigation
-    fit_data = read_split(examples, mit.split, columns, cfg.batch_size)
+    fit_data = read_split(mit.split)
     _, fit = _scored(model, fit_data, label, cfg, "evaluate (mitigation): ")
     fit_codes, fit_names = _codes(_groups(fit_data.frame, feature, numeric, cfg.numeric_buckets))
     thresholds = choose_group_thresholds(fit.score, fit.y, fit_codes, fit_names, mit.objective, cfg.threshold)
@@ -224,7 +224,7 @@ def run(ctx: Context) -> dict[str, Any]:
     from kfx.components.evaluation.report import render
     from kfx.components.evaluation.decoded import decoded_samples
     from kfx.components.evaluation.samples import image_samples
-    from kfx.pipeline.artifacts.scoring import read_split
+    from kfx.components.evaluation.columnar import read_split
     from kfx.pipeline.artifacts import read_columns
     from kfx.pipeline.artifacts import image_features, label_key, load_schema, sensitive_keys
 
@@ -245,12 +245,14 @@ def run(ctx: Context) -> dict[str, Any]:
     if own is not None:
         return own
 
-    data = read_split(ctx.inputs["examples"], cfg.split, columns, cfg.batch_size)
+    def read(split: str):  # columnar (Parquet shards) unless the artifact predates them
+        return read_split(ctx.inputs["examples"], split, meta, cfg.batch_size)
+
+    data = read(cfg.split)
     if not data.rows:
         raise ComponentError(f"evaluate: split {cfg.split!r} has no rows")
     model = ctx.inputs["model"]
-    task, o = _scored(model, data, label, cfg, "evaluate: ",
-                      lambda split: read_split(ctx.inputs["examples"], split, columns, cfg.batch_size))
+    task, o = _scored(model, data, label, cfg, "evaluate: ", read)
     sensitive = list(cfg.fairness.sensitive) if cfg.fairness.sensitive is not None else sensitive_keys(schema)
     _check_config(cfg, columns, sensitive, task)
 
@@ -271,8 +273,7 @@ def run(ctx: Context) -> dict[str, Any]:
         if feature is None or feature not in columns:
             raise ComponentError(f"evaluate.mitigation.feature {feature!r}: set a column to mitigate on "
                                  f"(the schema has no sensitive features)")
-        ev["mitigation"] = _mitigate(cfg, task, o, data, ctx.inputs["examples"], columns, label, model,
-                                     feature, numeric)
+        ev["mitigation"] = _mitigate(cfg, task, o, data, read, label, model, feature, numeric)
     baseline = _baseline(ctx.inputs.get("baseline_model"), data, label, cfg, task.NAME)
     ev["baseline"] = baseline
     if baseline.get("overall"):
@@ -359,4 +360,4 @@ SPEC = ComponentSpec(
           "kfx.components.evaluation.references", "kfx.components.evaluation.explain",
           "kfx.components.evaluation.generation",
           "kfx.components.evaluation.decoded", "kfx.components.evaluation.robustness",
-          "kfx.pipeline.artifacts.scoring"))
+          "kfx.pipeline.artifacts.scoring", "kfx.components.evaluation.columnar", "kfx.pipeline.artifacts.examples"))

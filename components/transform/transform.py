@@ -6,9 +6,13 @@ strings one-hot encoded (embedded above `one_hot_max` values), natural-language 
 tokenized, image features (schema image_domain) decoded at the schema's `image_shape:` size. Each kind (models/kinds: moments, quantile boundaries, top-k vocabularies, token
 vocabularies, pixel scaling) supplies its options, analyzer and Keras layer; this stage adds the
 feature-level analyses (missing values, the train mean that fills missing numbers) and the
-task's label statistic. The analyzers run in Beam over batches of parsed Examples: a worker
-parses a whole batch with tf.io.parse_example and emits one partial accumulator per batch, and
-a CombineFn merges them (per-element Beam would be ~10x slower).
+task's label statistic. The analyzers run in Beam over batches of the train split: a worker
+reads the Parquet shards as Arrow record batches (numpy over the buffers; TensorFlow is imported
+only by kinds that need it, text and encoded_image) or, for an examples artifact of the previous
+format, parses TFRecord batches with tf.io.parse_example; both give the same (values, row ids)
+per feature, and each batch one partial accumulator, which a CombineFn merges (per-element Beam
+would be ~10x slower). The materialization and the user's preprocessing get the raw features
+as parse_example would give them, made dense from the same record batches (`parsed_batches`).
 Graph examples (ingest.graph) are served by node id: their id feature gets the whole graph (node
 features, normalised adjacency) as its state (components/transform/graph.py).
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Iterator, NamedTuple
 
+from kfx.pipeline.artifacts.examples import PARQUET_SUFFIX
 from kfx.pipeline.config_modeling import TransformConfig
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 
@@ -160,7 +165,18 @@ def _parse_spec(raw: dict, label: str, label_dtype: str):
 
 
 def _batches(path: str, raw: dict, label: str, label_dtype: str, batch_size: int) -> Iterator[tuple[int, dict]]:
-    """(rows, {feature: (values ndarray, row ids ndarray)}) per batch of one TFRecord file."""
+    """(rows, {feature: (values ndarray, row ids ndarray)}) per batch of one examples shard: a Parquet
+    shard as Arrow record batches (numpy over the buffers, no TensorFlow), else a TFRecord file of
+    tf.Examples (an artifact of the previous format) parsed with tf.io.parse_example."""
+    if path.endswith(PARQUET_SUFFIX):
+        import numpy as np
+
+        from kfx.pipeline.artifacts.examples import read_lists
+
+        for n, cols in read_lists(path, list(dict.fromkeys([*raw, label])), batch_size):
+            yield n, {k: (values, np.repeat(np.arange(n, dtype=np.int64), lengths))
+                      for k, (values, lengths) in cols.items()}
+        return
     import tensorflow as tf
 
     spec = _parse_spec(raw, label, label_dtype)
@@ -228,7 +244,7 @@ def _accumulate(kind, t: dict, values, row_ids):
 
 
 def analyze_file(path: str, raw: dict, transforms: list[dict], task: dict, batch_size: int):
-    """Partial accumulators, one per batch of a TFRecord file (runs on a Beam worker)."""
+    """Partial accumulators, one per batch of an examples shard (runs on a Beam worker)."""
     plan_ = analyzers(raw, transforms, task)
     for n, cols in _batches(path, raw, task["label"], task["label_dtype"], batch_size):
         acc: dict[str, Any] = {ROWS: n}
@@ -348,8 +364,44 @@ def _analyze_label(task: dict, acc: dict) -> tuple[dict, dict]:
 
 
 # ------------------------------------------------------------------ materialization
+def parsed_batches(path: str, parse_spec: dict, batch_size: int) -> Iterator[tuple[int, dict]]:
+    """(rows, {feature: tensor}) per batch of one examples shard, as tf.io.parse_example gives them
+    with `parse_spec` (FixedLenFeature: shape, default): a Parquet shard's record batches made dense
+    in numpy, or a TFRecord file's tf.Examples parsed.
+
+    Raises:
+        ComponentError: a row with another number of values than the feature's shape, or without
+            a value for a feature that has no default (the label).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    if not path.endswith(PARQUET_SUFFIX):
+        for batch in tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "").batch(
+                batch_size):
+            yield int(batch.shape[0]), tf.io.parse_example(batch, parse_spec)
+        return
+    from kfx.pipeline.artifacts.examples import read_lists
+
+    for n, cols in read_lists(path, list(parse_spec), batch_size):
+        out = {}
+        for name, (values, lengths) in cols.items():
+            f = parse_spec[name]
+            size = int(np.prod(f.shape))
+            bad = (lengths != size) & ((lengths != 0) | (f.default_value is None))
+            if bad.any():
+                raise ComponentError(f"transform: feature {name!r} has {int(lengths[bad][0])} values in a row of "
+                                     f"{path}; it needs {size}")
+            dense = np.empty((n, size), dtype=object if f.dtype == tf.string else f.dtype.as_numpy_dtype)
+            if (lengths == 0).any():  # the feature's default (a missing label failed above)
+                dense[lengths == 0] = np.reshape(np.asarray(f.default_value, dtype=dense.dtype), -1)
+            dense[lengths == size] = values.reshape(-1, size)
+            out[name] = tf.constant(dense.reshape(n, *f.shape), f.dtype)
+        yield n, out
+
+
 def transform_file(path: str, spec_json: str, batch_size: int, user_fn=None):
-    """Serialized tf.Examples of transformed features for one raw TFRecord file (Beam worker).
+    """Serialized tf.Examples of transformed features for one raw examples shard (Beam worker).
 
     The user's preprocessing function comes as `user_fn`, pickled by value with the step (its
     file is not on the workers), and `spec_json` then names none."""
@@ -363,12 +415,10 @@ def transform_file(path: str, spec_json: str, batch_size: int, user_fn=None):
     pre = base if user_fn is None else (lambda feats: apply_user_function(user_fn, base(feats)))
     parse_spec = raw_feature_spec(spec, with_label=True)
     label = spec["task"]["label"]
-    ds = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "").batch(batch_size)
-    for batch in ds:
-        parsed = tf.io.parse_example(batch, parse_spec)
+    for n, parsed in parsed_batches(path, parse_spec, batch_size):
         out = {k: v.numpy() for k, v in pre(parsed).items()}
         out[label] = parsed[label].numpy()
-        for i in range(int(batch.shape[0])):
+        for i in range(n):
             feats = {}
             for k, v in out.items():
                 flat = np.asarray(v[i]).reshape(-1)
@@ -383,17 +433,14 @@ def transform_file(path: str, spec_json: str, batch_size: int, user_fn=None):
 
 def with_user_preprocessing(spec: dict, function: str, config_dir: str, files: list[str]) -> dict:
     """`spec` with the user's preprocessing function and the outputs it gives (run on train rows)."""
-    import tensorflow as tf
-
     from kfx.models.preprocess import describe_outputs, raw_feature_spec
 
     spec = {**spec, "preprocessing": {"function": function, "config_dir": config_dir}}
     if not files:
         raise ComponentError("transform: no train examples to run transform.preprocessing on")
-    batch = next(iter(tf.data.TFRecordDataset(files[0], compression_type="GZIP" if files[0].endswith(".gz") else "")
-                      .batch(64)))
+    _, batch = next(parsed_batches(files[0], raw_feature_spec(spec), 64))
     try:
-        outputs = describe_outputs(spec, tf.io.parse_example(batch, raw_feature_spec(spec)))
+        outputs = describe_outputs(spec, batch)
     except Exception as err:  # noqa: BLE001 - the user's function: say which and why
         raise ComponentError(f"transform.preprocessing {function!r} failed on train rows: "
                              f"{type(err).__name__}: {err}") from None
@@ -408,10 +455,12 @@ def preprocessing_code(cfg, pipeline) -> list:
 
 
 # ------------------------------------------------------------------ the stage
-def _files(examples: str, split: str) -> list[str]:
-    from kfx.pipeline.artifacts.examples import tfrecord_files
+def _files(examples: str, split: str, columnar: bool = False) -> list[str]:
+    """The split's Parquet shards when `columnar` (the artifact has them), else its tf.Example files."""
+    from kfx.pipeline.artifacts import split_dir
+    from kfx.pipeline.artifacts.examples import shards, tfrecord_files
 
-    files = tfrecord_files(examples, split)
+    files = shards(split_dir(examples, split)) if columnar else tfrecord_files(examples, split)
     if not files:
         raise ComponentError(f"transform: no files in split {split!r} of {examples}")
     return files
@@ -422,6 +471,7 @@ def run(ctx: Context) -> dict[str, Any]:
     import tensorflow as tf
 
     from kfx.pipeline.artifacts import read_columns
+    from kfx.pipeline.artifacts.examples import has_columnar
     from kfx.models.preprocess import ANALYZERS_FILE, TRANSFORM_FILE, TRANSFORMED_DIR
     from kfx.pipeline.artifacts import load_schema
     from kfx.pipeline.artifacts.graph import read_graph
@@ -435,9 +485,11 @@ def run(ctx: Context) -> dict[str, Any]:
         from kfx.components.transform import graph as graphs
 
         raw, transforms = graphs.plan(graph, raw)
-    files = _files(examples, "train")
+    # Every step reads the Parquet shards when the artifact has them (previous format: tf.Example).
+    columnar = has_columnar(columns)
+    train_files = _files(examples, "train", columnar)
     with beam.Pipeline(options=ctx.beam_options()) as p:
-        _ = (p | "Files" >> beam.Create(files)
+        _ = (p | "Files" >> beam.Create(train_files)
              | "Spread" >> beam.Reshuffle()
              | "Analyze" >> beam.FlatMap(analyze_file, raw, transforms, task, cfg.batch_size)
              | "Merge" >> beam.CombineGlobally(_combine_fn(raw, transforms, task))
@@ -450,7 +502,7 @@ def run(ctx: Context) -> dict[str, Any]:
     tf.io.gfile.remove(f"{out}/.accumulators")
     spec, report = finalize(acc, raw, transforms, task)
     if cfg.preprocessing:
-        spec = with_user_preprocessing(spec, cfg.preprocessing, ctx.pipeline.config_dir, files)
+        spec = with_user_preprocessing(spec, cfg.preprocessing, ctx.pipeline.config_dir, train_files)
     with tf.io.gfile.GFile(f"{out}/{TRANSFORM_FILE}", "w") as f:
         json.dump(spec, f, indent=1, sort_keys=True)
     with tf.io.gfile.GFile(f"{out}/{ANALYZERS_FILE}", "w") as f:
@@ -469,7 +521,7 @@ def run(ctx: Context) -> dict[str, Any]:
         spec_json = json.dumps({k: v for k, v in spec.items() if k != "preprocessing"})
         with beam.Pipeline(options=ctx.beam_options()) as p:
             for split in columns["splits"]:
-                _ = (p | f"Files{split}" >> beam.Create(_files(examples, split))
+                _ = (p | f"Files{split}" >> beam.Create(_files(examples, split, columnar))
                      | f"Spread{split}" >> beam.Reshuffle()
                      | f"Transform{split}" >> beam.FlatMap(transform_file, spec_json, cfg.batch_size, user_fn)
                      | f"Write{split}" >> beam.io.WriteToTFRecord(
@@ -487,11 +539,11 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def _code() -> tuple[str, ...]:
     """kfx modules whose source is part of transform's code version: the preprocessing, the
-    kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
+    examples' readers, the kinds (analyzers, state) and the tasks (plan, label analysis, `complete`)."""
     from kfx.models import kinds, tasks
 
     return ("kfx.models.preprocess", "kfx.components.transform.graph", "kfx.pipeline.artifacts.graph",
-            *kinds.modules(), *tasks.modules())
+            "kfx.pipeline.artifacts.examples", *kinds.modules(), *tasks.modules())
 
 
 SPEC = ComponentSpec(name="transform", config=TransformConfig, inputs=("examples", "schema"), outputs=(TRANSFORM_GRAPH,), run=run,

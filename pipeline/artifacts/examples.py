@@ -95,3 +95,21 @@ def read_batches(shard_uri: str, batch_rows: int = 65536) -> Iterator:
     fs, path = _fs(shard_uri)
     with fs.open_input_file(path) as f:
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+
+
+def read_lists(shard_uri: str, names: list[str], batch_rows: int = 65536) -> Iterator[tuple[int, dict]]:
+    """Per RecordBatch of one Parquet shard, (rows, {name: (flat values, values per row)}) as numpy
+    over Arrow's buffers, without TensorFlow: int64 / float32 values, strings as an object array of
+    bytes (what tf.io.parse_example gives); a row without a value (null or empty list) counts 0."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(shard_uri)
+    with fs.open_input_file(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=list(names)):
+            cols = {}
+            for name in names:
+                col = batch.column(name)
+                lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype("int64")
+                cols[name] = (col.flatten().to_numpy(zero_copy_only=False), lengths)
+            yield batch.num_rows, cols

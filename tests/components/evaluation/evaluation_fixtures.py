@@ -3,6 +3,8 @@
 * `write_examples`: an examples artifact as ingest writes it (Split-<name>/*.gz gzip TFRecord of
   tf.Example, columns.json) with census-like columns: age (int), hours (float), sex, race and the
   string label income ("<=50K" / ">50K"). With `leak`, the label depends strongly on sex.
+* `write_both_formats`: rows as a tf.Example shard and a Parquet shard in the same order (the
+  two formats of the examples artifact; pipeline/artifacts/examples.py).
 * `write_schema`: a schema artifact tagging income as the label and sex, race as sensitive.
 * `fit_weights`: a logistic regression (scikit-learn) fitted on a split: what a model trained on
   that data learns. `export_model`: a SavedModel with kfx's export contract
@@ -173,3 +175,22 @@ def export_model(path: str, weights: dict, broken: bool = False) -> str:
     tasks.save(path, {"type": tasks.BINARY, "label": LABEL, "label_dtype": "string", "vocabulary": CLASSES,
                       "positive": CLASSES[1]})
     return path
+
+
+def write_both_formats(uri, columns: dict[str, str], rows: list[dict], split: str = "test") -> dict:
+    """One split of `rows` ({name: [values] or None}) as a tf.Example shard and as a Parquet shard, in the
+    same order, under `uri` (a pathlib.Path); returns the columns.json of the columnar artifact."""
+    import tensorflow as tf
+
+    from kfx.pipeline.artifacts import examples
+
+    kinds = {"int": ("int64_list", tf.train.Int64List), "float": ("float_list", tf.train.FloatList),
+             "string": ("bytes_list", tf.train.BytesList)}
+    (uri / f"Split-{split}").mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(uri / f"Split-{split}" / "data_tfrecord-00000-of-00001.gz"), options="GZIP") as w:
+        for r in rows:
+            feats = {n: tf.train.Feature(**{kinds[k][0]: kinds[k][1](value=r[n])})
+                     for n, k in columns.items() if r.get(n) is not None}
+            w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+    examples.write_shard(str(uri / f"Split-{split}"), "part-00000.parquet", examples.record_batch(columns, rows))
+    return {"columns": columns, "splits": [split], "columnar": True}
