@@ -34,7 +34,8 @@ CSV = """a,b,c,label
 def _outputs(outs) -> dict:
     got = defaultdict(list)
     for o in outs:
-        got[o.tag].append((o.value[0], o.value[2].to_pylist()) if o.tag == ingest.COLUMNAR else o.value)
+        got[o.tag].append((o.value[0], o.value[2].to_pylist())
+                          if o.tag in (ingest.COLUMNAR, ingest.TFRECORD) else o.value)
     return {k: sorted(v, key=repr) for k, v in got.items()}
 
 
