@@ -129,16 +129,16 @@ def examples(entries: list):
     where the row has no value).
 
     The Example's one field (features) is the concatenation of the entries, so the per-row work
-    is Arrow's element-wise join; the field's length prefix is encoded once per distinct length.
+    is one Arrow element-wise join; the field's length prefix is encoded once per distinct length.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    payload = pc.binary_join_element_wise(*entries, pa.scalar(b"", pa.binary()))
-    if not len(payload):
-        return payload
-    prefix = _by_length(_lengths(payload), lambda n: _TAG[1] + _varint(n))
-    return pc.binary_join_element_wise(prefix, payload, pa.scalar(b"", pa.binary()))
+    if not len(entries[0]):
+        return pa.array([], pa.binary())
+    size = sum(_lengths(e) for e in entries)  # the features field's length, before any join
+    prefix = _by_length(size, lambda n: _TAG[1] + _varint(n))
+    return pc.binary_join_element_wise(prefix, *entries, pa.scalar(b"", pa.binary()))
 
 
 def _masked_crc(crc):

@@ -159,6 +159,7 @@ def _to_int(v: Any) -> int:
 
 # ------------------------------------------------------------------ readers (run on Beam workers)
 _RANGE_BYTES = 32 << 20
+_SLICE_BYTES = 8 << 20  # a columnar CSV slice: ~75k Adult rows, ~0.3 GB of Arrow arrays at its peak
 _BZ2 = ".bz2"  # tf.io.gfile does not decompress; CSV files ending so are decompressed here
 
 
@@ -237,11 +238,13 @@ def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, i
 
 
 def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: bool,
-                      skip_prefixes: tuple[str, ...], chunk_rows: int):
-    """CSV records of one file range in chunks of (line number, text); comments and blanks dropped."""
+                      skip_prefixes: tuple[str, ...], chunk_rows: int, data: bytes | None = None):
+    """CSV records of one file range in chunks of (line number, text); comments and blanks dropped.
+
+    `data` is the range's bytes when the caller has read them already."""
     input_idx, (path, start, end, first_line) = item
     chunk: list[tuple[int, str]] = []
-    data = _read_bytes(path, start, end)
+    data = _read_bytes(path, start, end) if data is None else data
     lines = ((n, raw.decode("utf-8", "replace").rstrip("\r"))
              for n, raw in enumerate(data.split(b"\n"), start=first_line))
     for lineno, line in _records(lines):
@@ -329,52 +332,71 @@ def _columnar_ok(parser: RowParser) -> bool:
 def _parse_csv_range(item, parser: RowParser, opts, chunk_rows: int):
     """One line-aligned byte range of a CSV file -> tagged outputs (see `_route`), columnar.
 
-    Arrow's multi-threaded C++ reader parses the range; typing, NA values, replacements,
-    quarantine and the split are vectorised over its columns; Python only joins each accepted
-    row's pre-encoded feature bytes into its tf.Example. A range that holds a quote character
-    (a field may then span lines), bytes that are not UTF-8, or a parser with columns this path
-    does not type (`_columnar_ok`) takes the per-row path: the results are the same.
+    Arrow's multi-threaded C++ reader parses the range, a slice of `_SLICE_BYTES` at a time (what
+    a worker holds at once, and one shard per split); typing, NA values, replacements,
+    quarantine, the split and the tf.Example encoding are vectorised over its columns
+    (`_columnar_csv`). A range that holds a quote character (a field may then span lines), or a
+    parser with columns this path does not type (`_columnar_ok`), takes the per-row path, and so
+    does a slice that is not UTF-8 or holds an integer beyond int64: the results are the same.
     """
     import pyarrow as pa
 
     input_idx, (path, start, end, first_line) = item
     data = _read_bytes(path, start, end)
-    try:
-        data.decode("utf-8")
-        simple = b'"' not in data and _columnar_ok(parser) and len(opts.delimiter) == 1
-        out = list(_columnar_csv(data, input_idx, path, start, first_line, parser, opts)) if simple else None
-    except (UnicodeDecodeError, pa.ArrowInvalid):  # e.g. an integer beyond int64: the per-row path says which
-        out = None
-    if out is None:
-        for chunk in _read_text_chunks(item, opts.header, tuple(opts.skip_lines_starting_with), chunk_rows):
+    if b'"' in data or not _columnar_ok(parser) or len(opts.delimiter) != 1:
+        for chunk in _read_text_chunks(item, opts.header, tuple(opts.skip_lines_starting_with), chunk_rows, data):
             yield from _parse_csv_chunk(chunk, parser, opts.delimiter, opts.skip_initial_space)
-    else:
+        return
+    pos, line = 0, first_line
+    while pos < len(data):
+        cut = data.rfind(b"\n", pos, pos + _SLICE_BYTES) + 1 if pos + _SLICE_BYTES < len(data) else len(data)
+        if cut <= pos:  # a line longer than a slice
+            cut = data.find(b"\n", pos + _SLICE_BYTES) + 1 or len(data)
+        piece = data[pos:cut]
+        try:  # all of a slice's outputs or none: on an error the per-row path says which row and why
+            out = list(_columnar_csv(piece, input_idx, path, start + pos, line, parser, opts))
+        except pa.ArrowInvalid:
+            sub = (input_idx, (path, start + pos, start + cut, line))
+            out = [o for chunk in _read_text_chunks(sub, opts.header, tuple(opts.skip_lines_starting_with),
+                                                    chunk_rows, piece)
+                   for o in _parse_csv_chunk(chunk, parser, opts.delimiter, opts.skip_initial_space)]
         yield from out
+        del out
+        line += piece.count(b"\n")
+        pos = cut
 
 
 def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line: int, parser: RowParser, opts):
     """The tagged outputs of `_parse_csv_range` for a range without quotes, in UTF-8."""
-    import io
-
     import apache_beam as beam
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    delim, ncol, names = opts.delimiter.encode(), len(parser.names), parser.names
-    prefixes = tuple(p.encode() for p in opts.skip_lines_starting_with)
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
-    keep = [i for i, line in enumerate(lines) if line.strip() and not line.startswith(prefixes)
-            and not (opts.header and first_line + i == 1)]
-    found = np.array([lines[i].count(delim) + 1 for i in keep], dtype=np.int64)
-    good = [i for i, f in zip(keep, found.tolist()) if f == ncol]
-    bad = [(i, f) for i, f in zip(keep, found.tolist()) if f != ncol]
-    rejected = [(first_line + i, lines[i].decode(), f"expected {ncol} columns, found {f}") for i, f in bad]
+    ncol, names = len(parser.names), parser.names
+    # the range's lines as one Arrow array (UTF-8 checked in C), a trailing \r dropped
+    lines = pc.split_pattern(pa.array([data], pa.large_binary()).cast(pa.large_string()), "\n").flatten()
+    lines = pc.replace_substring_regex(lines, "\r$", "")
+    keep = pc.invert(pc.equal(pc.binary_length(pc.ascii_trim_whitespace(lines)), 0))
+    for prefix in opts.skip_lines_starting_with:
+        keep = pc.and_(keep, pc.invert(pc.starts_with(lines, prefix)))
+    keep = keep.to_numpy(zero_copy_only=False).copy()
+    if opts.header and first_line == 1:
+        keep[0] = False
+    found = pc.count_substring(lines, opts.delimiter).to_numpy(zero_copy_only=False) + 1
+    good = keep & (found == ncol)
+    rejected = [(first_line + i, lines[i].as_py(), f"expected {ncol} columns, found {found[i]}")
+                for i in np.flatnonzero(keep & ~good).tolist()]
     counts: dict[str, int] = {}
-    if good:
+    if good.any():
+        good_lines = lines.filter(pa.array(good))
+        nl = pa.scalar("\n", pa.large_string())
+        body = pc.binary_join_element_wise(good_lines, pa.scalar("", pa.large_string()), nl)  # lines + "\n"
+        offsets = np.frombuffer(body.buffers()[1], dtype=np.int64)
         table = pacsv.read_csv(
-            io.BytesIO(b"\n".join(lines[i] for i in good)),
+            pa.BufferReader(body.buffers()[2].slice(int(offsets[body.offset]),
+                                                    int(offsets[body.offset + len(body)] - offsets[body.offset]))),
             read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(delimiter=opts.delimiter, quote_char=False),
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
@@ -406,15 +428,15 @@ def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line
         if parser.label:
             reason[(reason == None) & typed[parser.label][1]] = f"missing label {parser.label!r}"  # noqa: E711
         accepted = reason == None  # noqa: E711
-        rows = np.array(good)
-        rejected += [(first_line + int(rows[r]), lines[rows[r]].decode(), reason[r]) for r in np.flatnonzero(~accepted)]
+        rows = np.flatnonzero(good)
+        rejected += [(first_line + int(rows[r]), good_lines[r].as_py(), reason[r]) for r in np.flatnonzero(~accepted)]
         if accepted.any():
-            keys = (lines[i] for i in rows[accepted].tolist())
+            keys = good_lines.filter(pa.array(accepted)).cast(pa.large_binary()).to_numpy(zero_copy_only=False)
             cols = {name: (vals.filter(pa.array(accepted)), null[accepted]) for name, (vals, null) in typed.items()}
             counts = yield from _split_outputs(parser, input_idx, f"{input_idx}|{path}|{start}", cols, keys)
     for line, raw, why in rejected:
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps({"input": path, "line": line, "reason": why, "row": raw}))
-    yield beam.pvalue.TaggedOutput("counts", {"read": len(keep), "rejected": len(rejected), "splits": counts,
+    yield beam.pvalue.TaggedOutput("counts", {"read": int(keep.sum()), "rejected": len(rejected), "splits": counts,
                                               "dropped": {}})
 
 
