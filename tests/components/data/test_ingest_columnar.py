@@ -68,7 +68,7 @@ def test_data_stage_workers_do_not_import_tensorflow(tmp_path):
     (tmp_path / "d.csv").write_text(CSV)
     code = textwrap.dedent(f"""
         import sys
-        from kfx.components.data import ingest, statistics
+        from kfx.components.data import example_blocks, ingest, statistics
         from kfx.pipeline.artifacts import examples as columnar
         from kfx.pipeline.config import IngestConfig
         path = {str(tmp_path / "d.csv")!r}
@@ -79,6 +79,8 @@ def test_data_stage_workers_do_not_import_tensorflow(tmp_path):
         outs = list(ingest._parse_csv_range((0, (path, 0, {len(CSV.encode())}, 1)), parser, cfg.csv, 100))
         split, name, batch = [o.value for o in outs if o.tag == ingest.COLUMNAR][0]
         columnar.write_shard({str(tmp_path / "Split-train")!r}, name, batch)
+        split, name, records = [o.value for o in outs if o.tag == ingest.TFRECORD][0]
+        example_blocks.write_shard({str(tmp_path / "Split-train")!r}, name, records)
         shard = columnar.shards({str(tmp_path / "Split-train")!r})[0]
         (_, (accs, rows)), = statistics._shard_stats(("train", shard), columns, 100, 10)
         assert rows == batch.num_rows > 0 and accs["a"].present == rows, rows
