@@ -367,7 +367,7 @@ def _parse_csv_range(item, parser: RowParser, opts, chunk_rows: int):
 
 
 def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line: int, parser: RowParser, opts):
-    """The tagged outputs of `_parse_csv_range` for a range without quotes, in UTF-8."""
+    """The tagged outputs of `_parse_csv_range` for one slice of a range without quotes."""
     import apache_beam as beam
     import numpy as np
     import pyarrow as pa
