@@ -76,12 +76,13 @@ class Servable:
         Args:
             signature_name: a key of `signatures` (already validated).
             feeds: input alias -> validated numpy array, one per signature input.
-            output_aliases: the output aliases to fetch.
+            output_aliases: the output aliases to fetch, in any order.
             deadline: `time.monotonic()` value after which a queued request gives up.
 
         Returns:
             output alias -> numpy array.
         """
+        output_aliases = tuple(sorted(output_aliases))  # one callable and one batch queue per output set
         if self.batching is not None:
             return self.batching.run(self, signature_name, feeds, output_aliases, deadline)
         return self.run_unbatched(signature_name, feeds, output_aliases)
