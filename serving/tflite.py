@@ -45,7 +45,7 @@ def stored_signatures(content: bytes) -> dict:
 
 def _tensor_info(detail: dict) -> meta_graph_pb2.TensorInfo:
     info = meta_graph_pb2.TensorInfo(name=detail["name"], dtype=tensors.dtype_of(np.empty(0, detail["dtype"])))
-    for size in detail["shape_signature"]:
+    for size in detail["shape"]:  # the tensor's dims before any resize, as TfLiteTensorToTensorInfo
         info.tensor_shape.dim.add(size=int(size))
     return info
 
@@ -80,11 +80,12 @@ class TfLiteServable(Servable):
         for signature in self.signatures.values():
             for kind, known in (("input", inputs), ("output", outputs)):
                 for alias, info in getattr(signature, f"{kind}s").items():
-                    if info.name not in known:  # early converters dropped the ":0" suffix
-                        info.name = info.name.split(":", 1)[0]
+                    legacy = info.name.split(":", 1)[0]  # early converters dropped the ":0" suffix
+                    if info.name not in known and legacy not in known:  # FixTfLiteTensorName + context
+                        raise errors.internal(f"Unknown tensor '{info.name}'.\n\t"
+                                              f"Signature {kind} {alias} references an unknown tensor")
                     if info.name not in known:
-                        raise errors.internal(f"Signature {kind} {alias} references an unknown tensor: "
-                                              f"Unknown tensor '{info.name}'.")
+                        info.name = legacy
         if not self.signatures:  # TF Serving generates one: "No signature def found in TFLite model"
             generated = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
             for known, field in ((inputs, generated.inputs), (outputs, generated.outputs)):

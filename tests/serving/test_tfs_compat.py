@@ -26,6 +26,8 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from kfx.serving import errors
+from kfx.serving.tflite import TfLiteServable
 from tests.serving.conftest import REPO, ServerProcess, write_config
 
 VERSION_DIR = "00000123"
@@ -43,30 +45,43 @@ def build_half_plus_two(path: str) -> None:
         builder.save()
 
 
-def build_tflite(path: str, signature: bool) -> None:
-    """model.tflite of y = 0.5 x + 3 on a [1,1] input; with `signature`, a stored SignatureDef x -> y."""
-    fn = tf.function(lambda x: {"y": 0.5 * x + 3.0}, input_signature=[tf.TensorSpec([1, 1], tf.float32, name="x")])
-    content = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert()
-    if signature:  # what tensorflow/lite/tools/signature/signature_def_util.cc stores
-        from tensorflow.lite.python import schema_py_generated as schema
-        from tensorflow.lite.tools import flatbuffer_utils
+def tflite_content(batch=1) -> bytes:
+    """A TF Lite model of y = 0.5 x + 3 on a [batch,1] input (None: dynamic batch)."""
+    fn = tf.function(lambda x: {"y": 0.5 * x + 3.0}, input_signature=[tf.TensorSpec([batch, 1], tf.float32, name="x")])
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert()
 
-        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-        output_name = model.subgraphs[0].tensors[model.subgraphs[0].outputs[0]].name.decode()
-        sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-        sig.inputs["x"].name, sig.inputs["x"].dtype = "x:0", types_pb2.DT_FLOAT  # legacy ":0" names
-        sig.outputs["y"].name, sig.outputs["y"].dtype = f"{output_name}:0", types_pb2.DT_FLOAT
-        builder = flexbuffers.Builder()
-        with builder.Map():
-            builder.Key("serving_default")
-            builder.String(sig.SerializeToString().decode("ascii"))  # small protos are plain ASCII
-        buffer = schema.BufferT()
-        buffer.data = list(builder.Finish())
-        model.buffers.append(buffer)
-        metadata = schema.MetadataT()
-        metadata.name, metadata.buffer = b"signature_defs_metadata", len(model.buffers) - 1
-        model.metadata = (model.metadata or []) + [metadata]
-        content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+def with_signature_def(content: bytes, input_name="x:0", output_suffix=":0") -> bytes:
+    """`content` with a stored `signature_defs_metadata` SignatureDef x -> y (signature_def_util.cc).
+
+    The tensor names carry the legacy ":0" suffix by default; other names test unknown tensors.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    output_name = model.subgraphs[0].tensors[model.subgraphs[0].outputs[0]].name.decode()
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    sig.inputs["x"].name, sig.inputs["x"].dtype = input_name, types_pb2.DT_FLOAT
+    sig.outputs["y"].name, sig.outputs["y"].dtype = output_name + output_suffix, types_pb2.DT_FLOAT
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        builder.Key("serving_default")
+        builder.String(sig.SerializeToString().decode("ascii"))  # small protos are plain ASCII
+    buffer = schema.BufferT()
+    buffer.data = list(builder.Finish())
+    model.buffers.append(buffer)
+    metadata = schema.MetadataT()
+    metadata.name, metadata.buffer = b"signature_defs_metadata", len(model.buffers) - 1
+    model.metadata = (model.metadata or []) + [metadata]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def build_tflite(path: str, signature: bool, content: bytes | None = None) -> None:
+    """Writes <path>/model.tflite (default: tflite_content()); with `signature`, a stored SignatureDef x -> y."""
+    content = content or tflite_content()
+    if signature:
+        content = with_signature_def(content)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "model.tflite"), "wb") as handle:
         handle.write(content)
@@ -191,3 +206,30 @@ def test_bad_model_config_fails_with_tf_serving_messages(tmp_path):
     assert proc.returncode == 255
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig: 1:" in proc.stderr
     assert proc.stdout.strip() == f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'"
+
+
+def test_tflite_generated_signature_reports_the_tensor_dims(tmp_path):
+    """A dynamic-batch input ([-1,1] signature, [1,1] dims): TF Serving's TensorInfo has the dims."""
+    build_tflite(str(tmp_path), signature=False, content=tflite_content(batch=None))
+    generated = TfLiteServable("lite", 1, str(tmp_path)).signatures["serving_default"]
+    assert [d.size for d in generated.inputs["x"].tensor_shape.dim] == [1, 1]
+    assert generated.inputs["x"].name == "x" and generated.inputs["x"].dtype == types_pb2.DT_FLOAT
+
+
+@pytest.mark.parametrize("input_name, output_suffix, message", [
+    ("z:0", ":0", "Unknown tensor 'z:0'.\n\tSignature input x references an unknown tensor"),
+    ("x:0", "_gone", "Unknown tensor '{output}_gone'.\n\tSignature output y references an unknown tensor")])
+def test_tflite_signature_with_an_unknown_tensor_fails_the_load(tmp_path, input_name, output_suffix, message):
+    content = tflite_content()
+    build_tflite(str(tmp_path), signature=False, content=with_signature_def(content, input_name, output_suffix))
+    output = tf.lite.Interpreter(model_content=content).get_output_details()[0]["name"]
+    with pytest.raises(errors.ServingError) as info:
+        TfLiteServable("lite", 1, str(tmp_path))
+    assert (info.value.code, info.value.message) == (grpc.StatusCode.INTERNAL, message.format(output=output))
+
+
+def test_tflite_file_that_is_not_a_model_fails_the_load(tmp_path):
+    (tmp_path / "model.tflite").write_bytes(b"not a flatbuffer")
+    with pytest.raises(errors.ServingError) as info:
+        TfLiteServable("lite", 1, str(tmp_path))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "model.tflite" in info.value.message
