@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -26,7 +27,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from kfx.serving import errors
+from kfx.serving import errors, profiler
 from kfx.serving.tflite import TfLiteServable
 from tests.serving.conftest import REPO, ServerProcess, write_config
 
@@ -196,6 +197,26 @@ def test_profiler_service_traces_the_server(server, tmp_path):
     profiler_client.trace(server.target, str(tmp_path), 300, "", 3)
     traces = [name for _, _, names in os.walk(tmp_path / "plugins" / "profile") for name in names]
     assert any(name.endswith(".xplane.pb") for name in traces), traces
+
+
+def test_profile_ends_when_its_client_goes_away(server, tmp_path):
+    """A 10-minute Profile whose client gives up after 1 s must not keep the profiler busy for 10 minutes."""
+    classes = profiler._classes()  # noqa: SLF001 - the service's own message classes
+    with grpc.insecure_channel(server.target) as channel:
+        profile = channel.unary_unary(f"/{profiler.SERVICE}/Profile",
+                                      request_serializer=classes["ProfileRequest"].SerializeToString,
+                                      response_deserializer=classes["ProfileResponse"].FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            profile(classes["ProfileRequest"](duration_ms=600_000, repository_root=str(tmp_path / "a")), timeout=1)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 60  # the trace of the gone client is exported first
+        while True:
+            try:
+                profile(classes["ProfileRequest"](duration_ms=50, repository_root=str(tmp_path / "b")), timeout=30)
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.ALREADY_EXISTS and time.monotonic() < deadline
+                time.sleep(0.2)
 
 
 def test_bad_model_config_fails_with_tf_serving_messages(tmp_path):
