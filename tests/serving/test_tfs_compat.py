@@ -24,10 +24,11 @@ import tensorflow as tf
 from flatbuffers import flexbuffers
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.config import model_server_config_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from kfx.serving import errors, profiler
+from kfx.serving import errors, profiler, protos
 from kfx.serving.tflite import TfLiteServable
 from tests.serving.conftest import REPO, ServerProcess, write_config
 
@@ -254,3 +255,11 @@ def test_tflite_file_that_is_not_a_model_fails_the_load(tmp_path):
     with pytest.raises(errors.ServingError) as info:
         TfLiteServable("lite", 1, str(tmp_path))
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "model.tflite" in info.value.message
+
+
+def test_missing_config_file_is_not_found_as_in_tf_serving(tmp_path):
+    """tensorflow_model_server prints "Failed to start server. Error: NOT_FOUND: <path>; No such file or directory"."""
+    missing = str(tmp_path / "missing.config")
+    with pytest.raises(errors.ServingError) as info:
+        protos.read_text_proto(missing, model_server_config_pb2.ModelServerConfig())
+    assert (info.value.code, info.value.message) == (grpc.StatusCode.NOT_FOUND, f"{missing}; No such file or directory")
