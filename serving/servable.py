@@ -42,6 +42,7 @@ class Servable:
         self.name = name
         self.version = version
         self.path = path
+        self._track_requests()
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
         try:
@@ -53,7 +54,6 @@ class Servable:
         self._graph.finalize()  # nothing may add ops once serving starts
         self.signatures = dict(meta_graph.signature_def)
         self._callables = {}
-        self._lock = threading.Lock()
         for key, signature in self.signatures.items():  # the usual call is prepared before serving
             if key == INIT_OP_SIGNATURE:  # runs at load, never served
                 continue
@@ -61,6 +61,10 @@ class Servable:
                 self._make_callable(key, tuple(sorted(signature.outputs)))
             except (tf.errors.OpError, ValueError) as exc:  # left to fail on its first request
                 LOG.warning("Signature %s of %s version %s cannot be prepared: %s", key, name, version, exc)
+
+    def _track_requests(self) -> None:
+        """The state behind acquire/release/close: requests in flight, and whether it is unloading."""
+        self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._closed = False

@@ -94,12 +94,8 @@ class TfLiteServable(Servable):
             self.signatures = {DEFAULT_SIGNATURE: generated}
         self._index = {n: d["index"] for n, d in (inputs | outputs).items()}
         self._shapes = {d["index"]: tuple(d["shape"]) for d in inputs.values()}
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
         self._run_lock = threading.Lock()  # one Interpreter runs one request at a time
-        self._in_flight = 0
-        self._closed = False
-        self.batching = None
+        self._track_requests()
 
     def run_unbatched(self, signature_name: str, feeds: dict, output_aliases: tuple) -> dict:
         """Sets the inputs (resizing them to the fed shapes), invokes, reads the outputs."""
