@@ -54,6 +54,7 @@ class Servable:
         self._graph.finalize()  # nothing may add ops once serving starts
         self.signatures = dict(meta_graph.signature_def)
         self._callables = {}
+        self._prepare_lock = threading.Lock()
         for key, signature in self.signatures.items():  # the usual call is prepared before serving
             if key == INIT_OP_SIGNATURE:  # runs at load, never served
                 continue
@@ -115,7 +116,7 @@ class Servable:
         options = config_pb2.CallableOptions(
             feed=[signature.inputs[a].name for a in aliases],
             fetch=[signature.outputs[a].name for a in output_aliases])
-        with self._lock:
+        with self._prepare_lock:  # not self._lock: requests acquire/release that one while this builds
             entry = self._callables.get((signature_name, output_aliases))
             if entry is None:
                 entry = (self._session._make_callable_from_options(options), aliases)  # noqa: SLF001
