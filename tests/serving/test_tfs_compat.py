@@ -9,6 +9,7 @@ It also listens on a Unix domain socket and serves tensorflow.ProfilerService. A
 --model_config_file must fail the start with TF Serving's messages.
 """
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -263,3 +264,22 @@ def test_missing_config_file_is_not_found_as_in_tf_serving(tmp_path):
     with pytest.raises(errors.ServingError) as info:
         protos.read_text_proto(missing, model_server_config_pb2.ModelServerConfig())
     assert (info.value.code, info.value.message) == (grpc.StatusCode.NOT_FOUND, f"{missing}; No such file or directory")
+
+
+def test_tflite_concurrent_requests_of_several_shapes_and_a_failed_one(tmp_path):
+    """Requests of batch 1-4 at once over the interpreter pool each get their own answer; a failed
+    request (a double fed to the float input) leaves its interpreter usable."""
+    build_tflite(str(tmp_path), signature=False, content=tflite_content(batch=None))
+    servable = TfLiteServable("lite", 1, str(tmp_path))
+
+    def ask(n):
+        return servable.run("serving_default", {"x": np.arange(n, dtype=np.float32).reshape(n, 1)}, ("Identity",))
+
+    with pytest.raises(errors.ServingError) as info:
+        servable.run("serving_default", {"x": np.ones((3, 1))}, ("Identity",))
+    assert info.value.code == grpc.StatusCode.INTERNAL
+    sizes = [1, 2, 3, 4] * 25
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, sizes))
+    assert all(a["Identity"].ravel().tolist() == [0.5 * i + 3 for i in range(n)] for n, a in zip(sizes, answers))
+    assert servable.close()
