@@ -195,7 +195,9 @@ def arrow_reduce(batch, columns: dict[str, str]) -> dict[str, dict]:
                      bytes=int(pc.sum(pc.binary_length(flat)).as_py() or 0), hashes=hash_strings(uniq))
         else:
             v = flat.to_numpy(zero_copy_only=False).astype(np.float64)
-            r.update(values=v, sum=float(v.sum()), sum_sq=float(v @ v),
+            # einsum, not v @ v: OpenBLAS splits a dot of > 10,000 values across threads, which on a
+            # busy machine spins for milliseconds per call (and its partial sums depend on the cores)
+            r.update(values=v, sum=float(v.sum()), sum_sq=float(np.einsum("i,i->", v, v)),
                      min=float(v.min()) if len(v) else np.inf, max=float(v.max()) if len(v) else -np.inf,
                      zeros=int(np.count_nonzero(v == 0)))
         out[name] = r
@@ -204,20 +206,15 @@ def arrow_reduce(batch, columns: dict[str, str]) -> dict[str, dict]:
 
 def shard_stats(item: tuple[str, str], columns: dict[str, str], batch_size: int, max_counts: int):
     """Statistics of one columnar shard, read as Arrow record batches: yields (split, ({feature: FeatureAcc}, rows))."""
-    from threadpoolctl import threadpool_limits
-
     from kfx.pipeline.artifacts import examples as columnar
 
     split, path = item
     accs = {k: FeatureAcc(t) for k, t in columns.items()}
     rows = 0
-    # One BLAS thread: OpenBLAS splits a dot of > 10,000 values (v @ v above) across threads,
-    # which on a busy machine spins for milliseconds per call; Beam runs one worker per core.
-    with threadpool_limits(1, user_api="blas"):
-        for batch in columnar.read_batches(path, batch_size):
-            for name, r in arrow_reduce(batch, columns).items():
-                accs[name].add(r, max_counts)
-            rows += batch.num_rows
+    for batch in columnar.read_batches(path, batch_size):
+        for name, r in arrow_reduce(batch, columns).items():
+            accs[name].add(r, max_counts)
+        rows += batch.num_rows
     yield split, (accs, rows)
 
 

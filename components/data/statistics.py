@@ -128,6 +128,25 @@ def summary_text(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def beam_options(ctx: Context, threads: bool):
+    """The pipeline's Beam options; with `threads`, a multi-processing DirectRunner runs its workers
+    as threads of this process instead.
+
+    Columnar statistics is Arrow and numpy C++ that releases the GIL, so threads compute it in
+    parallel too, while each worker process first pays Python's start and Beam's import (about
+    4 s per stage, 10-25 s on a busy 2-core machine, measured: more than the row work at 1M rows).
+    Every other runner (PortableRunner, Dataflow, Flink, Spark) gets the options unchanged.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    options = ctx.beam_options()
+    direct = options.view_as(DirectOptions)
+    if (threads and options.view_as(StandardOptions).runner in (None, "DirectRunner", "SwitchingDirectRunner")
+            and direct.direct_running_mode == "multi_processing"):
+        direct.direct_running_mode = "multi_threading"
+    return options
+
+
 def run(ctx: Context) -> dict[str, Any]:
     import apache_beam as beam
     from tensorflow_metadata.proto.v0 import statistics_pb2 as st
@@ -156,9 +175,8 @@ def run(ctx: Context) -> dict[str, Any]:
     # The workers get the settings as a plain namespace: unpickling it imports no config classes.
     settings = SimpleNamespace(**cfg.model_dump())
 
-    with beam.Pipeline(options=ctx.beam_options()) as p:
-        _ = (p | "Shards" >> beam.Create(items)
-             | "Spread" >> beam.Reshuffle()
+    with beam.Pipeline(options=beam_options(ctx, threads=arrow)) as p:
+        _ = (p | "Shards" >> beam.Create(items)  # Create reshuffles: the shards spread over the workers
              | "FileStats" >> stats_fn
              | "MergeSplit" >> beam.CombinePerKey(merge, max_counts)
              | "Write" >> beam.Map(write_split, out, settings))
