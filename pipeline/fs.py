@@ -57,8 +57,9 @@ def open_binary(uri: str) -> IO[bytes]:
 
 def open_write(uri: str, binary: bool = False) -> IO:
     """`uri` opened for writing (text, or bytes when `binary`), replacing any file there."""
-    mode = "wb" if binary else "w"
-    return open(_local(uri), mode) if is_local(uri) else _gfile().GFile(uri, mode)
+    if not is_local(uri):
+        return _gfile().GFile(uri, "wb" if binary else "w")
+    return open(_local(uri), "wb") if binary else open(_local(uri), "w", encoding="utf-8")
 
 
 def makedirs(uri: str) -> None:

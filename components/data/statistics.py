@@ -2,7 +2,8 @@
 
 Each Beam worker reads whole shards: the examples' columnar (Parquet) shards as Arrow record
 batches reduced with pyarrow.compute and numpy (feature_stats.py: neither the workers nor this
-launching process import TensorFlow on that path); or, for text and image features and for
+launching process import TensorFlow on that path, and a multi-processing DirectRunner runs the
+workers as threads, see `beam_options`); or, for text and image features and for
 artifacts of the previous format, the tf.Example shards with tf.data and `tf.io.parse_example`
 (vectorised C++, not per-row Python). Either way it folds each batch into mergeable accumulators
 (moments, a compacting quantile sketch, a K-minimum-values distinct counter, bounded value
