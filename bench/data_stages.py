@@ -55,22 +55,27 @@ class PeakRss:
         self._stop = threading.Event()
 
     def __enter__(self):
+        self._sample()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
 
-    def _run(self):
+    def _sample(self):
         me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self):
         while not self._stop.wait(0.1):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self._sample()
 
     def __exit__(self, *exc):
+        self._sample()  # a run shorter than the sampling period still gets its end state
         self._stop.set()
         self._t.join()
 
