@@ -19,10 +19,11 @@ New versions on disk reach every worker through its own --file_system_poll_wait_
 
 A worker that dies is replaced (its connections' clients reconnect to the others). SIGTERM or
 SIGINT to the supervisor is passed to every worker, which drains as a single server does; the
-supervisor exits 0 when they all did.
+supervisor exits 0 when they all did. Workers also drain when the supervisor dies.
 """
 
 import argparse
+import ctypes
 import fcntl
 import logging
 import os
@@ -231,7 +232,8 @@ def supervise(args: argparse.Namespace) -> int:
     def start() -> subprocess.Popen:
         generation, _ = read_config(directory)
         command = _worker_command(args, os.path.join(directory, CONFIG_FILE) if generation else "")
-        process = subprocess.Popen(command, env=dict(env, **{GENERATION_ENV: str(generation)}))
+        process = subprocess.Popen(command, env=dict(env, **{GENERATION_ENV: str(generation)}),
+                                   preexec_fn=_drain_with_parent)
         process.started = time.monotonic()
         LOG.info("Started worker %d", process.pid)
         return process
@@ -267,6 +269,11 @@ def supervise(args: argparse.Namespace) -> int:
         return _stop_all(workers)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _drain_with_parent() -> None:
+    """In a new worker: SIGTERM (a drain) when the supervisor dies, even of SIGKILL (Linux prctl)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _read_text(path: str):
