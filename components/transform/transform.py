@@ -455,13 +455,16 @@ def preprocessing_code(cfg, pipeline) -> list:
 
 
 # ------------------------------------------------------------------ the stage
-def _files(examples: str, split: str, columnar: bool = False) -> list[str]:
-    """The split's Parquet shards when `columnar` (the artifact has them), else its tf.Example files."""
+def _files(examples: str, split: str, columnar: bool = False, required: bool = True) -> list[str]:
+    """The split's Parquet shards when `columnar` (the artifact has them), else its tf.Example files.
+
+    ingest writes no shard for a split without rows, so only the analyzed split is `required`; a
+    materialized split without files is written empty."""
     from kfx.pipeline.artifacts import split_dir
     from kfx.pipeline.artifacts.examples import shards, tfrecord_files
 
     files = shards(split_dir(examples, split)) if columnar else tfrecord_files(examples, split)
-    if not files:
+    if not files and required:
         raise ComponentError(f"transform: no files in split {split!r} of {examples}")
     return files
 
@@ -521,7 +524,7 @@ def run(ctx: Context) -> dict[str, Any]:
         spec_json = json.dumps({k: v for k, v in spec.items() if k != "preprocessing"})
         with beam.Pipeline(options=ctx.beam_options()) as p:
             for split in columns["splits"]:
-                _ = (p | f"Files{split}" >> beam.Create(_files(examples, split, columnar))
+                _ = (p | f"Files{split}" >> beam.Create(_files(examples, split, columnar, required=False))
                      | f"Spread{split}" >> beam.Reshuffle()
                      | f"Transform{split}" >> beam.FlatMap(transform_file, spec_json, cfg.batch_size, user_fn)
                      | f"Write{split}" >> beam.io.WriteToTFRecord(

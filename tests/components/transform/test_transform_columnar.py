@@ -215,3 +215,30 @@ def test_parquet_batches_made_dense_equal_parse_example_and_bad_rows_fail(tmp_pa
         list(parsed_batches(parquet, {**spec, "x": tf.io.FixedLenFeature([], tf.float32, 0.0)}, 2))
     with pytest.raises(ComponentError, match="feature 'n' has 0 values"):
         list(parsed_batches(parquet, {**spec, "n": tf.io.FixedLenFeature([], tf.int64)}, 2))
+
+
+def test_materialize_keeps_every_row_and_writes_a_split_without_rows_empty(runs, tmp_path):
+    """ingest writes no shard for a split without rows: materialization writes that split empty
+    (it used to fail with "no files in split"), and each other split keeps all its Parquet rows."""
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    from kfx.models.preprocess import TRANSFORMED_DIR
+
+    outs, _, config = runs("tabular")
+    examples = tmp_path / "examples"
+    shutil.copytree(outs["ingest"]["examples"], examples)
+    meta = json.loads((examples / "columns.json").read_text())
+    empty = [s for s in meta["splits"] if s != "train"][0]
+    for shard in (examples / f"Split-{empty}").iterdir():
+        shard.unlink()
+    cfg = yaml.safe_load(config.read_text())
+    cfg["transform"]["materialize"] = True
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    graph = _transform(tmp_path / "pipeline.yaml", str(examples), outs["schema"]["schema"], tmp_path / "out")
+    for split in meta["splits"]:
+        files = tf.io.gfile.glob(f"{graph}/{TRANSFORMED_DIR}/Split-{split}/*.gz")
+        written = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+        parquet_rows = sum(pq.read_metadata(f).num_rows for f in (examples / f"Split-{split}").glob("part-*.parquet"))
+        assert written == parquet_rows, split
+        assert written > 0 or split == empty, split
