@@ -3,8 +3,12 @@ methods other than GET/POST, pipelining (raw sockets against a real `python -m k
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
+
+from tests.serving.conftest import REPO
 
 PREDICT = b'{"instances": [[1.0, 2.0, 3.0]]}'
 
@@ -81,3 +85,16 @@ def test_malformed_requests_are_answered_then_closed(main_server, request_bytes,
     assert len(answers) == 1  # the connection is closed: what follows is not read as a request
     (got, headers, body), = answers
     assert got == status and headers["connection"] == "close" and message in json.loads(body)["error"]
+
+
+def test_rest_port_in_use_fails_the_start_with_exit_255(models_dir, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "kfx.serving", f"--model_base_path={models_dir / 'keras'}",
+                               "--port=0", f"--rest_api_port={port}"], cwd=REPO, capture_output=True, text=True,
+                              timeout=180)
+    assert proc.returncode == 255, proc.stderr[-2000:]
+    assert proc.stdout.strip().startswith(
+        f"Failed to start server. Error: INVALID_ARGUMENT: Failed to start HTTP Server at 127.0.0.1:{port}: ")
