@@ -308,19 +308,30 @@ class RestApi:
     """
 
     def __init__(self, core, timeout_ms: int = 30000):
-        self.core = core
+        # TF Serving's http_server.cc counts every REST request once, here, including those that fail
+        # before reaching a model (bad JSON, bad path) and status requests: the calls go to a core
+        # that records nothing, so that none is counted twice.
+        self.metrics = core.metrics
+        self.core = type(core)(core.manager, None) if core.metrics is not None else core
         self.timeout_ms = timeout_ms
 
     def handle(self, method: str, path: str, body: bytes) -> tuple:
         """Returns (HTTP status, JSON-able body) for one request under /v1/."""
+        start, status = time.perf_counter(), "OK"
         try:
             return 200, self._dispatch(method, path, body)
-        except errors.ServingError as error:
-            return error.http_status, {"error": error.message}
-        except Exception as exc:  # never let a handler bug kill the connection silently
-            LOG.exception("REST request failed")
+        except Exception as exc:  # a handler bug too: answered, never a connection dropped silently
+            if not isinstance(exc, errors.ServingError):
+                LOG.exception("REST request failed")
             error = errors.from_exception(exc)
+            status = error.code.name
             return error.http_status, {"error": error.message}
+        finally:
+            if self.metrics is not None:
+                match = (_PREDICTION_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
+                name = urllib.parse.unquote(match.group(1) or "") if match else ""
+                api = (match.group(4) or "").lower() if match and method == "POST" else ""
+                self.metrics.record_request(name, api, "REST", status, (time.perf_counter() - start) * 1e6)
 
     def _dispatch(self, method: str, path: str, body: bytes):
         pattern = _PREDICTION_PATH if method == "POST" else _STATUS_PATH if method == "GET" else None

@@ -98,3 +98,21 @@ def test_rest_port_in_use_fails_the_start_with_exit_255(models_dir, tmp_path):
     assert proc.returncode == 255, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(
         f"Failed to start server. Error: INVALID_ARGUMENT: Failed to start HTTP Server at 127.0.0.1:{port}: ")
+
+
+def test_every_rest_request_is_counted_once_as_tf_serving_counts_them(main_server):
+    """http_server.cc: RecordModelRequestCount for each request, failed before the model or not."""
+    def counts() -> dict:
+        (_, _, body), = exchange(main_server, b"GET /monitoring/prometheus/metrics HTTP/1.1\r\n\r\n")
+        series = (line.rpartition(" ") for line in body.decode().splitlines() if line.startswith(":"))
+        return {k: int(float(v)) for k, _, v in series if k.startswith(":tensorflow:serving:request_count")}
+
+    key = ':tensorflow:serving:request_count{{model_name="keras",status="{}"}}'
+    before = counts()
+    answers = exchange(main_server, post("/v1/models/keras/versions/1:predict", PREDICT)
+                       + post("/v1/models/keras:predict", b"{not json")
+                       + b"GET /v1/models/keras HTTP/1.1\r\n\r\n", 3)
+    assert [a[0] for a in answers] == [200, 400, 200]
+    after = counts()
+    assert after[key.format("OK")] - before.get(key.format("OK"), 0) == 2  # the predict and the status
+    assert after[key.format("INVALID_ARGUMENT")] - before.get(key.format("INVALID_ARGUMENT"), 0) == 1
