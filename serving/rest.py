@@ -496,11 +496,11 @@ class HttpServer:
                     # one it does not serve (TF Serving's RestApiRequestDispatcher does the same).
                     reply = await loop.run_in_executor(self.executor, self._answer, method, target, body)
                     self._write(writer, *reply, keep_alive, head=method == "HEAD")
+                    await writer.drain()  # in flight until sent: a drain must not exit with it half-written
                 finally:
                     with self.idle:
                         self.in_flight -= 1
                         self.idle.notify_all()
-                await writer.drain()
                 if not keep_alive:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
