@@ -308,19 +308,30 @@ class RestApi:
     """
 
     def __init__(self, core, timeout_ms: int = 30000):
-        self.core = core
+        # TF Serving's http_server.cc counts every REST request once, here, including those that fail
+        # before reaching a model (bad JSON, bad path) and status requests: the calls go to a core
+        # that records nothing, so that none is counted twice.
+        self.metrics = core.metrics
+        self.core = type(core)(core.manager, None) if core.metrics is not None else core
         self.timeout_ms = timeout_ms
 
     def handle(self, method: str, path: str, body: bytes) -> tuple:
         """Returns (HTTP status, JSON-able body) for one request under /v1/."""
+        start, status = time.perf_counter(), "OK"
         try:
             return 200, self._dispatch(method, path, body)
-        except errors.ServingError as error:
-            return error.http_status, {"error": error.message}
-        except Exception as exc:  # never let a handler bug kill the connection silently
-            LOG.exception("REST request failed")
+        except Exception as exc:  # a handler bug too: answered, never a connection dropped silently
+            if not isinstance(exc, errors.ServingError):
+                LOG.exception("REST request failed")
             error = errors.from_exception(exc)
+            status = error.code.name
             return error.http_status, {"error": error.message}
+        finally:
+            if self.metrics is not None:
+                match = (_PREDICTION_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
+                name = urllib.parse.unquote(match.group(1) or "") if match else ""
+                api = (match.group(4) or "").lower() if match and method == "POST" else ""
+                self.metrics.record_request(name, api, "REST", status, (time.perf_counter() - start) * 1e6)
 
     def _dispatch(self, method: str, path: str, body: bytes):
         pattern = _PREDICTION_PATH if method == "POST" else _STATUS_PATH if method == "GET" else None
@@ -408,7 +419,9 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
             408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
             504: "Gateway Timeout"}
-MAX_HEADER_LINE = 65536
+MAX_HEADER_LINE = 65536  # bytes in the request line or one header line
+MAX_HEADERS = 100
+MAX_BODY = 2**31 - 1  # bytes; as the gRPC port's message size limit (server.MAX_MESSAGE_SIZE)
 
 
 class HttpServer:
@@ -447,7 +460,11 @@ class HttpServer:
         """(status, payload, content type) for one request; runs on the executor."""
         path = urllib.parse.urlsplit(target).path
         if self.metrics is not None and self.metrics_path and path == self.metrics_path:
-            return 200, self.metrics.exposition(), "text/plain; version=0.0.4"
+            try:
+                return 200, self.metrics.exposition(), "text/plain; version=0.0.4"
+            except Exception:  # answered, not a connection dropped without a word
+                LOG.exception("Prometheus page failed")
+                return 500, b"", "text/plain"
         if not path.lower().startswith("/v1/"):
             return 404, b"", "application/json"
         status, payload = self.api.handle(method, path, body)
@@ -457,7 +474,13 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                request = await self._read_request(reader, writer)
+                try:
+                    request = await self._read_request(reader, writer)
+                except _BadRequest as bad:
+                    self._write(writer, bad.status, json.dumps({"error": str(bad)}).encode(), "application/json",
+                                False)
+                    await self._linger(reader, writer)
+                    break
                 if request is None:
                     break
                 method, target, body, keep_alive = request
@@ -469,55 +492,112 @@ class HttpServer:
                                 False)
                     break
                 try:
-                    if method in ("GET", "POST"):
-                        reply = await loop.run_in_executor(self.executor, self._answer, method, target, body)
-                    else:
-                        reply = 501, f"Unsupported method ({method!r})".encode(), "text/plain"
-                    self._write(writer, *reply, keep_alive)
+                    # Every method reaches the handler, which answers 400 "Malformed request" for
+                    # one it does not serve (TF Serving's RestApiRequestDispatcher does the same).
+                    reply = await loop.run_in_executor(self.executor, self._answer, method, target, body)
+                    self._write(writer, *reply, keep_alive, head=method == "HEAD")
+                    await writer.drain()  # in flight until sent: a drain must not exit with it half-written
                 finally:
                     with self.idle:
                         self.in_flight -= 1
                         self.idle.notify_all()
-                await writer.drain()
                 if not keep_alive:
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
     async def _read_request(self, reader, writer):
-        """(method, target, body, keep-alive) of the next request; None at the end of the connection."""
-        line = await reader.readline()
-        if not line.strip():
-            return None
-        parts = line.decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            self._write(writer, 400, b"Bad request syntax", "text/plain", False)
-            return None
-        method, target, version = parts
-        headers = {}
-        while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = header.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
+        """(method, target, body, keep-alive) of the next request; None at the end of the connection.
+
+        A request that is not HTTP/1.x is answered 400 and its connection closed: a request or
+        header line over MAX_HEADER_LINE bytes, more than MAX_HEADERS headers, a header line
+        without a colon, a bad Content-Length or chunk size. A body over MAX_BODY is answered 413.
+        """
+        try:
+            line = await reader.readline()
+            if not line.strip():
+                return None
+            parts = line.decode("latin-1").split()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                raise _BadRequest(400, f"Bad request syntax ({line[:100]!r})")
+            method, target, version = parts
+            headers, count = {}, 0
+            while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, colon, value = header.decode("latin-1").partition(":")
+                count += 1
+                if not colon or not name.strip() or count > MAX_HEADERS:
+                    raise _BadRequest(400, f"Bad header line ({header[:100]!r})")
+                headers[name.strip().lower()] = value.strip()
+        except ValueError:  # StreamReader.readline's answer to a line over its limit
+            raise _BadRequest(400, f"Request or header line longer than {MAX_HEADER_LINE} bytes") from None
         connection = headers.get("connection", "").lower()
         keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-        try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._write(writer, 400, b"Bad Content-Length", "text/plain", False)
-            return None
-        if length and headers.get("expect", "").lower() == "100-continue":
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length", "0").strip() or "0"
+        if not chunked and not length.isdigit():
+            raise _BadRequest(400, f"Bad Content-Length ({length!r})")
+        if not chunked and int(length) > MAX_BODY:
+            raise _BadRequest(413, f"Request body of {length} bytes is over the limit of {MAX_BODY}")
+        if (chunked or int(length)) and headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await reader.readexactly(length) if length else b""
+        body = await self._read_chunked(reader) if chunked else await reader.readexactly(int(length))
         return method, target, body, keep_alive
 
     @staticmethod
-    def _write(writer, status: int, payload: bytes, content_type: str, keep_alive: bool) -> None:
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(payload)}\r\n")
+    async def _linger(reader, writer, seconds: float = 2.0, most: int = 1 << 20) -> None:
+        """Sends the answer, then reads and drops what the client still sends (a few seconds, 1 MiB at
+        most): closing with unread input makes the kernel reset the connection, which can discard
+        the answer before the client reads it."""
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+        async def discard():
+            dropped = 0
+            while dropped < most and (data := await reader.read(65536)):
+                dropped += len(data)
+
+        try:
+            await asyncio.wait_for(discard(), seconds)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+
+    @staticmethod
+    async def _read_chunked(reader) -> bytes:
+        """A Transfer-Encoding: chunked body (trailers are read and dropped)."""
+        body = bytearray()
+        while True:
+            line = await reader.readline()
+            size = line.split(b";")[0].strip()
+            try:
+                size = int(size, 16)
+            except ValueError:
+                raise _BadRequest(400, f"Bad chunk size ({line[:100]!r})") from None
+            if size < 0 or len(body) + size > MAX_BODY:
+                raise _BadRequest(413 if size > 0 else 400, f"Request body over the limit of {MAX_BODY} bytes")
+            if size == 0:
+                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(body)
+            body += await reader.readexactly(size)
+            if (await reader.readline()).strip():
+                raise _BadRequest(400, "Chunk longer than its size")
+
+    @staticmethod
+    def _write(writer, status: int, payload: bytes, content_type: str, keep_alive: bool, head: bool = False) -> None:
+        """Writes one response; `head`: the headers only (the answer to a HEAD request)."""
+        lines = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
+                 f"Content-Length: {len(payload)}\r\n")
         if not keep_alive:
-            head += "Connection: close\r\n"
-        writer.write((head + "\r\n").encode("latin-1") + payload)
+            lines += "Connection: close\r\n"
+        writer.write((lines + "\r\n").encode("latin-1") + (b"" if head else payload))
+
+
+class _BadRequest(Exception):
+    """A request that cannot be read: answered `status` with `message`, then the connection closes."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

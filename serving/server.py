@@ -204,7 +204,10 @@ class ModelServer:
                 metrics_path = monitoring.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
         api = rest.RestApi(self.core, opts.rest_api_timeout_in_ms)
         self._http = rest.HttpServer(api, self._executor, self.metrics, metrics_path)
-        await self._http.start(opts.host, opts.rest_api_port, self.reuse_port)
+        try:
+            await self._http.start(opts.host, opts.rest_api_port, self.reuse_port)
+        except OSError as exc:  # a port in use: "Failed to start server" and exit 255, as for gRPC's port
+            raise ValueError(f"Failed to start HTTP Server at {opts.host}:{opts.rest_api_port}: {exc}") from None
         LOG.info("Exporting HTTP/REST API at:%s:%s ...", opts.host, opts.rest_api_port)
 
     def _poll_config_file(self) -> None:

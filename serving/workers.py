@@ -127,8 +127,10 @@ class Member:
         """Called once `server` (a ModelServer) serves: reports it and follows the shared config."""
         self._server = server
         server.core.on_reload = self._publish
-        threading.Thread(target=self._watch, name="worker-group", daemon=True).start()
+        # The ack before the watch starts: the watch marks a generation applied before applying it,
+        # so an ack written after would claim a config this worker does not serve yet.
         _write_ack(self.directory, os.getpid(), self.applied)
+        threading.Thread(target=self._watch, name="worker-group", daemon=True).start()
 
     def leave(self) -> None:
         """Stops following the shared config; other workers' reloads no longer wait for this one."""
@@ -145,6 +147,9 @@ class Member:
         with self._lock:
             generation = publish_config(self.directory, text_format.MessageToString(config))
             self.applied = generation
+            # Another worker's generation, published between this worker's own reload and now, may
+            # have been applied on top of it by the watch: apply the config that wins (the newest) again.
+            self._server.manager.reload_config(config)
         _write_ack(self.directory, os.getpid(), generation)
         deadline = time.monotonic() + PEER_TIMEOUT
         while time.monotonic() < deadline and not self._stop.is_set():
@@ -158,11 +163,11 @@ class Member:
         while not self._stop.wait(WATCH_INTERVAL):
             try:
                 generation, text = read_config(self.directory)
-                with self._lock:
+                with self._lock:  # held while applying: a ReloadConfig of this worker publishes after it
                     if generation <= self.applied:
                         continue
                     self.applied = generation
-                self._apply(generation, text)
+                    self._apply(generation, text)
             except Exception:  # a bad config must not stop this worker following later ones
                 LOG.exception("Failed to apply the shared model config")
 

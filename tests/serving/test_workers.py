@@ -20,6 +20,7 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from kfx.serving import workers
 from tests.serving.conftest import ServerProcess, build_keras, write_config
 from tests.serving.test_reload import wait_for
 
@@ -197,10 +198,13 @@ def test_killed_worker_is_replaced_and_counts_survive(group):
 def test_sigterm_drains_every_worker_and_exits_zero(group):
     server, _, _ = group
     pids = workers_of(server)
+    shared = {psutil.Process(pid).environ()[workers.GROUP_ENV] for pid in pids}
+    assert len(shared) == 1 and os.path.isdir(shared.copy().pop())
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(60) == 0
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
     assert "Workers exited with [0, 0]" in server.log()
+    assert not os.path.exists(shared.pop())  # the supervisor's directory (configs, acks, metrics) is gone
 
 
 @pytest.mark.parametrize("count", [0, -2])
