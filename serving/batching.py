@@ -8,6 +8,7 @@ need more than max_enqueued_batches batches, it is answered UNAVAILABLE at once 
 TF Serving's message instead of waiting.
 """
 
+import asyncio
 import collections
 import os
 import threading
@@ -21,11 +22,12 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class _Task:
-    __slots__ = ("feeds", "size", "done", "result", "error")
+    """One request in a batch; `notify()` is called on the batch thread once result or error is set."""
 
-    def __init__(self, feeds: dict, size: int):
-        self.feeds, self.size = feeds, size
-        self.done = threading.Event()
+    __slots__ = ("feeds", "size", "notify", "result", "error")
+
+    def __init__(self, feeds: dict, size: int, notify):
+        self.feeds, self.size, self.notify = feeds, size, notify
         self.result = self.error = None
 
 
@@ -34,6 +36,17 @@ class _Batch:
 
     def __init__(self):
         self.tasks, self.size, self.started = [], 0, time.monotonic()
+
+
+def _resolve(future) -> None:
+    if not future.done():  # a request that gave up at its deadline has a cancelled future
+        future.set_result(None)
+
+
+def _outcome(task: _Task) -> dict:
+    if task.error is not None:
+        raise task.error
+    return task.result
 
 
 def _param(params, name: str, default: int) -> int:
@@ -76,12 +89,35 @@ class BatchingQueues:
             worker.start()
 
     def run(self, servable, signature_name: str, feeds: dict, outputs: tuple, deadline=None) -> dict:
-        """Queues one request and blocks until its batch has run.
+        """Queues one request and blocks this thread until its batch has run.
 
         Raises:
             ServingError: INVALID_ARGUMENT for inputs that cannot be batched, UNAVAILABLE when the
                 queue is full, DEADLINE_EXCEEDED when `deadline` passes first.
         """
+        done = threading.Event()
+        task = self._enqueue(servable, signature_name, feeds, outputs, done.set)
+        if not done.wait(None if deadline is None else max(deadline - time.monotonic(), 0)):
+            raise errors.deadline_exceeded("Deadline Exceeded")
+        return _outcome(task)
+
+    async def run_async(self, servable, signature_name: str, feeds: dict, outputs: tuple, deadline=None) -> dict:
+        """Like `run`, but awaits the batch on the running event loop instead of holding a thread."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def wake():  # on the batch thread
+            loop.call_soon_threadsafe(_resolve, future)
+
+        task = self._enqueue(servable, signature_name, feeds, outputs, wake)
+        try:
+            await asyncio.wait_for(future, None if deadline is None else max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            raise errors.deadline_exceeded("Deadline Exceeded") from None
+        return _outcome(task)
+
+    def _enqueue(self, servable, signature_name: str, feeds: dict, outputs: tuple, notify) -> _Task:
+        """Adds a request to the last open batch of its queue (or a new one) and wakes a worker."""
         sizes = set()
         for array in feeds.values():
             if array.ndim == 0:
@@ -89,7 +125,7 @@ class BatchingQueues:
             sizes.add(array.shape[0])
         if len(sizes) != 1:
             raise errors.invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
-        task = _Task(feeds, sizes.pop())
+        task = _Task(feeds, sizes.pop(), notify)
         if task.size > self.max_batch_size:
             raise errors.invalid_argument(
                 f"Task size {task.size} is larger than maximum input batch size {self.max_batch_size}")
@@ -105,13 +141,8 @@ class BatchingQueues:
                 raise errors.unavailable(QUEUE_FULL)
             batch.tasks.append(task)
             batch.size += task.size
-            self._cv.notify_all()
-        wait = None if deadline is None else max(deadline - time.monotonic(), 0)
-        if not task.done.wait(wait):
-            raise errors.deadline_exceeded("Deadline Exceeded")
-        if task.error is not None:
-            raise task.error
-        return task.result
+            self._cv.notify()
+        return task
 
     def _next_ready(self):
         """Pops a batch that may run now; else returns (None, seconds until one may)."""
@@ -163,7 +194,7 @@ class BatchingQueues:
             for task in tasks:
                 task.error = error
         for task in tasks:
-            task.done.set()
+            task.notify()
 
     def _merge(self, alias: str, arrays: list, padding: int) -> np.ndarray:
         shapes = {a.shape[1:] for a in arrays}

@@ -3,6 +3,8 @@
 Shared by the gRPC servicers and the REST handler, so both answer identically.
 """
 
+import asyncio
+import contextlib
 import time
 
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2
@@ -24,16 +26,14 @@ class ServingCore:
         self.metrics = metrics
         self._method_check = manager.options.enable_signature_method_name_check
 
-    def _call(self, api: str, entrypoint: str, request, run, deadline, spec=None):
-        start = time.perf_counter()
-        if spec is None and request.HasField("model_spec"):
-            spec = request.model_spec
-        status = "OK"
+    @contextlib.contextmanager
+    def _recorded(self, api: str, entrypoint: str, spec):
+        """Around one call: errors become ServingErrors; the request's status and latency are recorded."""
+        start, status = time.perf_counter(), "OK"
         try:
             if spec is None:
                 raise errors.invalid_argument("Missing ModelSpec")
-            with self.manager.servable(spec) as servable:
-                return run(servable)
+            yield
         except Exception as exc:
             error = errors.from_exception(exc)
             status = error.code.name
@@ -43,10 +43,33 @@ class ServingCore:
                 self.metrics.record_request(spec.name if spec is not None else "", api, entrypoint, status,
                                             (time.perf_counter() - start) * 1e6)
 
+    def _call(self, api: str, entrypoint: str, request, run, deadline, spec=None):
+        if spec is None and request.HasField("model_spec"):
+            spec = request.model_spec
+        with self._recorded(api, entrypoint, spec), self.manager.servable(spec) as servable:
+            return run(servable)
+
     def predict(self, request, deadline=None, entrypoint="GRPC"):
         """PredictRequest -> PredictResponse."""
         return self._call("predict", entrypoint, request,
                           lambda s: inference.predict(s, request, deadline, self._method_check), deadline)
+
+    async def predict_async(self, request, deadline, executor, entrypoint="GRPC"):
+        """PredictRequest -> PredictResponse for a caller on the event loop.
+
+        Decoding and encoding run on the loop (they hold the GIL wherever they run); only the
+        model run leaves it: a batched request awaits its batch without holding a thread, an
+        unbatched one runs on `executor`, where TensorFlow releases the GIL.
+        """
+        spec = request.model_spec if request.HasField("model_spec") else None
+        with self._recorded("predict", entrypoint, spec), self.manager.servable(spec) as servable:
+            name, signature, feeds, outputs = inference.prepare_predict(servable, request, self._method_check)
+            if servable.batching is not None:
+                results = await servable.batching.run_async(servable, name, feeds, outputs, deadline)
+            else:
+                results = await asyncio.get_running_loop().run_in_executor(
+                    executor, servable.run_unbatched, name, feeds, outputs)
+            return inference.predict_response(servable, name, signature, results)
 
     def classify(self, request, deadline=None, entrypoint="GRPC"):
         """ClassificationRequest -> ClassificationResponse."""
