@@ -22,12 +22,16 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class _Task:
-    """One request in a batch; `notify()` is called on the batch thread once result or error is set."""
+    """One request in a batch.
 
-    __slots__ = ("feeds", "size", "notify", "result", "error")
+    `waiter` is woken on the batch thread once result or error is set: a threading.Event, or an
+    (event loop, asyncio future) pair for a request awaiting its batch on a loop.
+    """
 
-    def __init__(self, feeds: dict, size: int, notify):
-        self.feeds, self.size, self.notify = feeds, size, notify
+    __slots__ = ("feeds", "size", "waiter", "result", "error")
+
+    def __init__(self, feeds: dict, size: int, waiter):
+        self.feeds, self.size, self.waiter = feeds, size, waiter
         self.result = self.error = None
 
 
@@ -38,9 +42,23 @@ class _Batch:
         self.tasks, self.size, self.started = [], 0, time.monotonic()
 
 
-def _resolve(future) -> None:
-    if not future.done():  # a request that gave up at its deadline has a cancelled future
-        future.set_result(None)
+def _wake(tasks: list) -> None:
+    """Wakes a batch's waiters: threads one by one, each event loop once for all its futures."""
+    futures = {}
+    for task in tasks:
+        if isinstance(task.waiter, threading.Event):
+            task.waiter.set()
+        else:
+            loop, future = task.waiter
+            futures.setdefault(loop, []).append(future)
+    for loop, pending in futures.items():
+        loop.call_soon_threadsafe(_resolve, pending)
+
+
+def _resolve(futures: list) -> None:
+    for future in futures:
+        if not future.done():  # a request that gave up at its deadline has a cancelled future
+            future.set_result(None)
 
 
 def _outcome(task: _Task) -> dict:
@@ -96,7 +114,7 @@ class BatchingQueues:
                 queue is full, DEADLINE_EXCEEDED when `deadline` passes first.
         """
         done = threading.Event()
-        task = self._enqueue(servable, signature_name, feeds, outputs, done.set)
+        task = self._enqueue(servable, signature_name, feeds, outputs, done)
         if not done.wait(None if deadline is None else max(deadline - time.monotonic(), 0)):
             raise errors.deadline_exceeded("Deadline Exceeded")
         return _outcome(task)
@@ -105,19 +123,19 @@ class BatchingQueues:
         """Like `run`, but awaits the batch on the running event loop instead of holding a thread."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-
-        def wake():  # on the batch thread
-            loop.call_soon_threadsafe(_resolve, future)
-
-        task = self._enqueue(servable, signature_name, feeds, outputs, wake)
+        task = self._enqueue(servable, signature_name, feeds, outputs, (loop, future))
         try:
             await asyncio.wait_for(future, None if deadline is None else max(deadline - time.monotonic(), 0))
         except TimeoutError:
             raise errors.deadline_exceeded("Deadline Exceeded") from None
         return _outcome(task)
 
-    def _enqueue(self, servable, signature_name: str, feeds: dict, outputs: tuple, notify) -> _Task:
-        """Adds a request to the last open batch of its queue (or a new one) and wakes a worker."""
+    def _enqueue(self, servable, signature_name: str, feeds: dict, outputs: tuple, waiter) -> _Task:
+        """Adds a request to the last open batch of its queue (or a new one).
+
+        A worker is woken only when the request starts a batch or fills one: until then the
+        workers already wait for the open batch's timeout.
+        """
         sizes = set()
         for array in feeds.values():
             if array.ndim == 0:
@@ -125,7 +143,7 @@ class BatchingQueues:
             sizes.add(array.shape[0])
         if len(sizes) != 1:
             raise errors.invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
-        task = _Task(feeds, sizes.pop(), notify)
+        task = _Task(feeds, sizes.pop(), waiter)
         if task.size > self.max_batch_size:
             raise errors.invalid_argument(
                 f"Task size {task.size} is larger than maximum input batch size {self.max_batch_size}")
@@ -134,14 +152,17 @@ class BatchingQueues:
             queue = self._queues.setdefault(key, collections.deque())
             if queue and queue[-1].size + task.size <= self.max_batch_size:
                 batch = queue[-1]
+                wake = batch.size + task.size == self.max_batch_size
             elif len(queue) < self.max_enqueued:
                 batch = _Batch()
                 queue.append(batch)
+                wake = True
             else:
                 raise errors.unavailable(QUEUE_FULL)
             batch.tasks.append(task)
             batch.size += task.size
-            self._cv.notify()
+            if wake:
+                self._cv.notify()
         return task
 
     def _next_ready(self):
@@ -193,8 +214,7 @@ class BatchingQueues:
             error = errors.from_exception(exc)
             for task in tasks:
                 task.error = error
-        for task in tasks:
-            task.notify()
+        _wake(tasks)
 
     def _merge(self, alias: str, arrays: list, padding: int) -> np.ndarray:
         shapes = {a.shape[1:] for a in arrays}
