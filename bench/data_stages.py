@@ -9,6 +9,10 @@ Prints rows/s for each, the ratio, kfx's peak RSS (driver + Beam workers) per si
 "memory flat as rows grow" can be read off the table, and the size of the examples artifact's
 columnar (Parquet) and tf.Example (gzip TFRecord, what training reads) shards.
 
+The statistics time splits into a fixed cost (Beam job and worker start-up, imports: measured as
+the statistics time of a --fixed-rows run, 10,000 rows by default, printed first) and a per-row
+part: the `stats r/s beyond fixed` column is rows / (statistics seconds - fixed seconds).
+
     .venv/bin/python bench/data_stages.py [--rows 250000 1000000]
 """
 from __future__ import annotations
@@ -51,22 +55,27 @@ class PeakRss:
         self._stop = threading.Event()
 
     def __enter__(self):
+        self._sample()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
 
-    def _run(self):
+    def _sample(self):
         me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self):
         while not self._stop.wait(0.1):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+            self._sample()
 
     def __exit__(self, *exc):
+        self._sample()  # a run shorter than the sampling period still gets its end state
         self._stop.set()
         self._t.join()
 
@@ -111,11 +120,13 @@ def kfx_stages(csv: Path, root: str) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000])
+    ap.add_argument("--fixed-rows", type=int, default=10_000, help="rows of the run that measures the fixed cost (0: none)")
     args = ap.parse_args()
     print(f"{'rows':>10} {'kfx ingest r/s':>15} {'kfx stats r/s':>14} {'pandas stats r/s':>17} "
           f"{'stats ratio':>12} {'kfx+ingest ratio':>17} {'kfx peak RSS':>13} {'pandas peak RSS':>16} "
-          f"{'parquet MB':>11} {'tfrecord MB':>12}")
-    for rows in args.rows:
+          f"{'parquet MB':>11} {'tfrecord MB':>12} {'stats s':>8} {'stats r/s beyond fixed':>23}")
+    fixed_s = None
+    for rows in ([args.fixed_rows] if args.fixed_rows else []) + args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             csv = Path(tmp) / "adult_big.csv"
             make_csv(csv, rows)
@@ -127,11 +138,16 @@ def main() -> None:
                 t = time.perf_counter()
                 pandas_stats(csv)
                 pandas_s = time.perf_counter() - t
+            if args.fixed_rows and fixed_s is None:
+                fixed_s, beyond = stats_s, "(fixed cost)"
+            else:
+                beyond = f"{rows / (stats_s - fixed_s):,.0f}" if fixed_s is not None and stats_s > fixed_s else "n/a"
             print(f"{rows:>10,} {rows / ingest_s:>15,.0f} {rows / stats_s:>14,.0f} {rows / pandas_s:>17,.0f} "
                   f"{stats_s / pandas_s:>11.2f}x {(ingest_s + stats_s) / pandas_s:>16.2f}x "
                   f"{mem.peak / 2**20:>10,.0f} MB {(pmem.peak - base) / 2**20:>13,.0f} MB "
-                  f"{parquet_mb:>11,.1f} {tfrecord_mb:>12,.1f}", flush=True)
-    print("ratio = kfx seconds / pandas seconds (lower is better; aim: stats within 3x).")
+                  f"{parquet_mb:>11,.1f} {tfrecord_mb:>12,.1f} {stats_s:>8.1f} {beyond:>23}", flush=True)
+    print("ratio = kfx seconds / pandas seconds (lower is better; aim: stats within 3x). The first row "
+          f"({args.fixed_rows:,} rows) measures the statistics stage's fixed cost." if args.fixed_rows else "")
 
 
 if __name__ == "__main__":

@@ -79,13 +79,7 @@ def _uri_fingerprint(store: MetadataStore, uri: str) -> str:
     if art is not None:
         return art.fingerprint
     # A URI given by hand (--input) that kfx did not produce: fingerprint its listing.
-    import tensorflow as tf
-
-    entries = []
-    for dirpath, _dirs, files in tf.io.gfile.walk(uri):
-        for f in sorted(files):
-            st = tf.io.gfile.stat(os.path.join(dirpath, f))
-            entries.append((os.path.relpath(os.path.join(dirpath, f), uri), st.length, st.mtime_nsec))
+    entries = fs.listing(uri)
     return _hash([uri, entries])
 
 
@@ -228,8 +222,6 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
     if not execute:
         return StageResult("uncached")
 
-    import tensorflow as tf
-
     ex_id = store.start_execution(cfg.name, run_id, stage.name, fingerprint, cfg_json, version)
     store.record_inputs(ex_id, inputs)
     stage_dir = f"{root.rstrip('/')}/{cfg.name}/{stage.name}"
@@ -237,11 +229,11 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
     # Local roots: write beside, rename on success. Object stores have no atomic rename; there
     # the metadata commit below is what makes outputs visible.
     work_dir = f"{stage_dir}/.tmp-{ex_id}" if fs.is_local(root) else final_dir
-    if tf.io.gfile.exists(work_dir):
-        tf.io.gfile.rmtree(work_dir)
+    if fs.exists(work_dir):
+        fs.rmtree(work_dir)
     outputs = {name: f"{work_dir}/{name}" for name in spec.outputs}
     for uri in outputs.values():
-        tf.io.gfile.makedirs(uri)
+        fs.makedirs(uri)
     ctx = Context(pipeline=cfg, config=stage_cfg, inputs=dict(inputs), outputs=outputs,
                   run_id=run_id, execution_id=ex_id, root=root)
     try:
@@ -253,16 +245,16 @@ def run_stage(stage: Stage, cfg: PipelineConfig, store: MetadataStore, run_id: s
             message = f"{type(err).__name__}: {err}"
         failed_dir = f"{stage_dir}/.failed-{ex_id}"
         if work_dir != final_dir:
-            tf.io.gfile.rename(work_dir, failed_dir, overwrite=True)
+            fs.rename(work_dir, failed_dir, overwrite=True)
         else:
             failed_dir = work_dir
-        with tf.io.gfile.GFile(f"{failed_dir}/traceback.txt", "w") as f:
+        with fs.open_write(f"{failed_dir}/traceback.txt") as f:
             f.write(traceback.format_exc())
         store.fail_execution(ex_id, message)
         return StageResult("failed", ex_id, time.time() - started, {}, {},
                            f"{message} (partial outputs and traceback kept, uncommitted, in {failed_dir})")
     if work_dir != final_dir:
-        tf.io.gfile.rename(work_dir, final_dir, overwrite=False)
+        fs.rename(work_dir, final_dir, overwrite=False)
     final = {name: f"{final_dir}/{name}" for name in spec.outputs}
     store.commit_execution(ex_id, {k: (v, _hash([fingerprint, k])) for k, v in final.items()}, metrics)
     return StageResult("succeeded", ex_id, time.time() - started, final, metrics)

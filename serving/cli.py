@@ -47,6 +47,8 @@ _SERVE_FLAGS = [
     ("num_load_threads", int, 0, "Threads loading models (0: 2)."),
     ("prefer_tflite_model", bool, False, "Serve <version>/model.tflite with TF Lite when it exists."),
     ("enable_profiler", bool, True, "Serve tensorflow.ProfilerService on the gRPC port."),
+    ("num_workers", int, 1, "Server processes sharing the ports (SO_REUSEPORT), each loading the models "
+     "(kfx addition; 1 is one process, as TF Serving)."),
     ("shutdown_grace_seconds", float, 10.0, "On SIGTERM/SIGINT, seconds in-flight requests get to finish "
      "(kfx addition; TF Serving ignores SIGTERM)."),
 ]
@@ -71,6 +73,10 @@ def serve(args: argparse.Namespace) -> int:
     from kfx.pipeline import logs
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.num_workers != 1:  # a supervisor: the workers are `python -m kfx.serving` processes
+        from kfx.serving import workers
+
+        return workers.supervise(args)
     logs.setup()  # before TensorFlow is imported
     from kfx.serving import errors
     from kfx.serving.server import ModelServer, ServerOptions

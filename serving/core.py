@@ -24,6 +24,7 @@ class ServingCore:
     def __init__(self, manager: ModelManager, metrics=None):
         self.manager = manager
         self.metrics = metrics
+        self.on_reload = None  # called with each config a ReloadConfig applied (--num_workers)
         self._method_check = manager.options.enable_signature_method_name_check
 
     @contextlib.contextmanager
@@ -115,6 +116,8 @@ class ServingCore:
                     "ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
                     "ModelConfigList is currently supported")
             self.manager.reload_config(request.config)
+            if self.on_reload is not None:
+                self.on_reload(request.config)
         except errors.ServingError as error:
             response.status.error_code = error.code_value
             response.status.error_message = error.message

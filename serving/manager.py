@@ -81,7 +81,11 @@ def list_versions(base_path: str) -> dict:
     versions = {}
     for child in sorted(tf.io.gfile.listdir(base_path)):
         name = child.rstrip("/")
-        if name.isdigit() and tf.io.gfile.isdir(f"{base_path.rstrip('/')}/{name}"):
+        # TF Serving's absl::SimpleAtoi into int64: ASCII digits only (str.isdigit() also takes "²",
+        # which int() refuses) and at most 2**63 - 1 (a version is an int64 in every proto).
+        if not (name.isascii() and name.isdigit() and int(name) < 2**63):
+            continue
+        if tf.io.gfile.isdir(f"{base_path.rstrip('/')}/{name}"):
             if int(name) in versions:
                 LOG.warning("Duplicate version directories detected. Version %d will be loaded from %s, "
                             "%s will be ignored.", int(name), name, versions[int(name)])

@@ -54,18 +54,23 @@ class ProfilerService:
         self._executor = executor
 
     async def profile(self, request, context):
-        """Profiles for request.duration_ms and exports the trace under request.repository_root."""
+        """Profiles for request.duration_ms (less if the client goes away), exports under request.repository_root."""
         if not self._busy.acquire(blocking=False):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session is active.")
+        stop = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(self._executor, _profile, request, stop)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, _profile, request)
+            return await asyncio.shield(work)
         except RuntimeError as exc:  # the profiler could not start: TensorFlow's status, passed on
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
-            self._busy.release()
+            # Over, or the client went away (the call is cancelled): end the trace now rather than hold
+            # the profiler and an executor thread for the rest of duration_ms; free it once exported.
+            stop.set()
+            work.add_done_callback(lambda _: self._busy.release())
 
 
-def _profile(request):
+def _profile(request, stop: threading.Event):
     from tensorflow.python.profiler.internal import _pywrap_profiler
 
     root = request.repository_root
@@ -75,7 +80,7 @@ def _profile(request):
         session.start(logdir, {})
     except Exception as exc:  # noqa: BLE001 - TensorFlow raises its own status types
         raise RuntimeError(str(exc)) from exc
-    threading.Event().wait(request.duration_ms / 1000)
+    stop.wait(request.duration_ms / 1000)
     session.export_to_tb()
     LOG.info("Profile of %d ms written under %s", request.duration_ms, root)
     return _classes()["ProfileResponse"](empty_trace=False)

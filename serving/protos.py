@@ -6,13 +6,19 @@ their field lists in a private descriptor pool, so the same text-proto files tha
 tensorflow_model_server reads parse here too. ModelServerConfig comes from the wheel.
 """
 
+import errno
 import functools
 import logging
 
+import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf import wrappers_pb2
 
+from kfx.serving import errors
+
 _F = descriptor_pb2.FieldDescriptorProto
+# TensorFlow's ErrnoToCode for what opening a config file fails with.
+_ERRNO_CODES = {errno.ENOENT: grpc.StatusCode.NOT_FOUND, errno.EACCES: grpc.StatusCode.PERMISSION_DENIED}
 
 # message name -> [(field name, number, type, label, type_name)]
 _MESSAGES = {
@@ -81,8 +87,9 @@ def read_text_proto(path: str, message):
     text-format tensorflow.serving.ModelServerConfig: 1:10: ...").
 
     Raises:
-        ValueError: "Invalid protobuf file: '<path>'" (TF Serving's wording), when it cannot be
-            read or parsed.
+        ValueError: "Invalid protobuf file: '<path>'" (TF Serving's wording), when it does not parse.
+        ServingError: NOT_FOUND "<path>; No such file or directory" (TensorFlow's IOError), when
+            it cannot be read.
     """
     try:
         with open(path, encoding="utf-8") as handle:
@@ -90,6 +97,7 @@ def read_text_proto(path: str, message):
     except text_format.ParseError as exc:
         logging.getLogger(__name__).error("Error parsing text-format %s: %s", message.DESCRIPTOR.full_name, exc)
         raise ValueError(f"Invalid protobuf file: '{path}'") from exc
-    except OSError as exc:
-        raise ValueError(f"Invalid protobuf file: '{path}': {exc}") from exc
+    except OSError as exc:  # Env::NewReadOnlyMemoryRegionFromFile's IOError(path, errno)
+        code = _ERRNO_CODES.get(exc.errno, grpc.StatusCode.UNKNOWN)
+        raise errors.ServingError(code, f"{path}; {exc.strerror}") from exc
     return message

@@ -42,6 +42,7 @@ class Servable:
         self.name = name
         self.version = version
         self.path = path
+        self._track_requests()
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
         try:
@@ -53,7 +54,7 @@ class Servable:
         self._graph.finalize()  # nothing may add ops once serving starts
         self.signatures = dict(meta_graph.signature_def)
         self._callables = {}
-        self._lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
         for key, signature in self.signatures.items():  # the usual call is prepared before serving
             if key == INIT_OP_SIGNATURE:  # runs at load, never served
                 continue
@@ -61,6 +62,10 @@ class Servable:
                 self._make_callable(key, tuple(sorted(signature.outputs)))
             except (tf.errors.OpError, ValueError) as exc:  # left to fail on its first request
                 LOG.warning("Signature %s of %s version %s cannot be prepared: %s", key, name, version, exc)
+
+    def _track_requests(self) -> None:
+        """The state behind acquire/release/close: requests in flight, and whether it is unloading."""
+        self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._closed = False
@@ -76,12 +81,13 @@ class Servable:
         Args:
             signature_name: a key of `signatures` (already validated).
             feeds: input alias -> validated numpy array, one per signature input.
-            output_aliases: the output aliases to fetch.
+            output_aliases: the output aliases to fetch, in any order.
             deadline: `time.monotonic()` value after which a queued request gives up.
 
         Returns:
             output alias -> numpy array.
         """
+        output_aliases = tuple(sorted(output_aliases))  # one callable and one batch queue per output set
         if self.batching is not None:
             return self.batching.run(self, signature_name, feeds, output_aliases, deadline)
         return self.run_unbatched(signature_name, feeds, output_aliases)
@@ -110,7 +116,7 @@ class Servable:
         options = config_pb2.CallableOptions(
             feed=[signature.inputs[a].name for a in aliases],
             fetch=[signature.outputs[a].name for a in output_aliases])
-        with self._lock:
+        with self._prepare_lock:  # not self._lock: requests acquire/release that one while this builds
             entry = self._callables.get((signature_name, output_aliases))
             if entry is None:
                 entry = (self._session._make_callable_from_options(options), aliases)  # noqa: SLF001

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from kfx.serving import batching, grpc_service, manager, metrics as metrics_lib, profiler, protos, rest
+from kfx.serving import batching, grpc_service, manager, metrics as metrics_lib, profiler, protos, rest, workers
 from kfx.serving.core import ServingCore
 
 LOG = logging.getLogger(__name__)
@@ -101,7 +101,8 @@ class ModelServer:
 
     def __init__(self, options: ServerOptions, reuse_port: bool = False):
         self.options = options
-        self.reuse_port = reuse_port
+        self._group = workers.Member.from_env()  # None unless a --num_workers supervisor started it
+        self.reuse_port = reuse_port or self._group is not None
         self.metrics = metrics_lib.Metrics()
         self._batching = None
         self._grpc = None
@@ -154,6 +155,8 @@ class ModelServer:
         self._on_loop(self._start_grpc())
         if opts.rest_api_port > 0:
             self._on_loop(self._start_rest())
+        if self._group is not None:
+            self._group.join(self)
 
     def _on_loop(self, coroutine):
         """Runs a coroutine on the server's event loop and returns its result."""
@@ -233,6 +236,8 @@ class ModelServer:
         grace = self.options.shutdown_grace_seconds if grace is None else grace
         deadline = time.monotonic() + grace
         self._stop.set()
+        if self._group is not None:
+            self._group.leave()
         with self._gate.idle:
             self._gate.draining = True
         if self._health is not None:

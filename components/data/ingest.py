@@ -9,7 +9,9 @@ with the reason; `base64_columns` are decoded from base64 text (images in CSV). 
 tables, one example per node) is read by components/data/graphs.py.
 Rows are read in chunks (one Beam element per
 chunk of rows, not per row: Beam's per-element cost dominates otherwise) and parsed in
-parallel by Beam workers. Each row goes to exactly one split by a deterministic hash, or to
+parallel by Beam workers; CSV byte ranges and Parquet record batches are typed column-wise
+(Arrow), and each chunk's examples are encoded and written as one TFRecord shard per split
+(components/data/example_blocks.py). Each row goes to exactly one split by a deterministic hash, or to
 `rejected` with its file, line and reason, or is *dropped* when its label is outside
 `label_values` (counted per label value: well-formed rows that are not this task's data, such as
 the plot summaries among the Rotten Tomatoes reviews); read = accepted + rejected + dropped, always.
@@ -27,10 +29,10 @@ import csv
 import hashlib
 import json
 import math
-import struct
 from typing import Any, Iterable
 
-from kfx.components.data import graphs, images
+from kfx.components.data import example_blocks, graphs, images
+from kfx.components.data.example_blocks import _field, encode_example, encode_feature  # noqa: F401
 from kfx.pipeline.artifacts import examples as columnar
 from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir, write_columns  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
@@ -38,6 +40,7 @@ from kfx.pipeline.config import IngestConfig
 
 _INFER_ROWS = 1000
 COLUMNAR = "columnar"  # the parse step's output of (split, shard name, RecordBatch)
+TFRECORD = "tfrecord"  # the parse step's output of (split, shard name, BinaryArray of serialized examples)
 csv.field_size_limit(1 << 30)  # a base64 image or a long text exceeds csv's default 128 KiB field
 
 
@@ -74,44 +77,49 @@ class RowParser:
                 return name
         return self.split_tables[input_idx][-1][0]
 
-    def typed(self, values: list[Any]) -> dict[str, Any]:
-        """Column values -> feature dict; raises ValueError naming the column on a bad value."""
+    def value(self, name: str, value: Any) -> list | None:
+        """One column's value -> its typed feature values, None when absent (null, NaN, NA value).
+
+        Raises:
+            ValueError: naming the column and the value, when it cannot be read as the column's type.
+        """
         import numpy as np
 
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return None
+        kind = self.columns[name]
+        if isinstance(value, str):
+            if value in self.na:
+                return None
+            value = self.replace.get(name, {}).get(value, value)
+        seq = list(np.asarray(value).ravel()) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        try:
+            if kind == "int":
+                conv = [_to_int(v) for v in seq]
+            elif kind == "float":
+                conv = [float(v) for v in seq]
+                if any(math.isnan(v) or math.isinf(v) for v in conv):
+                    raise ValueError
+            elif name not in self.base64:
+                conv = [v if isinstance(v, bytes) else str(v).encode() for v in seq]
+        except (TypeError, ValueError):
+            raise ValueError(f"column {name!r}: cannot read {value!r} as {kind}") from None
+        if name in self.base64:  # raises naming the column and the decoder's reason
+            conv = [images.decode_base64(name, v) for v in seq]
+        if name in self.images:
+            for v in conv:
+                images.check_image(name, v, self.images[name])
+        if name in self.pixels:
+            images.check_pixels(name, conv, self.pixels[name])
+        return conv
+
+    def typed(self, values: list[Any]) -> dict[str, Any]:
+        """Column values -> feature dict; raises ValueError naming the column on a bad value."""
         out = {}
         for name, value in zip(self.names, values):
-            if value is None:
-                continue
-            if isinstance(value, float) and math.isnan(value):
-                continue
-            kind = self.columns[name]
-            if isinstance(value, str):
-                if value in self.na:
-                    continue
-                value = self.replace.get(name, {}).get(value, value)
-            if isinstance(value, (list, tuple, np.ndarray)):
-                seq = list(np.asarray(value).ravel())
-            else:
-                seq = [value]
-            try:
-                if kind == "int":
-                    conv = [_to_int(v) for v in seq]
-                elif kind == "float":
-                    conv = [float(v) for v in seq]
-                    if any(math.isnan(v) or math.isinf(v) for v in conv):
-                        raise ValueError
-                elif name not in self.base64:
-                    conv = [v if isinstance(v, bytes) else str(v).encode() for v in seq]
-            except (TypeError, ValueError):
-                raise ValueError(f"column {name!r}: cannot read {value!r} as {kind}") from None
-            if name in self.base64:  # raises naming the column and the decoder's reason
-                conv = [images.decode_base64(name, v) for v in seq]
-            if name in self.images:
-                for v in conv:
-                    images.check_image(name, v, self.images[name])
-            if name in self.pixels:
-                images.check_pixels(name, conv, self.pixels[name])
-            out[name] = conv
+            conv = self.value(name, value)
+            if conv is not None:
+                out[name] = conv
         if self.label and self.label not in out:
             raise ValueError(f"missing label {self.label!r}")
         if self.label_values and out[self.label][0].decode() not in self.label_values:
@@ -137,47 +145,6 @@ class RowParser:
         return raw if raw is not None else repr(values)
 
 
-# A tf.Example is small and fixed in shape, so it is encoded here directly: building it through
-# the protobuf classes costs ~35 us a row, most of ingest's time (tests check equality with
-# tf.train.Example parsing).
-_SMALL = [bytes([i]) for i in range(128)]
-_TAG = {n: bytes([n << 3 | 2]) for n in (1, 2, 3)}
-
-
-def _varint(v: int) -> bytes:
-    if 0 <= v < 128:
-        return _SMALL[v]
-    if v < 0:
-        v += 1 << 64
-    out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (field numbers 1..3 only)."""
-    n = len(payload)
-    return _TAG[number] + (_SMALL[n] if n < 128 else _varint(n)) + payload
-
-
-def encode_feature(kind: str, vals: list) -> bytes:
-    """A serialized tf.train.Feature: int64_list (3), float_list (2) or bytes_list (1)."""
-    if kind == "int":
-        return _field(3, _field(1, b"".join(map(_varint, vals))))
-    if kind == "float":
-        return _field(2, _field(1, struct.pack(f"<{len(vals)}f", *vals)))
-    return _field(1, b"".join([_field(1, v) for v in vals]))
-
-
-def encode_example(features: Iterable[tuple[bytes, str, list]]) -> bytes:
-    """Serialized tf.train.Example from (key field, kind, values) triples."""
-    return _field(1, b"".join([_field(1, key + _field(2, encode_feature(kind, vals)))
-                               for key, kind, vals in features]))
-
-
 def _to_int(v: Any) -> int:
     if isinstance(v, (bool,)):
         return int(v)
@@ -192,6 +159,7 @@ def _to_int(v: Any) -> int:
 
 # ------------------------------------------------------------------ readers (run on Beam workers)
 _RANGE_BYTES = 32 << 20
+_SLICE_BYTES = 8 << 20  # a columnar CSV slice: ~75k Adult rows, ~0.3 GB of Arrow arrays at its peak
 _BZ2 = ".bz2"  # tf.io.gfile does not decompress; CSV files ending so are decompressed here
 
 
@@ -270,11 +238,13 @@ def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, i
 
 
 def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: bool,
-                      skip_prefixes: tuple[str, ...], chunk_rows: int):
-    """CSV records of one file range in chunks of (line number, text); comments and blanks dropped."""
+                      skip_prefixes: tuple[str, ...], chunk_rows: int, data: bytes | None = None):
+    """CSV records of one file range in chunks of (line number, text); comments and blanks dropped.
+
+    `data` is the range's bytes when the caller has read them already."""
     input_idx, (path, start, end, first_line) = item
     chunk: list[tuple[int, str]] = []
-    data = _read_bytes(path, start, end)
+    data = _read_bytes(path, start, end) if data is None else data
     lines = ((n, raw.decode("utf-8", "replace").rstrip("\r"))
              for n, raw in enumerate(data.split(b"\n"), start=first_line))
     for lineno, line in _records(lines):
@@ -290,11 +260,13 @@ def _read_text_chunks(item: tuple[int, tuple[str, int, int, int]], skip_header: 
 
 def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = False):
     """(row number, values, raw text or None, early rejection or None) rows -> tagged outputs:
-    one serialized example per accepted row under its split, rejected rows, and the counts.
+    per split the accepted rows' serialized examples (TFRECORD) and record batch (COLUMNAR),
+    the rejected rows, and the counts.
 
     With `files`, each row is a file of the folder `path` and raw is its relative path: a
     rejected row's input is that file (no line)."""
     import apache_beam as beam
+    import pyarrow as pa
 
     counts: dict[str, int] = {}
     dropped: dict[str, int] = {}
@@ -316,15 +288,17 @@ def _route(input_idx: int, path: str, rows, parser: RowParser, files: bool = Fal
                 split = parser.split_of(input_idx, parser.hash_key(values, raw))
                 counts[split] = counts.get(split, 0) + 1
                 typed.setdefault(split, []).append(feats)
-                yield beam.pvalue.TaggedOutput(split, parser.example(feats))
                 continue
         rejected += 1
         where = {"input": f"{path}/{raw}"} if files else {"input": path, "line": rowno}  # a file has no line
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
             {**where, "reason": reason, "row": raw if raw is not None else repr(values)[:2000]}))
-    for split, feats in typed.items():  # one shard per chunk and split, named by the chunk's place
-        yield beam.pvalue.TaggedOutput(COLUMNAR, (split, columnar.shard_name(f"{input_idx}|{path}|{first}"),
+    key = f"{input_idx}|{path}|{first}"  # one shard of each kind per chunk and split, named by the chunk's place
+    for split, feats in typed.items():
+        yield beam.pvalue.TaggedOutput(COLUMNAR, (split, columnar.shard_name(key),
                                                   columnar.record_batch(parser.columns, feats)))
+        yield beam.pvalue.TaggedOutput(TFRECORD, (split, example_blocks.shard_name(key),
+                                                  pa.array([parser.example(f) for f in feats], pa.binary())))
     yield beam.pvalue.TaggedOutput("counts", {"read": read, "rejected": rejected, "splits": counts,
                                               "dropped": dropped})
 
@@ -358,52 +332,71 @@ def _columnar_ok(parser: RowParser) -> bool:
 def _parse_csv_range(item, parser: RowParser, opts, chunk_rows: int):
     """One line-aligned byte range of a CSV file -> tagged outputs (see `_route`), columnar.
 
-    Arrow's multi-threaded C++ reader parses the range; typing, NA values, replacements,
-    quarantine and the split are vectorised over its columns; Python only joins each accepted
-    row's pre-encoded feature bytes into its tf.Example. A range that holds a quote character
-    (a field may then span lines), bytes that are not UTF-8, or a parser with columns this path
-    does not type (`_columnar_ok`) takes the per-row path: the results are the same.
+    Arrow's multi-threaded C++ reader parses the range, a slice of `_SLICE_BYTES` at a time (what
+    a worker holds at once, and one shard per split); typing, NA values, replacements,
+    quarantine, the split and the tf.Example encoding are vectorised over its columns
+    (`_columnar_csv`). A range that holds a quote character (a field may then span lines), or a
+    parser with columns this path does not type (`_columnar_ok`), takes the per-row path, and so
+    does a slice that is not UTF-8 or holds an integer beyond int64: the results are the same.
     """
     import pyarrow as pa
 
     input_idx, (path, start, end, first_line) = item
     data = _read_bytes(path, start, end)
-    try:
-        data.decode("utf-8")
-        simple = b'"' not in data and _columnar_ok(parser) and len(opts.delimiter) == 1
-        out = list(_columnar_csv(data, input_idx, path, start, first_line, parser, opts)) if simple else None
-    except (UnicodeDecodeError, pa.ArrowInvalid):  # e.g. an integer beyond int64: the per-row path says which
-        out = None
-    if out is None:
-        for chunk in _read_text_chunks(item, opts.header, tuple(opts.skip_lines_starting_with), chunk_rows):
+    if b'"' in data or not _columnar_ok(parser) or len(opts.delimiter) != 1:
+        for chunk in _read_text_chunks(item, opts.header, tuple(opts.skip_lines_starting_with), chunk_rows, data):
             yield from _parse_csv_chunk(chunk, parser, opts.delimiter, opts.skip_initial_space)
-    else:
+        return
+    pos, line = 0, first_line
+    while pos < len(data):
+        cut = data.rfind(b"\n", pos, pos + _SLICE_BYTES) + 1 if pos + _SLICE_BYTES < len(data) else len(data)
+        if cut <= pos:  # a line longer than a slice
+            cut = data.find(b"\n", pos + _SLICE_BYTES) + 1 or len(data)
+        piece = data[pos:cut]
+        try:  # all of a slice's outputs or none: on an error the per-row path says which row and why
+            out = list(_columnar_csv(piece, input_idx, path, start + pos, line, parser, opts))
+        except pa.ArrowInvalid:
+            sub = (input_idx, (path, start + pos, start + cut, line))
+            out = [o for chunk in _read_text_chunks(sub, opts.header, tuple(opts.skip_lines_starting_with),
+                                                    chunk_rows, piece)
+                   for o in _parse_csv_chunk(chunk, parser, opts.delimiter, opts.skip_initial_space)]
         yield from out
+        del out
+        line += piece.count(b"\n")
+        pos = cut
 
 
 def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line: int, parser: RowParser, opts):
-    """The tagged outputs of `_parse_csv_range` for a range without quotes, in UTF-8."""
-    import io
-
+    """The tagged outputs of `_parse_csv_range` for one slice of a range without quotes."""
     import apache_beam as beam
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
-    delim, ncol, names = opts.delimiter.encode(), len(parser.names), parser.names
-    prefixes = tuple(p.encode() for p in opts.skip_lines_starting_with)
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in data.split(b"\n")]
-    keep = [i for i, line in enumerate(lines) if line.strip() and not line.startswith(prefixes)
-            and not (opts.header and first_line + i == 1)]
-    found = np.array([lines[i].count(delim) + 1 for i in keep], dtype=np.int64)
-    good = [i for i, f in zip(keep, found.tolist()) if f == ncol]
-    bad = [(i, f) for i, f in zip(keep, found.tolist()) if f != ncol]
-    rejected = [(first_line + i, lines[i].decode(), f"expected {ncol} columns, found {f}") for i, f in bad]
+    ncol, names = len(parser.names), parser.names
+    # the range's lines as one Arrow array (UTF-8 checked in C), a trailing \r dropped
+    lines = pc.split_pattern(pa.array([data], pa.large_binary()).cast(pa.large_string()), "\n").flatten()
+    lines = pc.replace_substring_regex(lines, "\r$", "")
+    keep = pc.invert(pc.equal(pc.binary_length(pc.ascii_trim_whitespace(lines)), 0))
+    for prefix in opts.skip_lines_starting_with:
+        keep = pc.and_(keep, pc.invert(pc.starts_with(lines, prefix)))
+    keep = keep.to_numpy(zero_copy_only=False).copy()
+    if opts.header and first_line == 1:
+        keep[0] = False
+    found = pc.count_substring(lines, opts.delimiter).to_numpy(zero_copy_only=False) + 1
+    good = keep & (found == ncol)
+    rejected = [(first_line + i, lines[i].as_py(), f"expected {ncol} columns, found {found[i]}")
+                for i in np.flatnonzero(keep & ~good).tolist()]
     counts: dict[str, int] = {}
-    if good:
+    if good.any():
+        good_lines = lines.filter(pa.array(good))
+        nl = pa.scalar("\n", pa.large_string())
+        body = pc.binary_join_element_wise(good_lines, pa.scalar("", pa.large_string()), nl)  # lines + "\n"
+        offsets = np.frombuffer(body.buffers()[1], dtype=np.int64)
         table = pacsv.read_csv(
-            io.BytesIO(b"\n".join(lines[i] for i in good)),
+            pa.BufferReader(body.buffers()[2].slice(int(offsets[body.offset]),
+                                                    int(offsets[body.offset + len(body)] - offsets[body.offset]))),
             read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 24),
             parse_options=pacsv.ParseOptions(delimiter=opts.delimiter, quote_char=False),
             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
@@ -435,56 +428,51 @@ def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line
         if parser.label:
             reason[(reason == None) & typed[parser.label][1]] = f"missing label {parser.label!r}"  # noqa: E711
         accepted = reason == None  # noqa: E711
-        rows = np.array(good)
-        rejected += [(first_line + int(rows[r]), lines[rows[r]].decode(), reason[r]) for r in np.flatnonzero(~accepted)]
+        rows = np.flatnonzero(good)
+        rejected += [(first_line + int(rows[r]), good_lines[r].as_py(), reason[r]) for r in np.flatnonzero(~accepted)]
         if accepted.any():
-            acc_rows = rows[accepted]
-            digests = b"".join(hashlib.md5(lines[i]).digest()[:8] for i in acc_rows.tolist())
-            u = np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
-            table_ = parser.split_tables[input_idx]
-            which = np.minimum(np.searchsorted([b for _, b in table_], u, side="right"), len(table_) - 1)
+            keys = good_lines.filter(pa.array(accepted)).cast(pa.large_binary()).to_numpy(zero_copy_only=False)
             cols = {name: (vals.filter(pa.array(accepted)), null[accepted]) for name, (vals, null) in typed.items()}
-            examples = _frame_examples([_encode_column(parser.keys[name], parser.columns[name], vals, null)
-                                        for name, (vals, null) in cols.items()])
-            for k, (split, _) in enumerate(table_):
-                idx = np.flatnonzero(which == k)
-                if not len(idx):
-                    continue
-                counts[split] = counts.get(split, 0) + len(idx)
-                for i in idx.tolist():
-                    yield beam.pvalue.TaggedOutput(split, examples[i])
-                batch = pa.RecordBatch.from_arrays(
-                    [_list_column(vals.take(pa.array(idx)), null[idx]) for vals, null in cols.values()],
-                    schema=columnar.arrow_schema(parser.columns))
-                yield beam.pvalue.TaggedOutput(COLUMNAR, (split, columnar.shard_name(f"{input_idx}|{path}|{start}"),
-                                                          batch))
+            counts = yield from _split_outputs(parser, input_idx, f"{input_idx}|{path}|{start}", cols, keys)
     for line, raw, why in rejected:
         yield beam.pvalue.TaggedOutput(REJECTED, json.dumps({"input": path, "line": line, "reason": why, "row": raw}))
-    yield beam.pvalue.TaggedOutput("counts", {"read": len(keep), "rejected": len(rejected), "splits": counts,
+    yield beam.pvalue.TaggedOutput("counts", {"read": int(keep.sum()), "rejected": len(rejected), "splits": counts,
                                               "dropped": {}})
 
 
-def _encode_column(key: bytes, kind: str, vals, null):
-    """Each row's serialized feature entry (key + Feature) of one typed column, b"" where null:
-    an object array built by encoding each distinct value once and gathering (C loops)."""
+def _split_outputs(parser: RowParser, input_idx: int, key: str, cols: dict, hash_keys: Iterable[bytes]):
+    """Accepted typed columns of one chunk -> per split its TFRECORD and COLUMNAR outputs (generator).
+
+    Args:
+        cols: {column: (Arrow values, numpy null mask)} of the accepted rows, in column order.
+        hash_keys: per accepted row the bytes its split is drawn from (md5, as `RowParser.split_of`).
+        key: the chunk's place, which names its shards.
+
+    Returns:
+        {split: accepted rows} (the generator's return value).
+    """
+    import apache_beam as beam
     import numpy as np
+    import pyarrow as pa
 
-    enc = vals.dictionary_encode()
-    table = np.array([_field(1, key + _field(2, encode_feature(kind, [v]))) for v in enc.dictionary.to_pylist()]
-                     + [b""], dtype=object)
-    return table[np.where(null, len(table) - 1, enc.indices.to_numpy(zero_copy_only=False))]
-
-
-def _frame_examples(entries: list):
-    """Per row, the serialized tf.Example of its columns' feature entries (object arrays, concatenated in C)."""
-    import functools
-
-    import numpy as np
-
-    payload = functools.reduce(np.add, entries)
-    lengths = np.fromiter(map(len, payload), dtype=np.int64, count=len(payload))
-    prefix = np.array([_TAG[1] + _varint(n) for n in range(int(lengths.max(initial=0)) + 1)], dtype=object)
-    return prefix[lengths] + payload
+    digests = b"".join([hashlib.md5(k).digest()[:8] for k in hash_keys])
+    u = np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+    table = parser.split_tables[input_idx]
+    which = np.minimum(np.searchsorted([b for _, b in table], u, side="right"), len(table) - 1)
+    records = example_blocks.examples([example_blocks.feature_entries(parser.keys[name], parser.columns[name], v, n)
+                                       for name, (v, n) in cols.items()])
+    counts = {}
+    for k, (split, _) in enumerate(table):
+        idx = np.flatnonzero(which == k)
+        if not len(idx):
+            continue
+        counts[split] = len(idx)
+        take = pa.array(idx)
+        yield beam.pvalue.TaggedOutput(TFRECORD, (split, example_blocks.shard_name(key), records.take(take)))
+        batch = pa.RecordBatch.from_arrays([_list_column(v.take(take), n[idx]) for v, n in cols.values()],
+                                           schema=columnar.arrow_schema(parser.columns))
+        yield beam.pvalue.TaggedOutput(COLUMNAR, (split, columnar.shard_name(key), batch))
+    return counts
 
 
 def _list_column(vals, null):
@@ -517,14 +505,97 @@ def _parquet_file(path: str):
     return pq.ParquetFile(fs.open_input_file(inner))
 
 
-def _read_parquet_chunks(item, names: list[str], chunk_rows: int):
+def _parse_parquet_file(item, parser: RowParser, chunk_rows: int):
+    """One Parquet file -> tagged outputs (see `_route`), a record batch at a time.
+
+    A batch whose columns are all scalar takes the columnar path (`_columnar_batch`); one with a
+    list column, or a parser this path does not type (`_columnar_ok`), goes row by row through
+    `_route`: the results are the same. Rows are numbered from 1 in each file. A column of the
+    examples (named by the first file) that this file lacks rejects each of its rows, naming it.
+    """
+    import pyarrow as pa
+
     input_idx, path = item
+    pfile = _parquet_file(path)
+    present = [n for n in parser.names if n in pfile.schema_arrow.names]
+    missing = [n for n in parser.names if n not in present]
+    why = f"column {missing[0]!r} is missing from this file" if missing else None
     start = 1
-    for batch in _parquet_file(path).iter_batches(batch_size=chunk_rows, columns=names):
-        cols = [batch.column(n).to_pylist() for n in names]
-        rows = [(start + i, [c[i] for c in cols]) for i in range(batch.num_rows)]
+    for batch in pfile.iter_batches(batch_size=chunk_rows, columns=present):
+        batch = pa.RecordBatch.from_arrays(  # the examples' column order; a missing column is null
+            [batch.column(n) if n in present else pa.nulls(batch.num_rows) for n in parser.names], parser.names)
+        if why is None and _columnar_ok(parser) and not any(pa.types.is_nested(c.type) for c in batch.columns):
+            yield from _columnar_batch(batch, input_idx, path, start, parser)
+        else:
+            cols = [c.to_pylist() for c in batch.columns]
+            yield from _route(input_idx, path, ((start + i, [c[i] for c in cols], None, why)
+                                                for i in range(batch.num_rows)), parser)
         start += batch.num_rows
-        yield input_idx, path, rows
+
+
+def _columnar_batch(batch, input_idx: int, path: str, start: int, parser: RowParser):
+    """The tagged outputs of `_route` for a record batch of scalar columns (Parquet), vectorised.
+
+    int64 read as int and floats read as float are cast; any other column is converted by
+    `RowParser.value` once per distinct value and gathered, so typing and reasons are the per-row
+    path's. The split hashes each row's `repr` of its values, as the per-row path does, built a
+    column at a time from each distinct value's repr.
+    """
+    import apache_beam as beam
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    reason = np.full(n, None, dtype=object)
+    typed, reprs = {}, []
+    arrow_type = {"int": pa.int64(), "float": pa.float32(), "string": pa.binary()}
+    for name, col in zip(parser.names, batch.columns):
+        kind, t = parser.columns[name], col.type
+        enc = col.dictionary_encode()
+        distinct = enc.dictionary.to_pylist()
+        # each row's index into the distinct values, len(distinct) for a null
+        ix = enc.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
+        reprs.append(pa.array([repr(v) for v in distinct] + ["None"]).take(pa.array(ix)))
+        if (kind == "int" and pa.types.is_integer(t) and t != pa.uint64()
+                or kind == "float" and pa.types.is_floating(t)):  # cast; only non-finite floats are bad
+            vals = col.cast(pa.int64() if kind == "int" else pa.float64()).cast(arrow_type[kind])
+            why = [None if kind == "int" or not math.isinf(v) else f"column {name!r}: cannot read {v!r} as {kind}"
+                   for v in distinct] + [None]
+            absent = [kind == "float" and math.isnan(v) for v in distinct] + [True]
+        else:  # each distinct value once, through the per-row conversion
+            conv, why, absent = [], [], []
+            for v in distinct:
+                try:
+                    c = parser.value(name, v)
+                except ValueError as err:
+                    c = None
+                    why.append(str(err))
+                else:
+                    why.append(None)
+                absent.append(c is None and why[-1] is None)
+                conv.append(c[0] if c else None)
+            vals = pa.array(conv + [None], arrow_type[kind]).take(pa.array(ix))
+            why, absent = why + [None], absent + [True]
+        why = np.array(why, dtype=object)[ix]
+        first = (why != None) & (reason == None)  # noqa: E711 (elementwise)
+        reason[first] = why[first]
+        typed[name] = (vals, np.array(absent)[ix])
+    if parser.label:
+        reason[(reason == None) & typed[parser.label][1]] = f"missing label {parser.label!r}"  # noqa: E711
+    accepted = reason == None  # noqa: E711
+    text = pc.binary_join_element_wise(*reprs, ", ") if reprs else pa.array([""] * n)
+    counts = {}
+    if accepted.any():
+        keep = pa.array(accepted)
+        keys = pc.binary_join_element_wise("[", text.filter(keep), "]", "").cast(pa.binary()).to_numpy(zero_copy_only=False)
+        cols = {name: (vals.filter(keep), null[accepted]) for name, (vals, null) in typed.items()}
+        counts = yield from _split_outputs(parser, input_idx, f"{input_idx}|{path}|{(start, None)}", cols, keys)
+    for r in np.flatnonzero(~accepted).tolist():
+        yield beam.pvalue.TaggedOutput(REJECTED, json.dumps(
+            {"input": path, "line": start + r, "reason": reason[r], "row": f"[{text[r].as_py()}]"[:2000]}))
+    yield beam.pvalue.TaggedOutput("counts", {"read": n, "rejected": int((~accepted).sum()), "splits": counts,
+                                              "dropped": {}})
 
 
 def _read_tfrecord_chunks(item, names: list[str], chunk_rows: int):
@@ -827,7 +898,7 @@ def run(ctx: Context) -> dict[str, Any]:
     parser = RowParser(columns, cfg, _split_tables(cfg))
     names = list(columns)
     examples, rejected_uri = ctx.outputs[EXAMPLES], ctx.outputs[REJECTED]
-    num_shards = cfg.num_shards  # 0: one file per bundle, no shuffle of the data (streams)
+    num_shards = cfg.num_shards  # 0: one shard per chunk and split, no shuffle of the data (streams)
 
     with beam.Pipeline(options=ctx.beam_options()) as p:
         # Only file names / byte ranges are shuffled: it spreads them over the workers, and each
@@ -835,23 +906,29 @@ def run(ctx: Context) -> dict[str, Any]:
         src = p | "Files" >> beam.Create(items) | "Spread" >> beam.Reshuffle()
         if cfg.format == "csv":  # read and parse a byte range in one step, columnar (`_parse_csv_range`)
             chunks, parse = src, beam.FlatMap(_parse_csv_range, parser, cfg.csv, cfg.chunk_rows)
+        elif cfg.format == "parquet":  # record batches, columnar (`_parse_parquet_file`)
+            chunks, parse = src, beam.FlatMap(_parse_parquet_file, parser, cfg.chunk_rows)
         elif cfg.format == "image_folder":
             chunks = src | "Read" >> beam.FlatMap(images.read_folder_chunk)
             parse = beam.FlatMap(_parse_file_chunk, parser)
         else:
-            reader = {"parquet": lambda it: _read_parquet_chunks(it, names, cfg.chunk_rows),
-                      "tfrecord": lambda it: _read_tfrecord_chunks(it, names, cfg.chunk_rows),
+            reader = {"tfrecord": lambda it: _read_tfrecord_chunks(it, names, cfg.chunk_rows),
                       "tfds": lambda it: _read_tfds_chunks(it, cfg.name, cfg.data_dir, names, cfg.chunk_rows),
                       "builtin": lambda it: _read_image_builtin_chunks(it, cfg.name, cfg.chunk_rows)}[cfg.format]
             chunks = src | "Read" >> beam.FlatMap(reader)
             parse = beam.FlatMap(_parse_record_chunk, parser)
-        tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", COLUMNAR, *split_names))
+        tagged = (chunks | "Parse" >> parse.with_outputs(REJECTED, "counts", COLUMNAR, TFRECORD))
         _ = tagged[COLUMNAR] | "WriteColumnar" >> beam.MapTuple(
             lambda split, name, batch: columnar.write_shard(split_dir(examples, split), name, batch))
-        for split in split_names:
-            _ = tagged[split] | f"Write{split}" >> beam.io.WriteToTFRecord(
-                f"{split_dir(examples, split)}/data_tfrecord", file_name_suffix=".gz",
-                num_shards=num_shards, compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+        if not num_shards:  # each chunk's block of records is one shard: no element per row
+            _ = tagged[TFRECORD] | "WriteTFRecord" >> beam.MapTuple(
+                lambda split, name, records: example_blocks.write_shard(split_dir(examples, split), name, records))
+        for split in split_names if num_shards else ():  # a fixed number of shards: Beam's sink, a row each
+            _ = (tagged[TFRECORD] | f"Records{split}" >> beam.FlatMapTuple(
+                     lambda s, name, records, split=split: records.to_pylist() if s == split else [])
+                 | f"Write{split}" >> beam.io.WriteToTFRecord(
+                     f"{split_dir(examples, split)}/data_tfrecord", file_name_suffix=".gz",
+                     num_shards=num_shards, compression_type=beam.io.filesystem.CompressionTypes.GZIP))
         _ = tagged[REJECTED] | "WriteRejected" >> beam.io.WriteToText(
             f"{rejected_uri}/rejected", file_name_suffix=".jsonl", shard_name_template="", num_shards=1)
         _ = (tagged["counts"] | "Sum" >> beam.CombineGlobally(_sum_counts)

@@ -52,12 +52,12 @@ class ArtifactError(ComponentError):
 
 def read_json(uri: str, name: str) -> Any:
     """`<uri>/<name>` parsed as JSON."""
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
     path = f"{uri}/{name}"
     try:
-        with tf.io.gfile.GFile(path) as f:
-            return json.load(f)
+        with fs.open_binary(path) as f:
+            return json.loads(f.read())
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path} is not valid JSON: {err}") from None
 
@@ -108,13 +108,14 @@ def write_columns(examples_uri: str, columns: dict[str, str], label: str | None,
 # ------------------------------------------------------------------ statistics
 def load_statistics(uri: str) -> dict[str, Any]:
     """{split: DatasetFeatureStatistics} of a statistics artifact."""
-    import tensorflow as tf
     from tensorflow_metadata.proto.v0 import statistics_pb2 as st
 
+    from kfx.pipeline import fs
+
     out = {}
-    for d in sorted(tf.io.gfile.glob(f"{uri}/Split-*")):
+    for d in sorted(fs.glob(f"{uri}/Split-*")):
         lst = st.DatasetFeatureStatisticsList()
-        with tf.io.gfile.GFile(f"{d}/{STATS_FILE}", "rb") as f:
+        with fs.open_binary(f"{d}/{STATS_FILE}") as f:
             lst.ParseFromString(f.read())
         out[d.rsplit("Split-", 1)[1]] = lst.datasets[0]
     return out
@@ -122,11 +123,12 @@ def load_statistics(uri: str) -> dict[str, Any]:
 
 def write_statistics(uri: str, split: str, stats) -> None:
     """One split's DatasetFeatureStatistics, as TFDV writes it."""
-    import tensorflow as tf
     from tensorflow_metadata.proto.v0 import statistics_pb2 as st
 
-    tf.io.gfile.makedirs(f"{uri}/Split-{split}")
-    with tf.io.gfile.GFile(f"{uri}/Split-{split}/{STATS_FILE}", "wb") as f:
+    from kfx.pipeline import fs
+
+    fs.makedirs(f"{uri}/Split-{split}")
+    with fs.open_write(f"{uri}/Split-{split}/{STATS_FILE}", binary=True) as f:
         f.write(st.DatasetFeatureStatisticsList(datasets=[stats]).SerializeToString())
 
 

@@ -1,10 +1,10 @@
 """The columnar shards of an examples artifact: Split-<name>/part-*.parquet beside the tf.Example shards.
 
-Each split is stored twice by ingest: gzip TFRecord of tf.Example (what training, tuning and
-evaluation read with tf.data: bench/training_input.py holds it at in-memory speed) and Parquet
-shards of the same rows, in the same column order, one list column per feature (int64, float32
-or binary values; null where the row has no value), which statistics reads as Arrow record
-batches without TensorFlow. An examples artifact written before the Parquet shards existed (or by
+Each split is stored twice by ingest: gzip TFRecord of tf.Example (what training and tuning
+read with tf.data: bench/training_input.py holds it at in-memory speed) and Parquet shards of the
+same rows, in the same column order, one list column per feature (int64, float32 or binary
+values; null where the row has no value), which statistics, the transform analyzers and
+evaluate read as Arrow record batches (`read_lists`) without TensorFlow. An examples artifact written before the Parquet shards existed (or by
 a writer that makes only tf.Example shards, such as the time-series and graph ingests) has no
 part-*.parquet: readers then use the tf.Example shards (`has_columnar`).
 

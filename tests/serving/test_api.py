@@ -356,15 +356,26 @@ def test_rest_shape_is_left_to_the_graph(main_server):
 
 
 def test_prometheus_metrics(main_server, client):
+    """Names, types and format of TF Serving's exporter: no HELP, no _total / _created, integers."""
     client.predict("keras", {"x": X}, version=1)
     request = urllib.request.urlopen(f"http://127.0.0.1:{main_server.rest_port}/monitoring/prometheus/metrics")
     page = request.read().decode()
-    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+    lines = {line.rsplit(" ", 1)[0]: line.rsplit(" ", 1)[1] for line in page.splitlines()
              if line and not line.startswith("#")}
-    assert lines[':tensorflow:serving:request_count_total{model_name="keras",status="OK"}'] >= 1
-    assert lines[':tensorflow:serving:request_count_total{model_name="nope",status="NOT_FOUND"}'] >= 1
-    assert any(k.startswith(":tensorflow:serving:request_latency_bucket{") and 'API="predict"' in k for k in lines)
-    assert lines[':tensorflow:serving:model_version_state{model_name="keras",state="AVAILABLE",version="1"}'] == 1
+    assert int(lines[':tensorflow:serving:request_count{model_name="keras",status="OK"}']) >= 1
+    assert int(lines[':tensorflow:serving:request_count{model_name="nope",status="NOT_FOUND"}']) >= 1
+    latency = ':tensorflow:serving:request_latency_{}{{model_name="keras",API="Predict",entrypoint="GRPC"{}}}'
+    assert lines[latency.format("bucket", ',le="10"')] == "0"
+    assert lines[latency.format("bucket", ',le="18"')] == "0"
+    assert int(lines[latency.format("bucket", ',le="+Inf"')]) == int(lines[latency.format("count", "")]) >= 1
+    assert float(lines[latency.format("sum", "")]) > 0
+    assert lines[':tensorflow:serving:model_version_state{model_name="keras",version="1",state="AVAILABLE"}'] == "1"
+    types = [line for line in page.splitlines() if line.startswith("#")]
+    assert "# TYPE :tensorflow:serving:request_count counter" in types
+    assert "# TYPE :tensorflow:serving:request_latency histogram" in types
+    assert "# TYPE :tensorflow:serving:model_version_state gauge" in types
+    assert types == sorted(types) and not any(line.startswith("# HELP") for line in types)
+    assert not [k for k in lines if k.split("{")[0].endswith(("_total", "_created"))]
 
 
 # ---- client and CLI ----------------------------------------------------------------------

@@ -9,10 +9,12 @@ It also listens on a Unix domain socket and serves tensorflow.ProfilerService. A
 --model_config_file must fail the start with TF Serving's messages.
 """
 
+import concurrent.futures
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -23,9 +25,12 @@ import tensorflow as tf
 from flatbuffers import flexbuffers
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.config import model_server_config_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from kfx.serving import errors, profiler, protos
+from kfx.serving.tflite import TfLiteServable
 from tests.serving.conftest import REPO, ServerProcess, write_config
 
 VERSION_DIR = "00000123"
@@ -43,30 +48,43 @@ def build_half_plus_two(path: str) -> None:
         builder.save()
 
 
-def build_tflite(path: str, signature: bool) -> None:
-    """model.tflite of y = 0.5 x + 3 on a [1,1] input; with `signature`, a stored SignatureDef x -> y."""
-    fn = tf.function(lambda x: {"y": 0.5 * x + 3.0}, input_signature=[tf.TensorSpec([1, 1], tf.float32, name="x")])
-    content = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert()
-    if signature:  # what tensorflow/lite/tools/signature/signature_def_util.cc stores
-        from tensorflow.lite.python import schema_py_generated as schema
-        from tensorflow.lite.tools import flatbuffer_utils
+def tflite_content(batch=1) -> bytes:
+    """A TF Lite model of y = 0.5 x + 3 on a [batch,1] input (None: dynamic batch)."""
+    fn = tf.function(lambda x: {"y": 0.5 * x + 3.0}, input_signature=[tf.TensorSpec([batch, 1], tf.float32, name="x")])
+    return tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()]).convert()
 
-        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
-        output_name = model.subgraphs[0].tensors[model.subgraphs[0].outputs[0]].name.decode()
-        sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-        sig.inputs["x"].name, sig.inputs["x"].dtype = "x:0", types_pb2.DT_FLOAT  # legacy ":0" names
-        sig.outputs["y"].name, sig.outputs["y"].dtype = f"{output_name}:0", types_pb2.DT_FLOAT
-        builder = flexbuffers.Builder()
-        with builder.Map():
-            builder.Key("serving_default")
-            builder.String(sig.SerializeToString().decode("ascii"))  # small protos are plain ASCII
-        buffer = schema.BufferT()
-        buffer.data = list(builder.Finish())
-        model.buffers.append(buffer)
-        metadata = schema.MetadataT()
-        metadata.name, metadata.buffer = b"signature_defs_metadata", len(model.buffers) - 1
-        model.metadata = (model.metadata or []) + [metadata]
-        content = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+def with_signature_def(content: bytes, input_name="x:0", output_suffix=":0") -> bytes:
+    """`content` with a stored `signature_defs_metadata` SignatureDef x -> y (signature_def_util.cc).
+
+    The tensor names carry the legacy ":0" suffix by default; other names test unknown tensors.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    output_name = model.subgraphs[0].tensors[model.subgraphs[0].outputs[0]].name.decode()
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    sig.inputs["x"].name, sig.inputs["x"].dtype = input_name, types_pb2.DT_FLOAT
+    sig.outputs["y"].name, sig.outputs["y"].dtype = output_name + output_suffix, types_pb2.DT_FLOAT
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        builder.Key("serving_default")
+        builder.String(sig.SerializeToString().decode("ascii"))  # small protos are plain ASCII
+    buffer = schema.BufferT()
+    buffer.data = list(builder.Finish())
+    model.buffers.append(buffer)
+    metadata = schema.MetadataT()
+    metadata.name, metadata.buffer = b"signature_defs_metadata", len(model.buffers) - 1
+    model.metadata = (model.metadata or []) + [metadata]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def build_tflite(path: str, signature: bool, content: bytes | None = None) -> None:
+    """Writes <path>/model.tflite (default: tflite_content()); with `signature`, a stored SignatureDef x -> y."""
+    content = content or tflite_content()
+    if signature:
+        content = with_signature_def(content)
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "model.tflite"), "wb") as handle:
         handle.write(content)
@@ -183,6 +201,26 @@ def test_profiler_service_traces_the_server(server, tmp_path):
     assert any(name.endswith(".xplane.pb") for name in traces), traces
 
 
+def test_profile_ends_when_its_client_goes_away(server, tmp_path):
+    """A 10-minute Profile whose client gives up after 1 s must not keep the profiler busy for 10 minutes."""
+    classes = profiler._classes()  # noqa: SLF001 - the service's own message classes
+    with grpc.insecure_channel(server.target) as channel:
+        profile = channel.unary_unary(f"/{profiler.SERVICE}/Profile",
+                                      request_serializer=classes["ProfileRequest"].SerializeToString,
+                                      response_deserializer=classes["ProfileResponse"].FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            profile(classes["ProfileRequest"](duration_ms=600_000, repository_root=str(tmp_path / "a")), timeout=1)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 60  # the trace of the gone client is exported first
+        while True:
+            try:
+                profile(classes["ProfileRequest"](duration_ms=50, repository_root=str(tmp_path / "b")), timeout=30)
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.ALREADY_EXISTS and time.monotonic() < deadline
+                time.sleep(0.2)
+
+
 def test_bad_model_config_fails_with_tf_serving_messages(tmp_path):
     config = tmp_path / "bad.config"
     config.write_text("improperly formatted file")
@@ -191,3 +229,57 @@ def test_bad_model_config_fails_with_tf_serving_messages(tmp_path):
     assert proc.returncode == 255
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig: 1:" in proc.stderr
     assert proc.stdout.strip() == f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'"
+
+
+def test_tflite_generated_signature_reports_the_tensor_dims(tmp_path):
+    """A dynamic-batch input ([-1,1] signature, [1,1] dims): TF Serving's TensorInfo has the dims."""
+    build_tflite(str(tmp_path), signature=False, content=tflite_content(batch=None))
+    generated = TfLiteServable("lite", 1, str(tmp_path)).signatures["serving_default"]
+    assert [d.size for d in generated.inputs["x"].tensor_shape.dim] == [1, 1]
+    assert generated.inputs["x"].name == "x" and generated.inputs["x"].dtype == types_pb2.DT_FLOAT
+
+
+@pytest.mark.parametrize("input_name, output_suffix, message", [
+    ("z:0", ":0", "Unknown tensor 'z:0'.\n\tSignature input x references an unknown tensor"),
+    ("x:0", "_gone", "Unknown tensor '{output}_gone'.\n\tSignature output y references an unknown tensor")])
+def test_tflite_signature_with_an_unknown_tensor_fails_the_load(tmp_path, input_name, output_suffix, message):
+    content = tflite_content()
+    build_tflite(str(tmp_path), signature=False, content=with_signature_def(content, input_name, output_suffix))
+    output = tf.lite.Interpreter(model_content=content).get_output_details()[0]["name"]
+    with pytest.raises(errors.ServingError) as info:
+        TfLiteServable("lite", 1, str(tmp_path))
+    assert (info.value.code, info.value.message) == (grpc.StatusCode.INTERNAL, message.format(output=output))
+
+
+def test_tflite_file_that_is_not_a_model_fails_the_load(tmp_path):
+    (tmp_path / "model.tflite").write_bytes(b"not a flatbuffer")
+    with pytest.raises(errors.ServingError) as info:
+        TfLiteServable("lite", 1, str(tmp_path))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT and "model.tflite" in info.value.message
+
+
+def test_missing_config_file_is_not_found_as_in_tf_serving(tmp_path):
+    """tensorflow_model_server prints "Failed to start server. Error: NOT_FOUND: <path>; No such file or directory"."""
+    missing = str(tmp_path / "missing.config")
+    with pytest.raises(errors.ServingError) as info:
+        protos.read_text_proto(missing, model_server_config_pb2.ModelServerConfig())
+    assert (info.value.code, info.value.message) == (grpc.StatusCode.NOT_FOUND, f"{missing}; No such file or directory")
+
+
+def test_tflite_concurrent_requests_of_several_shapes_and_a_failed_one(tmp_path):
+    """Requests of batch 1-4 at once over the interpreter pool each get their own answer; a failed
+    request (a double fed to the float input) leaves its interpreter usable."""
+    build_tflite(str(tmp_path), signature=False, content=tflite_content(batch=None))
+    servable = TfLiteServable("lite", 1, str(tmp_path))
+
+    def ask(n):
+        return servable.run("serving_default", {"x": np.arange(n, dtype=np.float32).reshape(n, 1)}, ("Identity",))
+
+    with pytest.raises(errors.ServingError) as info:
+        servable.run("serving_default", {"x": np.ones((3, 1))}, ("Identity",))
+    assert info.value.code == grpc.StatusCode.INTERNAL
+    sizes = [1, 2, 3, 4] * 25
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, sizes))
+    assert all(a["Identity"].ravel().tolist() == [0.5 * i + 3 for i in range(n)] for n, a in zip(sizes, answers))
+    assert servable.close()

@@ -34,7 +34,8 @@ CSV = """a,b,c,label
 def _outputs(outs) -> dict:
     got = defaultdict(list)
     for o in outs:
-        got[o.tag].append((o.value[0], o.value[2].to_pylist()) if o.tag == ingest.COLUMNAR else o.value)
+        got[o.tag].append((o.value[0], o.value[2].to_pylist())
+                          if o.tag in (ingest.COLUMNAR, ingest.TFRECORD) else o.value)
     return {k: sorted(v, key=repr) for k, v in got.items()}
 
 
@@ -67,7 +68,7 @@ def test_data_stage_workers_do_not_import_tensorflow(tmp_path):
     (tmp_path / "d.csv").write_text(CSV)
     code = textwrap.dedent(f"""
         import sys
-        from kfx.components.data import ingest, statistics
+        from kfx.components.data import example_blocks, ingest, statistics
         from kfx.pipeline.artifacts import examples as columnar
         from kfx.pipeline.config import IngestConfig
         path = {str(tmp_path / "d.csv")!r}
@@ -78,6 +79,8 @@ def test_data_stage_workers_do_not_import_tensorflow(tmp_path):
         outs = list(ingest._parse_csv_range((0, (path, 0, {len(CSV.encode())}, 1)), parser, cfg.csv, 100))
         split, name, batch = [o.value for o in outs if o.tag == ingest.COLUMNAR][0]
         columnar.write_shard({str(tmp_path / "Split-train")!r}, name, batch)
+        split, name, records = [o.value for o in outs if o.tag == ingest.TFRECORD][0]
+        example_blocks.write_shard({str(tmp_path / "Split-train")!r}, name, records)
         shard = columnar.shards({str(tmp_path / "Split-train")!r})[0]
         (_, (accs, rows)), = statistics._shard_stats(("train", shard), columns, 100, 10)
         assert rows == batch.num_rows > 0 and accs["a"].present == rows, rows
@@ -86,3 +89,28 @@ def test_data_stage_workers_do_not_import_tensorflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "False"
+
+
+def test_a_range_parsed_in_slices_equals_the_per_row_path(tmp_path, monkeypatch):
+    """Slices of a few lines (one of them not UTF-8: that slice alone goes row by row) give the
+    per-row path's records, rejections and counts."""
+    lines = CSV.splitlines()
+    path = tmp_path / "d.csv"
+    path.write_bytes(("\n".join(lines[:6]) + "\n").encode() + b"13, 1, r\xe9d, no\n"
+                     + ("\n".join(lines[6:]) + "\n").encode())
+    cfg = IngestConfig(format="csv", inputs=[{"pattern": str(path), "splits": {"train": 1, "eval": 1}}],
+                       label="label", column_types={"a": "int", "b": "float"})
+    columns = {"a": "int", "b": "float", "c": "string", "label": "string"}
+    parser = ingest.RowParser(columns, cfg, ingest._split_tables(cfg))
+    item = (0, ingest.text_ranges(str(path))[0])
+    monkeypatch.setattr(ingest, "_SLICE_BYTES", 40)
+    fast = _outputs(ingest._parse_csv_range(item, parser, cfg.csv, 100))
+    slow = _outputs(o for chunk in ingest._read_text_chunks(item, True, (), 100)
+                    for o in ingest._parse_csv_chunk(chunk, parser, cfg.csv.delimiter, cfg.csv.skip_initial_space))
+    assert len(fast[ingest.TFRECORD]) > 2  # several slices, each its own shard
+    for tag in (ingest.TFRECORD, ingest.COLUMNAR):
+        assert (sorted((r for _, recs in fast[tag] for r in recs), key=repr)
+                == sorted((r for _, recs in slow[tag] for r in recs), key=repr))
+    assert fast[ingest.REJECTED] == slow[ingest.REJECTED]
+    total = ingest._sum_counts
+    assert total(fast["counts"]) == total(slow["counts"]) and total(fast["counts"])["read"] == 14
