@@ -89,8 +89,9 @@ class PredictionService(_Servicer, prediction_service_pb2_grpc.PredictionService
 
     async def Predict(self, request, context):  # noqa: N802 - gRPC method names
         # Decoded and encoded on the loop; only the model run (or the wait for its batch) leaves it.
+        # A lone call may run a fast model on the loop (see ServingCore.predict_async).
         return await self._await(context, request, lambda: self._core.predict_async(
-            request, _deadline(context), self._executor))
+            request, _deadline(context), self._executor, alone=self._gate.in_flight <= 1))
 
     async def Classify(self, request, context):  # noqa: N802
         return await self._answer(context, self._core.classify, request, _deadline(context))
