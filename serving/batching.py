@@ -8,6 +8,7 @@ need more than max_enqueued_batches batches, it is answered UNAVAILABLE at once 
 TF Serving's message instead of waiting.
 """
 
+import asyncio
 import collections
 import os
 import threading
@@ -21,11 +22,16 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class _Task:
-    __slots__ = ("feeds", "size", "done", "result", "error")
+    """One request in a batch.
 
-    def __init__(self, feeds: dict, size: int):
-        self.feeds, self.size = feeds, size
-        self.done = threading.Event()
+    `waiter` is woken on the batch thread once result or error is set: a threading.Event, or an
+    (event loop, asyncio future) pair for a request awaiting its batch on a loop.
+    """
+
+    __slots__ = ("feeds", "size", "waiter", "result", "error")
+
+    def __init__(self, feeds: dict, size: int, waiter):
+        self.feeds, self.size, self.waiter = feeds, size, waiter
         self.result = self.error = None
 
 
@@ -34,6 +40,31 @@ class _Batch:
 
     def __init__(self):
         self.tasks, self.size, self.started = [], 0, time.monotonic()
+
+
+def _wake(tasks: list) -> None:
+    """Wakes a batch's waiters: threads one by one, each event loop once for all its futures."""
+    futures = {}
+    for task in tasks:
+        if isinstance(task.waiter, threading.Event):
+            task.waiter.set()
+        else:
+            loop, future = task.waiter
+            futures.setdefault(loop, []).append(future)
+    for loop, pending in futures.items():
+        loop.call_soon_threadsafe(_resolve, pending)
+
+
+def _resolve(futures: list) -> None:
+    for future in futures:
+        if not future.done():  # a request that gave up at its deadline has a cancelled future
+            future.set_result(None)
+
+
+def _outcome(task: _Task) -> dict:
+    if task.error is not None:
+        raise task.error
+    return task.result
 
 
 def _param(params, name: str, default: int) -> int:
@@ -76,11 +107,34 @@ class BatchingQueues:
             worker.start()
 
     def run(self, servable, signature_name: str, feeds: dict, outputs: tuple, deadline=None) -> dict:
-        """Queues one request and blocks until its batch has run.
+        """Queues one request and blocks this thread until its batch has run.
 
         Raises:
             ServingError: INVALID_ARGUMENT for inputs that cannot be batched, UNAVAILABLE when the
                 queue is full, DEADLINE_EXCEEDED when `deadline` passes first.
+        """
+        done = threading.Event()
+        task = self._enqueue(servable, signature_name, feeds, outputs, done)
+        if not done.wait(None if deadline is None else max(deadline - time.monotonic(), 0)):
+            raise errors.deadline_exceeded("Deadline Exceeded")
+        return _outcome(task)
+
+    async def run_async(self, servable, signature_name: str, feeds: dict, outputs: tuple, deadline=None) -> dict:
+        """Like `run`, but awaits the batch on the running event loop instead of holding a thread."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        task = self._enqueue(servable, signature_name, feeds, outputs, (loop, future))
+        try:
+            await asyncio.wait_for(future, None if deadline is None else max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            raise errors.deadline_exceeded("Deadline Exceeded") from None
+        return _outcome(task)
+
+    def _enqueue(self, servable, signature_name: str, feeds: dict, outputs: tuple, waiter) -> _Task:
+        """Adds a request to the last open batch of its queue (or a new one).
+
+        A worker is woken only when the request starts a batch or fills one: until then the
+        workers already wait for the open batch's timeout.
         """
         sizes = set()
         for array in feeds.values():
@@ -89,7 +143,7 @@ class BatchingQueues:
             sizes.add(array.shape[0])
         if len(sizes) != 1:
             raise errors.invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
-        task = _Task(feeds, sizes.pop())
+        task = _Task(feeds, sizes.pop(), waiter)
         if task.size > self.max_batch_size:
             raise errors.invalid_argument(
                 f"Task size {task.size} is larger than maximum input batch size {self.max_batch_size}")
@@ -98,20 +152,18 @@ class BatchingQueues:
             queue = self._queues.setdefault(key, collections.deque())
             if queue and queue[-1].size + task.size <= self.max_batch_size:
                 batch = queue[-1]
+                wake = batch.size + task.size == self.max_batch_size
             elif len(queue) < self.max_enqueued:
                 batch = _Batch()
                 queue.append(batch)
+                wake = True
             else:
                 raise errors.unavailable(QUEUE_FULL)
             batch.tasks.append(task)
             batch.size += task.size
-            self._cv.notify_all()
-        wait = None if deadline is None else max(deadline - time.monotonic(), 0)
-        if not task.done.wait(wait):
-            raise errors.deadline_exceeded("Deadline Exceeded")
-        if task.error is not None:
-            raise task.error
-        return task.result
+            if wake:
+                self._cv.notify()
+        return task
 
     def _next_ready(self):
         """Pops a batch that may run now; else returns (None, seconds until one may)."""
@@ -162,8 +214,7 @@ class BatchingQueues:
             error = errors.from_exception(exc)
             for task in tasks:
                 task.error = error
-        for task in tasks:
-            task.done.set()
+        _wake(tasks)
 
     def _merge(self, alias: str, arrays: list, padding: int) -> np.ndarray:
         shapes = {a.shape[1:] for a in arrays}

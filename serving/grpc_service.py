@@ -1,8 +1,8 @@
 """gRPC servicers (grpc.aio): tensorflow.serving.PredictionService and ModelService over a ServingCore.
 
-The event loop only receives and sends messages; each call's work (decoding, the model run or
-the wait for its batch, encoding) runs on the server's inference threads, where TensorFlow
-releases the GIL while the model runs.
+Predict is decoded and encoded on the event loop; its model run goes to the server's inference
+threads (where TensorFlow releases the GIL), or, with batching, the call awaits its batch on the
+loop without holding a thread. The other calls' work runs on the inference threads.
 """
 
 import asyncio
@@ -61,12 +61,17 @@ class _Servicer:
 
     async def _answer(self, context, function, request, *args):
         """Runs `function(request, *args)` on the inference threads; ServingErrors become the call's status."""
+        return await self._await(context, request, lambda: asyncio.get_running_loop().run_in_executor(
+            self._executor, function, request, *args))
+
+    async def _await(self, context, request, start):
+        """Awaits `start()` inside the gate; ServingErrors become the call's status."""
         if request is None:  # see _parser
             await context.abort(grpc.StatusCode.INTERNAL, UNPARSABLE)
         if not self._gate.enter():
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, request, *args)
+            return await start()
         except errors.ServingError as error:
             await context.abort(error.code, error.message)
         finally:
@@ -83,7 +88,10 @@ class PredictionService(_Servicer, prediction_service_pb2_grpc.PredictionService
     """Predict, Classify, Regress, MultiInference, GetModelMetadata."""
 
     async def Predict(self, request, context):  # noqa: N802 - gRPC method names
-        return await self._answer(context, self._core.predict, request, _deadline(context))
+        # Decoded and encoded on the loop; only the model run (or the wait for its batch) leaves it.
+        # A lone call may run a fast model on the loop (see ServingCore.predict_async).
+        return await self._await(context, request, lambda: self._core.predict_async(
+            request, _deadline(context), self._executor, alone=self._gate.in_flight <= 1))
 
     async def Classify(self, request, context):  # noqa: N802
         return await self._answer(context, self._core.classify, request, _deadline(context))

@@ -45,9 +45,12 @@ def check_inputs(signature, feeds: dict) -> None:
                 f"{tensors.type_name(given) if given is not None else array.dtype} is provided")
 
 
-def predict(servable: Servable, request: predict_pb2.PredictRequest, deadline=None,
-            method_check: bool = False) -> predict_pb2.PredictResponse:
-    """Runs a PredictRequest on a servable (TF Serving's RunPredict)."""
+def prepare_predict(servable: Servable, request: predict_pb2.PredictRequest, method_check: bool = False):
+    """Checks and decodes a PredictRequest (RunPredict up to the Session::Run).
+
+    Returns:
+        (signature name, SignatureDef, feeds: alias -> numpy array, output aliases to fetch).
+    """
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = servable.signature(signature_name)
     if signature is None:
@@ -79,14 +82,25 @@ def predict(servable: Servable, request: predict_pb2.PredictRequest, deadline=No
         if alias in outputs:
             raise errors.invalid_argument(f"duplicate output tensor alias: {alias}")
         outputs.append(alias)
-    outputs = tuple(outputs or sorted(signature.outputs))
     check_inputs(signature, feeds)
-    results = servable.run(signature_name, feeds, outputs, deadline)
+    return signature_name, signature, feeds, tuple(outputs or sorted(signature.outputs))
+
+
+def predict_response(servable: Servable, signature_name: str, signature, results: dict) -> predict_pb2.PredictResponse:
+    """Encodes a signature's outputs as TF Serving's PredictResponse."""
     response = predict_pb2.PredictResponse()
     _fill_model_spec(response.model_spec, servable, signature_name)
     for alias, array in results.items():
         response.outputs[alias].CopyFrom(tensors.to_proto(array, signature.outputs[alias].dtype))
     return response
+
+
+def predict(servable: Servable, request: predict_pb2.PredictRequest, deadline=None,
+            method_check: bool = False) -> predict_pb2.PredictResponse:
+    """Runs a PredictRequest on a servable (TF Serving's RunPredict), blocking this thread."""
+    signature_name, signature, feeds, outputs = prepare_predict(servable, request, method_check)
+    results = servable.run(signature_name, feeds, outputs, deadline)
+    return predict_response(servable, signature_name, signature, results)
 
 
 def serialized_examples(inputs) -> np.ndarray:

@@ -9,6 +9,7 @@ SignatureDefs. In-flight requests hold a reference, so unloading waits for them.
 
 import logging
 import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -37,6 +38,10 @@ class Servable:
     Raises:
         Exception: whatever TensorFlow raises when the directory is not a loadable SavedModel.
     """
+
+    # Seconds of the latest run_unbatched (kfx.serving.core runs a lone request of a fast model
+    # on the event loop); unknown until the first run, and for subclasses that do not time theirs.
+    last_run_seconds = float("inf")
 
     def __init__(self, name: str, version: int, path: str, tags=("serve",), session_config=None):
         self.name = name
@@ -96,10 +101,13 @@ class Servable:
         """Runs a signature in the session now (one Session::Run)."""
         fn, aliases = self._callables.get((signature_name, output_aliases)) or self._make_callable(
             signature_name, output_aliases)
+        start = time.perf_counter()
         try:
             outputs = fn(*[feeds[alias] for alias in aliases])
         except tf.errors.OpError as exc:
             raise errors.from_exception(exc) from None
+        finally:
+            self.last_run_seconds = time.perf_counter() - start
         return dict(zip(output_aliases, outputs))
 
     def _make_callable(self, signature_name: str, output_aliases: tuple):

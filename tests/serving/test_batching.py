@@ -169,3 +169,12 @@ def test_rest_goes_through_batching_too(server):
                                      data=json.dumps({"instances": [[1, 1, 1]]}).encode(), method="POST")
     with urllib.request.urlopen(request, timeout=30) as response:
         assert json.loads(response.read()) == {"predictions": [[13.0]]}
+
+
+def test_request_that_times_out_in_its_batch_leaves_the_batch_serving(client):
+    # The first request gives up (DEADLINE_EXCEEDED) while its batch waits for the 1 s timeout;
+    # the batch still runs and the next request, which joins it, gets its own answer.
+    with pytest.raises(grpc.RpcError) as info:
+        client.predict("keras", {"x": np.ones((1, 3), np.float32)}, timeout=0.2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert client.predict("keras", {"x": np.array([[1, 2, 3]], np.float32)})["y"].tolist() == [[16.0]]
