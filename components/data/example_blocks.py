@@ -103,8 +103,9 @@ def feature_entries(key: bytes, kind: str, vals, null):
                                           pa.scalar(b"", pa.binary()))
     else:
         enc = vals.dictionary_encode()
-        table = pa.array([entry(v) for v in enc.dictionary.to_pylist()], pa.binary())
-        out = table.take(enc.indices.fill_null(0))
+        # one entry per distinct value, then b"" for the nulls (blanked below; a column may be all null)
+        table = pa.array([entry(v) for v in enc.dictionary.to_pylist()] + [b""], pa.binary())
+        out = table.take(enc.indices.fill_null(len(enc.dictionary)))
     return pc.if_else(pa.array(null), pa.scalar(b"", pa.binary()), out)
 
 

@@ -49,6 +49,14 @@ class Dropped(Exception):
 
 
 # ------------------------------------------------------------------ row typing and splitting
+def _float32(value: float) -> float:
+    """value as float32 stores it (infinite beyond float32's range, as examples store floats)."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
 class RowParser:
     """Turns raw rows into (split, serialized tf.Example) or a rejection reason.
 
@@ -98,7 +106,7 @@ class RowParser:
                 conv = [_to_int(v) for v in seq]
             elif kind == "float":
                 conv = [float(v) for v in seq]
-                if any(math.isnan(v) or math.isinf(v) for v in conv):
+                if not all(math.isfinite(_float32(v)) for v in conv):  # NaN, infinities, beyond float32
                     raise ValueError
             elif name not in self.base64:
                 conv = [v if isinstance(v, bytes) else str(v).encode() for v in seq]
@@ -418,9 +426,9 @@ def _columnar_csv(data: bytes, input_idx: int, path: str, start: int, first_line
             ok = pc.match_substring_regex(s, _INT_RE if kind == "int" else _FLOAT_RE).to_numpy(zero_copy_only=False)
             vals = pc.cast(pc.utf8_trim_whitespace(pc.if_else(pa.array(ok & ~null), s, "0")),
                            pa.int64() if kind == "int" else pa.float64())
-            if kind == "float":
-                ok &= np.isfinite(vals.to_numpy())
+            if kind == "float":  # finite after the float32 cast: 1e39 is not a float32
                 vals = vals.cast(pa.float32())
+                ok &= np.isfinite(vals.to_numpy())
             ok |= null
             for r in np.flatnonzero(~ok & (reason == None)):  # noqa: E711 (elementwise)
                 reason[r] = f"column {name!r}: cannot read {s[r].as_py()!r} as {kind}"
@@ -560,8 +568,8 @@ def _columnar_batch(batch, input_idx: int, path: str, start: int, parser: RowPar
         if (kind == "int" and pa.types.is_integer(t) and t != pa.uint64()
                 or kind == "float" and pa.types.is_floating(t)):  # cast; only non-finite floats are bad
             vals = col.cast(pa.int64() if kind == "int" else pa.float64()).cast(arrow_type[kind])
-            why = [None if kind == "int" or not math.isinf(v) else f"column {name!r}: cannot read {v!r} as {kind}"
-                   for v in distinct] + [None]
+            why = [None if kind == "int" or math.isnan(v) or math.isfinite(_float32(v))
+                   else f"column {name!r}: cannot read {v!r} as {kind}" for v in distinct] + [None]
             absent = [kind == "float" and math.isnan(v) for v in distinct] + [True]
         else:  # each distinct value once, through the per-row conversion
             conv, why, absent = [], [], []
@@ -997,6 +1005,7 @@ def _sum_counts(parts: Iterable[dict]) -> dict:
 SPEC = ComponentSpec(name="ingest", config=IngestConfig, inputs=(), outputs=(EXAMPLES, REJECTED), run=run,
                      source_fingerprint=source_fingerprint,
                      code=("kfx.pipeline.artifacts", "kfx.pipeline.artifacts.examples", "kfx.components.data.datasets",
+                           "kfx.components.data.example_blocks",
                            "kfx.components.data.images",
                            "kfx.components.data.timeseries", "kfx.components.data.graphs",
                            "kfx.pipeline.artifacts.graph"))
