@@ -5,9 +5,12 @@ cardinalities are Adult's), then, side by side in this one script:
   - kfx: the ingest and statistics stages (Beam DirectRunner, multi-processing, 2 workers);
   - pandas: read_csv + the same statistics (count, missing, mean, std, min, max, zeros,
     quantiles, histogram, unique, top-k) in one process.
-Prints rows/s for each, the ratio, kfx's peak RSS (driver + Beam workers) per size, so
-"memory flat as rows grow" can be read off the table, and the size of the examples artifact's
-columnar (Parquet) and tf.Example (gzip TFRecord, what training reads) shards.
+Prints rows/s for each, the ratio, kfx's peak RSS per size, so "memory flat as rows grow" can
+be read off the table, and the size of the examples artifact's columnar (Parquet) and
+tf.Example (gzip TFRecord, what training reads) shards. The CSV is generated in a child process
+and kfx's two stages run in another (its peak RSS is that process and its Beam workers, nothing
+of the generator's or of pandas' memory); pandas runs in this process (its peak is above the
+RSS it started from).
 
 The statistics time splits into a fixed cost (Beam job and worker start-up, imports: measured as
 the statistics time of a --fixed-rows run, 10,000 rows by default, printed first) and a per-row
@@ -18,7 +21,9 @@ part: the `stats r/s beyond fixed` column is rows / (statistics seconds - fixed 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -48,10 +53,12 @@ def make_csv(path: Path, rows: int, seed: int = 0) -> None:
 
 
 class PeakRss:
-    """Peak resident memory of this process and all its children, sampled every 0.1 s."""
+    """Peak resident memory of this process and all its children (only the children with
+    `children_only`), sampled every 0.1 s."""
 
-    def __init__(self):
+    def __init__(self, children_only: bool = False):
         self.peak = 0
+        self.children_only = children_only
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -63,7 +70,7 @@ class PeakRss:
     def _sample(self):
         me = psutil.Process()
         total = 0
-        for p in [me, *me.children(recursive=True)]:
+        for p in me.children(recursive=True) + ([] if self.children_only else [me]):
             try:
                 total += p.memory_info().rss
             except psutil.Error:
@@ -117,7 +124,21 @@ def kfx_stages(csv: Path, root: str) -> tuple[float, float]:
     return s["components"]["ingest"]["seconds"], s["components"]["statistics"]["seconds"]
 
 
+def _child(*args: str) -> str:
+    """Run this script with `args` in a new process; its stdout."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--make-csv"]:  # the child that generates a CSV
+        make_csv(Path(sys.argv[2]), int(sys.argv[3]))
+        return
+    if sys.argv[1:2] == ["--kfx"]:  # the child that runs kfx's stages: prints their seconds
+        print(json.dumps(kfx_stages(Path(sys.argv[2]), sys.argv[3])))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[250_000, 1_000_000])
     ap.add_argument("--fixed-rows", type=int, default=10_000, help="rows of the run that measures the fixed cost (0: none)")
@@ -129,9 +150,9 @@ def main() -> None:
     for rows in ([args.fixed_rows] if args.fixed_rows else []) + args.rows:
         with tempfile.TemporaryDirectory() as tmp:
             csv = Path(tmp) / "adult_big.csv"
-            make_csv(csv, rows)
-            with PeakRss() as mem:
-                ingest_s, stats_s = kfx_stages(csv, f"{tmp}/runs")
+            _child("--make-csv", str(csv), str(rows))
+            with PeakRss(children_only=True) as mem:
+                ingest_s, stats_s = json.loads(_child("--kfx", str(csv), f"{tmp}/runs").splitlines()[-1])
             parquet_mb, tfrecord_mb = artifact_mb(f"{tmp}/runs")
             with PeakRss() as pmem:
                 base = psutil.Process().memory_info().rss

@@ -42,6 +42,11 @@ def listdir(uri: str) -> list[str]:
     return os.listdir(_local(uri)) if is_local(uri) else _gfile().listdir(uri)
 
 
+def size(uri: str) -> int:
+    """The size of the file `uri` in bytes."""
+    return os.path.getsize(_local(uri)) if is_local(uri) else _gfile().stat(uri).length
+
+
 def glob(pattern: str) -> list[str]:
     """Paths matching `pattern` (unsorted, as tf.io.gfile.glob)."""
     if is_local(pattern):

@@ -21,6 +21,7 @@ SKETCH_K = 4096
 KMV_K = 4096
 STRING_HASH_SPACE = 2.0**62  # string values hash into [0, 2**62) (tf.strings.to_hash_bucket_fast)
 _NO_VALUES = np.iinfo(np.int64).max
+MAX_GROUPS = 32  # work items per split of the statistics stage (`shard_groups`)
 
 
 class QuantileSketch:
@@ -251,6 +252,41 @@ def merge(parts, max_counts: int):
             for k, a in part_accs.items():
                 accs[k].merge(a, max_counts)
     return accs, rows
+
+
+def shard_groups(items: list[tuple[str, str]], max_groups: int = MAX_GROUPS) -> list[tuple[str, tuple[str, ...]]]:
+    """(split, shard) items -> per split its shards, sorted, in at most `max_groups` runs of
+    consecutive shards: (split, shards) work items for `group_stats`.
+
+    The groups depend only on the shard list, never on the runner or its workers, so every
+    runner folds the same rows into the same accumulators in the same order (`merge_in_order`):
+    FeatureStats.pb is byte-identical across runners and running modes. `max_groups` bounds
+    what the final merge holds at once (one accumulator set per group) and the parallelism.
+    """
+    paths: dict[str, list[str]] = {}
+    for split, path in items:
+        paths.setdefault(split, []).append(path)
+    out = []
+    for split, shards in paths.items():
+        shards = sorted(shards)
+        size = -(-len(shards) // max_groups)
+        out += [(split, tuple(shards[i:i + size])) for i in range(0, len(shards), size)]
+    return out
+
+
+def group_stats(item: tuple[str, tuple[str, ...]], stats_fn, args: tuple, max_counts: int):
+    """One group of a split's shards (see `shard_groups`) -> (split, (first shard, (accumulators, rows))),
+    the shards' statistics (`stats_fn((split, shard), *args)`) merged in their order."""
+    split, shards = item
+    parts = (part for shard in shards for _, part in stats_fn((split, shard), *args))
+    yield split, (shards[0], merge(parts, max_counts))
+
+
+def merge_in_order(kv, max_counts: int):
+    """(split, [(first shard, part)]) of a split's groups -> (split, (accumulators, rows)), merged in
+    shard order, whatever order the groups arrived in."""
+    split, parts = kv
+    return split, merge([part for _, part in sorted(parts, key=lambda p: p[0])], max_counts)
 
 
 def to_proto(split: str, accs: dict[str, FeatureAcc], rows: int, cfg) -> Any:

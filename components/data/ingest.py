@@ -34,7 +34,7 @@ from typing import Any, Iterable
 from kfx.components.data import example_blocks, graphs, images
 from kfx.components.data.example_blocks import _field, encode_example, encode_feature  # noqa: F401
 from kfx.pipeline.artifacts import examples as columnar
-from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, read_columns, split_dir, write_columns  # noqa: F401
+from kfx.pipeline.artifacts import COUNTS_FILE, EXAMPLES, REJECTED, read_columns, read_json, split_dir, write_columns  # noqa: F401
 from kfx.pipeline.component import ComponentError, ComponentSpec, Context
 from kfx.pipeline.config import IngestConfig
 
@@ -178,14 +178,14 @@ def _read_bytes(path: str, start: int = 0, end: int | None = None) -> bytes:
     TensorFlow; other URIs go through tf.io.gfile (any scheme TensorFlow reaches)."""
     import bz2
 
+    from kfx.pipeline import fs
+
     if "://" not in path:
         import pyarrow.fs as pafs
 
         opened = pafs.LocalFileSystem().open_input_file(path)
     else:
-        import tensorflow as tf
-
-        opened = tf.io.gfile.GFile(path, "rb")
+        opened = fs.open_binary(path)
     with opened as f:
         if path.endswith(_BZ2):
             return bz2.decompress(f.read())
@@ -218,15 +218,15 @@ def text_ranges(path: str, target: int = _RANGE_BYTES) -> list[tuple[str, int, i
 
     Ranges end on line boundaries, so Beam workers read one large file in parallel, each
     streaming its own range: nothing is materialised, and line numbers stay exact (the driver
-    counts newlines once, at C speed).
+    counts newlines once, at C speed). Local files need no TensorFlow (kfx.pipeline.fs).
     """
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
-    size = tf.io.gfile.stat(path).length
+    size = fs.size(path)
     if size <= target or path.endswith(_BZ2):  # a bz2 stream is read whole: no byte offsets into it
         return [(path, 0, size, 1)]
     ranges, start, line, pos = [], 0, 1, 0
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with fs.open_binary(path) as f:
         while True:
             block = f.read(target)
             if not block:
@@ -691,7 +691,7 @@ def _infer_type(values: list[str], tolerance: float = 0.01) -> str:
 
 
 def _csv_columns(cfg: IngestConfig, files: list[str]) -> dict[str, str]:
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
     sample: list[list[str]] = []
     header = None
@@ -699,8 +699,8 @@ def _csv_columns(cfg: IngestConfig, files: list[str]) -> dict[str, str]:
         if path.endswith(_BZ2):
             text = _read_bytes(path).decode("utf-8", "replace").split("\n")
         else:
-            with tf.io.gfile.GFile(path) as f:
-                text = [line for _, line in zip(range(4 * _INFER_ROWS), f)]
+            with fs.open_binary(path) as f:  # lines end at b"\n" only, as tf.io.gfile's text lines
+                text = [line.decode("utf-8", "replace") for _, line in zip(range(4 * _INFER_ROWS), f)]
         lines = []
         for _, line in _records(enumerate((t.rstrip("\r\n") for t in text), 1)):
             if not line.strip() or line.startswith(cfg.csv.skip_lines_starting_with):
@@ -861,7 +861,8 @@ def _split_tables(cfg: IngestConfig) -> list[list[tuple[str, float]]]:
 
 def run(ctx: Context) -> dict[str, Any]:
     import apache_beam as beam
-    import tensorflow as tf
+
+    from kfx.pipeline import fs
 
     cfg = _resolved(ctx.config)
     if cfg.graph is not None:  # nodes + edges tables, one example per node (components/data/graphs.py)
@@ -877,23 +878,23 @@ def run(ctx: Context) -> dict[str, Any]:
     elif cfg.format == "builtin":  # an image built-in (datasets.IMAGE_BUILTINS): pixels -> PNG
         from kfx.components.data.datasets import IMAGE, LABEL
 
-        items = [(i, f) for i, fs in enumerate(_match(cfg)) for f in fs]
+        items = [(i, f) for i, files in enumerate(_match(cfg)) for f in files]
         columns = {IMAGE: "string", LABEL: "int"}
     elif cfg.format == "image_folder":
         from kfx.pipeline.config import resolve_path
 
         _match(cfg)  # every input has images
         items = [it for i, spec in enumerate(cfg.inputs)
-                 for root in sorted(tf.io.gfile.glob(resolve_path(spec.pattern))) if tf.io.gfile.isdir(root)
+                 for root in sorted(fs.glob(resolve_path(spec.pattern))) if fs.isdir(root)
                  for it in images.folder_items(i, root.rstrip("/"))]
         columns = {cfg.image_columns[0]: "string", cfg.label: "string"}
     else:
         files = _match(cfg)
-        items = [(i, f) for i, fs in enumerate(files) for f in fs]
+        items = [(i, f) for i, paths in enumerate(files) for f in paths]
         if cfg.format == "csv":
             items = [(i, r) for i, f in items for r in text_ranges(f)]
         columns = {"csv": _csv_columns, "parquet": _parquet_columns,
-                   "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for fs in files for f in fs])
+                   "tfrecord": _tfrecord_columns}[cfg.format](cfg, [f for paths in files for f in paths])
         if cfg.timeseries is not None:  # windowed, time-split examples (components/data/timeseries.py)
             from kfx.components.data import timeseries
 
@@ -908,7 +909,10 @@ def run(ctx: Context) -> dict[str, Any]:
     examples, rejected_uri = ctx.outputs[EXAMPLES], ctx.outputs[REJECTED]
     num_shards = cfg.num_shards  # 0: one shard per chunk and split, no shuffle of the data (streams)
 
-    with beam.Pipeline(options=ctx.beam_options()) as p:
+    # CSV and Parquet are parsed, typed, encoded, compressed and written by Arrow and zlib, which
+    # release the GIL: a multi-processing DirectRunner's workers run as threads (Context.beam_options).
+    threads = cfg.format in ("csv", "parquet") and _columnar_ok(parser)
+    with beam.Pipeline(options=ctx.beam_options(threads)) as p:
         # Only file names / byte ranges are shuffled: it spreads them over the workers, and each
         # worker then streams its own rows (memory stays flat as the data grows).
         src = p | "Files" >> beam.Create(items) | "Spread" >> beam.Reshuffle()
@@ -944,8 +948,7 @@ def run(ctx: Context) -> dict[str, Any]:
              | "WriteCounts" >> beam.io.WriteToText(f"{examples}/counts", file_name_suffix=".json",
                                                     shard_name_template="", num_shards=1))
 
-    with tf.io.gfile.GFile(f"{examples}/{COUNTS_FILE}") as f:
-        counts = json.loads(f.read())
+    counts = read_json(examples, COUNTS_FILE)
     write_columns(examples, columns, cfg.label, split_names, cfg.text_columns, images.expected_shapes(cfg),
                   columnar=True)
     accepted = sum(counts["splits"].values())
@@ -979,10 +982,10 @@ def check_rejected(read: int, rejected: int, max_fraction: float, rejected_uri: 
 
 def first_rejection(rejected_uri: str) -> str:
     """'<input> line <n>: <reason>' of the first row in rejected.jsonl (no line for a file row), or 'none'."""
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
-    with tf.io.gfile.GFile(f"{rejected_uri}/rejected.jsonl") as f:
-        line = f.readline()
+    with fs.open_binary(f"{rejected_uri}/rejected.jsonl") as f:
+        line = f.readline().decode("utf-8")
     if not line:
         return "none"
     r = json.loads(line)

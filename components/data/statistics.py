@@ -7,7 +7,8 @@ workers as threads, see `beam_options`); or, for text and image features and for
 artifacts of the previous format, the tf.Example shards with tf.data and `tf.io.parse_example`
 (vectorised C++, not per-row Python). Either way it folds each batch into mergeable accumulators
 (moments, a compacting quantile sketch, a K-minimum-values distinct counter, bounded value
-counts), and the accumulators are merged per split. Memory is bounded by the sketch sizes, not by
+counts), and the accumulators are merged per split in shard order, so the output is the same
+on every runner. Memory is bounded by the sketch sizes, not by
 the rows.
 
 String features marked as text also get token and length distributions (text_stats.py).
@@ -26,7 +27,7 @@ import numpy as np
 
 from kfx.components.data import images, text_stats
 from kfx.components.data.feature_stats import FeatureAcc, QuantileSketch, to_proto  # noqa: F401 - the stage's API
-from kfx.components.data.feature_stats import STRING_HASH_SPACE, merge, shard_stats, write_split
+from kfx.components.data.feature_stats import STRING_HASH_SPACE, group_stats, merge, merge_in_order, shard_groups, shard_stats, write_split
 from kfx.pipeline.artifacts import examples as columnar
 from kfx.pipeline.artifacts import EXAMPLES, STATISTICS, load_statistics, read_columns, split_dir, write_statistics  # noqa: F401
 from kfx.pipeline.config import StatisticsConfig
@@ -130,22 +131,8 @@ def summary_text(stats: dict[str, Any]) -> str:
 
 
 def beam_options(ctx: Context, threads: bool):
-    """The pipeline's Beam options; with `threads`, a multi-processing DirectRunner runs its workers
-    as threads of this process instead.
-
-    Columnar statistics is Arrow and numpy C++ that releases the GIL, so threads compute it in
-    parallel too, while each worker process first pays Python's start and Beam's import (about
-    4 s per stage, 10-25 s on a busy 2-core machine, measured: more than the row work at 1M rows).
-    Every other runner (PortableRunner, Dataflow, Flink, Spark) gets the options unchanged.
-    """
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
-
-    options = ctx.beam_options()
-    direct = options.view_as(DirectOptions)
-    if (threads and options.view_as(StandardOptions).runner in (None, "DirectRunner", "SwitchingDirectRunner")
-            and direct.direct_running_mode == "multi_processing"):
-        direct.direct_running_mode = "multi_threading"
-    return options
+    """The pipeline's Beam options, workers as threads with `threads` (see `Context.beam_options`)."""
+    return ctx.beam_options(threads)
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -166,20 +153,22 @@ def run(ctx: Context) -> dict[str, Any]:
     arrow = columnar.has_columnar(meta) and not text and not image_columns
     if arrow:
         items = [(split, path) for split in meta["splits"] for path in columnar.shards(split_dir(examples, split))]
-        stats_fn = beam.FlatMap(shard_stats, columns, cfg.batch_size, cfg.max_rank_values)
+        stats_fn, args = shard_stats, (columns, cfg.batch_size, max_counts)
     else:
         items = [(split, path) for split in meta["splits"]
                  for path in columnar.tfrecord_files(examples, split)]
-        stats_fn = beam.FlatMap(_file_stats, columns, cfg.batch_size, cfg.max_rank_values, text, cfg.text_max_tokens,
-                                image_columns)
+        stats_fn, args = _file_stats, (columns, cfg.batch_size, max_counts, text, cfg.text_max_tokens, image_columns)
     out = ctx.outputs[STATISTICS]
     # The workers get the settings as a plain namespace: unpickling it imports no config classes.
     settings = SimpleNamespace(**cfg.model_dump())
 
+    # Each split's shards are read in fixed groups and merged in shard order (not as the workers
+    # finish): the same FeatureStats.pb on every runner and running mode (feature_stats.shard_groups).
     with beam.Pipeline(options=beam_options(ctx, threads=arrow)) as p:
-        _ = (p | "Shards" >> beam.Create(items)  # Create reshuffles: the shards spread over the workers
-             | "FileStats" >> stats_fn
-             | "MergeSplit" >> beam.CombinePerKey(merge, max_counts)
+        _ = (p | "Shards" >> beam.Create(shard_groups(items))  # Create reshuffles: groups spread over the workers
+             | "FileStats" >> beam.FlatMap(group_stats, stats_fn, args, max_counts)
+             | "Group" >> beam.GroupByKey()
+             | "MergeSplit" >> beam.Map(merge_in_order, max_counts)
              | "Write" >> beam.Map(write_split, out, settings))
 
     stats = load_statistics(out)

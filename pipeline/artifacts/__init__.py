@@ -1,8 +1,9 @@
 """Artifact types: each one's name, its files, and its reader and writer.
 
 Components read each other's outputs only through this module (as TFX's standard artifacts
-and their readers); no component imports another. Every path goes through tf.io.gfile, so an
-artifact may live on any filesystem TensorFlow reaches (gs://, s3://, hdfs://).
+and their readers); no component imports another. Every path goes through kfx.pipeline.fs
+(tf.io.gfile for URIs) or Arrow's filesystems, so an artifact may live on any filesystem
+TensorFlow reaches (gs://, s3://, hdfs://).
 
 | type            | written by     | what is in it                                                |
 |-----------------|----------------|--------------------------------------------------------------|
@@ -64,9 +65,9 @@ def read_json(uri: str, name: str) -> Any:
 
 def write_json(uri: str, name: str, obj: Any) -> None:
     """Write `obj` as `<uri>/<name>` (sorted keys: artifacts compare byte for byte)."""
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
-    with tf.io.gfile.GFile(f"{uri}/{name}", "w") as f:
+    with fs.open_write(f"{uri}/{name}") as f:
         json.dump(obj, f, indent=1, sort_keys=True, default=str)
 
 
@@ -95,13 +96,13 @@ def write_columns(examples_uri: str, columns: dict[str, str], label: str | None,
         images: image column -> expected [height, width, channels] (entries may be None) or None.
         columnar: every split also has Parquet shards (pipeline/artifacts/examples.py).
     """
-    import tensorflow as tf
+    from kfx.pipeline import fs
 
     obj = {"columns": dict(columns), "label": label, "splits": list(splits), "text_columns": list(text_columns),
            "images": {c: list(s) if s else None for c, s in (images or {}).items()}}
     if columnar:
         obj["columnar"] = True
-    with tf.io.gfile.GFile(f"{examples_uri}/{COLUMNS_FILE}", "w") as f:
+    with fs.open_write(f"{examples_uri}/{COLUMNS_FILE}") as f:
         json.dump(obj, f, indent=2)
 
 

@@ -82,6 +82,7 @@ ALLOWED = {
     ("pipeline/fs.py", "exists", "os.path.exists"): GUARDED,
     ("pipeline/fs.py", "isdir", "os.path.isdir"): GUARDED,
     ("pipeline/fs.py", "listdir", "os.listdir"): GUARDED,
+    ("pipeline/fs.py", "size", "os.path.getsize"): GUARDED,
     ("pipeline/fs.py", "glob", "_glob.glob"): GUARDED,
     ("pipeline/fs.py", "open_binary", "open"): GUARDED,
     ("pipeline/fs.py", "open_write", "open"): GUARDED,

@@ -102,3 +102,32 @@ def test_image_columns_are_hashed_not_value_counted():
     color.add(r["color"], 10)
     assert img.counts == {} and img.unique() == 3 and img.num_values == 5 and img.bytes_len == 25
     assert color.counts == {b"red": 3, b"blue": 2} and color.unique() == 2
+
+
+def test_shard_groups_are_sorted_runs_and_merging_them_ignores_arrival_order():
+    """Groups depend only on the shard list; merge_in_order gives the same accumulators whatever
+    order the groups arrive in (the sketch and the sums are order-sensitive otherwise)."""
+    from kfx.components.data.feature_stats import FeatureAcc, merge_in_order, shard_groups
+
+    items = [("train", f"s{i:02d}") for i in (5, 3, 9, 0, 1, 2, 4, 6, 7, 8)] + [("eval", "e1"), ("eval", "e0")]
+    groups = shard_groups(items, max_groups=4)
+    assert groups == [("train", ("s00", "s01", "s02")), ("train", ("s03", "s04", "s05")),
+                      ("train", ("s06", "s07", "s08")), ("train", ("s09",)), ("eval", ("e0",)), ("eval", ("e1",))]
+    assert shard_groups([], max_groups=4) == []
+
+    rng = np.random.default_rng(3)
+
+    def part(seed):
+        acc = FeatureAcc("float")
+        v = np.random.default_rng(seed).normal(size=3000) * 1e6
+        acc.add({"rows": len(v), "present": len(v), "num_values": len(v), "min_nv": 1, "max_nv": 1, "values": v,
+                 "sum": v.sum(), "sum_sq": v @ v, "min": v.min(), "max": v.max(), "zeros": 0}, 10)
+        return {"x": acc}, len(v)
+
+    def merged(order):
+        _, (accs, rows) = merge_in_order(("train", [(f"s{i}", part(i)) for i in order]), 10)
+        return rows, accs["x"].total, accs["x"].total_sq, np.concatenate(accs["x"].sketch.levels).tolist()
+
+    first = merged(range(6))
+    assert all(merged(rng.permutation(6)) == first for _ in range(3))
+    assert first[0] == 18000
