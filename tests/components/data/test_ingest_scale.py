@@ -22,12 +22,12 @@ from tests.conftest import REPO, read_json
 
 ROWS = 2_000_000
 BAD_EVERY = 400_000  # one malformed row (age "abc") every so many rows: 5 rejections
-# Peak RSS of the kfx process + its Beam workers. The stages stream: an ingest worker holds one
-# 8 MB slice of a 32 MB byte range at a time (~0.55 GB per worker), so the peak is the driver's
-# TensorFlow and Beam (~1.05 GB) plus two statistics workers (~0.9 GB each): ~2.9 GB measured at
-# 1M and at 2M rows alike. The 2M rows materialised as Python objects (30M values) would add
-# more than the margin left.
-PEAK_RSS_BOUND_MB = 3500
+# Peak RSS of the kfx process + its Beam workers. The stages stream: ingest and statistics run
+# their DirectRunner workers as threads without TensorFlow, an ingest worker holds one 8 MB slice of
+# a 32 MB byte range at a time, so the peak is Beam, Arrow and the slices in flight: 827 MB
+# measured at 2M rows (747 MB at 1M and 876 MB at 10M in bench/data_stages.py). The 2M rows
+# materialised as Python objects (30M values) would add more than 1 GB.
+PEAK_RSS_BOUND_MB = 1500
 
 
 def _write_csv(path, rows: int) -> int:
