@@ -147,6 +147,7 @@ class ModelServer:
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             with open(opts.model_config_file, encoding="utf-8") as handle:
                 self._config_text = handle.read()
+            threading.Thread(target=self._poll_config_file, name="config-poll", daemon=True).start()
         # Calls run here; a gRPC Predict waiting for its batch awaits on the loop and holds none.
         # Every call in flight (including one waiting for its batch) holds an inference thread.
         self._executor = concurrent.futures.ThreadPoolExecutor(opts.grpc_max_threads or 128, "inference")

@@ -51,7 +51,7 @@ def setup(models_dir, tmp_path_factory):
     shutil.copytree(models_dir / "keras" / "1", base / "1")
     config = write_config(str(tmp / "models.config"), [("hot", str(base), "")])
     server = ServerProcess(tmp, f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-                           "--max_num_load_retries=0")
+                           "--model_config_file_poll_wait_seconds=1", "--max_num_load_retries=0")
     try:
         yield server.wait_serving(), base, tmp
     finally:
@@ -187,3 +187,15 @@ def test_reload_config_rejects_bad_configs(setup):
         grpc.StatusCode.INVALID_ARGUMENT, f"Could not find base path {tmp}/missing for servable x")
     config = model_server_config_pb2.ModelServerConfig()
     assert config.WhichOneof("config") is None
+
+
+def test_model_config_file_is_polled(setup, models_dir):
+    """--model_config_file_poll_wait_seconds: an edit of the file is applied without a request
+    (TF Serving's testModelConfigReload). Runs last: it replaces what the tests above configured."""
+    server, _, tmp = setup
+    write_config(str(tmp / "models.config"), [("polled", str(models_dir / "keras"), "")])
+    with ServingClient(server.target, retries=0) as client:
+        client.wait_until_available("polled", timeout=60)
+        assert client.predict("polled", {"x": X})["y"].item() == 16.0  # version 2: bias 10
+        wait_for(lambda: all(state == "END" for _, state, _, _ in client.status("extra")),
+                 "extra, which the file no longer lists, to unload")
