@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -189,6 +190,28 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+_PARSE_LOCK = threading.Lock()
+_PARSE_ATTEMPTS = 3
+
+
+def _parse(path: Path) -> ast.Module:
+    """ast.parse of a file, safe beside other threads parsing (stages run in parallel threads).
+
+    CPython 3.11 keeps the AST converter's recursion depth in per-interpreter state, so a parse
+    that another thread's parse interrupts can fail with a spurious "SystemError: AST constructor
+    recursion depth mismatch" (python/cpython#106905). Our own parses take turns under a lock; a
+    parse interrupted by someone else's (AutoGraph's in a training thread) is retried.
+    """
+    source = path.read_text()
+    with _PARSE_LOCK:
+        for attempt in range(_PARSE_ATTEMPTS):
+            try:
+                return ast.parse(source, str(path))
+            except SystemError as exc:
+                if "recursion depth mismatch" not in str(exc) or attempt == _PARSE_ATTEMPTS - 1:
+                    raise
+
+
 def source_files(module: ModuleType | Source) -> list[Path]:
     """The module's file and, transitively, the files of the modules it imports that live in its
     own folder (or below it), sorted. Nothing is imported."""
@@ -204,7 +227,7 @@ def source_files(module: ModuleType | Source) -> list[Path]:
         if path in seen:
             continue
         seen[path] = None
-        for name in _imported_names(ast.parse(path.read_text(), str(path)), package):
+        for name in _imported_names(_parse(path), package):
             origin = _module_file(name)
             origin = origin.resolve() if origin else None
             if origin and folder in origin.parents:

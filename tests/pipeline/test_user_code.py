@@ -85,3 +85,34 @@ def test_a_function_pickled_by_value_runs_where_its_files_are_not(tmp_path):
     bad = subprocess.run([sys.executable, "-c", probe, by_reference.decode()], capture_output=True, text=True,
                          timeout=120, cwd=tmp_path, env=env)
     assert bad.returncode != 0 and "kfx_user_pv_feats" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_a_parse_interrupted_by_another_threads_parse_is_retried(tmp_path, monkeypatch):
+    """CPython 3.11's spurious "AST constructor recursion depth mismatch" (a parse interrupted by
+    another thread's; python/cpython#106905) failed parallel train stages: it is retried, and any
+    other SystemError, or the race on every attempt, still raises."""
+    import ast
+
+    (tmp_path / "race_net.py").write_text("from race_layers import X\n")
+    (tmp_path / "race_layers.py").write_text("X = 1\n")
+    real, failures = ast.parse, []
+
+    def flaky(source, *args, **kwargs):
+        if len(failures) < budget:
+            failures.append(source)
+            raise SystemError(message)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(user_code.ast, "parse", flaky)
+    source = user_code.load_module("race_net.py", str(tmp_path))
+    budget, message = 2, "AST constructor recursion depth mismatch (before=36, after=30)"
+    assert [p.name for p in user_code.source_files(source)] == ["race_layers.py", "race_net.py"]
+    assert len(failures) == 2
+    failures.clear()
+    budget = 3
+    with pytest.raises(SystemError, match="recursion depth mismatch"):
+        user_code.source_files(source)
+    failures.clear()
+    budget, message = 1, "some other interpreter error"
+    with pytest.raises(SystemError, match="other interpreter error"):
+        user_code.source_files(source)
