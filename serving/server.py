@@ -223,8 +223,14 @@ class ModelServer:
                 LOG.exception("Failed to reload --model_config_file")
 
     def wait(self) -> None:
-        """Blocks until `stop` is called."""
-        self._stop.wait()
+        """Blocks until `stop` is called (or a SIGTERM/SIGINT handler asks for it).
+
+        Wakes twice a second: Python runs signal handlers only in the main thread, and a signal
+        the kernel hands to another thread (gRPC's, TensorFlow's) does not interrupt a main thread
+        asleep in a lock, so an untimed wait could leave a SIGTERM unhandled.
+        """
+        while not self._stop.wait(0.5):
+            pass
 
     def stop(self, grace: float | None = None) -> bool:
         """Stops accepting requests, lets in-flight ones finish, unloads the models.
